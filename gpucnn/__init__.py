@@ -1,0 +1,40 @@
+"""gpucnn: a small, readable CNN engine that runs the same layers on NumPy, Numba and CuPy.
+
+    >>> import gpucnn
+    >>> net = gpucnn.SimpleConvNet(seed=0)                 # the book's network, float32
+    >>> with gpucnn.use_backend("numpy"):
+    ...     mlp = gpucnn.Sequential([gpucnn.layers.Affine(50), gpucnn.layers.ReLU(),
+    ...                              gpucnn.layers.Affine(10)], input_shape=(784,))
+"""
+
+from . import initializers, kernels, layers, optimizers
+from .backend import (
+    Backend,
+    BackendUnavailable,
+    available_backends,
+    get_backend,
+    known_backends,
+    set_backend,
+    use_backend,
+)
+from .kernels import conv_output_size
+from .model import Sequential, SimpleConvNet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "Sequential",
+    "SimpleConvNet",
+    "available_backends",
+    "conv_output_size",
+    "get_backend",
+    "initializers",
+    "kernels",
+    "known_backends",
+    "layers",
+    "optimizers",
+    "set_backend",
+    "use_backend",
+]

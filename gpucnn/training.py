@@ -1,0 +1,5 @@
+"""Training loop (placeholder until fit lands)."""
+
+
+class TrainingMixin:
+    pass

@@ -1,0 +1,127 @@
+"""Hot-path kernels of gpucnn: one kernel set per backend, all with the same interface.
+
+Installed as ``gpucnn.kernels``. A *kernel set* is an object whose methods are the
+operations below. Every set produces the same values and the same layouts; the
+NumPy set is the oracle the others are tested against.
+
+Notation
+--------
+N        batch size
+C        input channels
+H, W     input height and width
+FN       number of filters (output channels of a convolution)
+KH, KW   window (filter or pooling) height and width
+OH, OW   output height and width
+stride   step between two windows, the same along both axes
+pad      zero rows/columns added on every side (pooling: see below)
+
+All image tensors are NCHW and C-contiguous or strided views of such arrays.
+
+Output size
+-----------
+``OH = (H + 2*pad - KH) // stride + 1`` and likewise ``OW`` (the formula of PyTorch and
+Keras). When ``stride`` does not divide ``H + 2*pad - KH``, the last rows (columns) that
+no window reaches are ignored: they get no output and a zero gradient.
+:func:`conv_output_size` computes it and raises when it is below 1.
+
+The interface
+-------------
+``im2col(x, kh, kw, stride, pad) -> col``
+    ``x`` (N, C, H, W) → ``col`` (N*OH*OW, C*KH*KW). Row ``(n*OH + oh)*OW + ow``
+    holds the window whose top-left corner is input pixel
+    ``(oh*stride - pad, ow*stride - pad)``; column ``(c*KH + ky)*KW + kx`` holds
+    ``x[n, c, oh*stride - pad + ky, ow*stride - pad + kx]``, zero outside the image.
+    Equivalently: the (N, OH, OW, C, KH, KW) array, C-order, reshaped to 2-D.
+``col2im(col, x_shape, kh, kw, stride, pad) -> dx``
+    The adjoint of ``im2col``: every column entry is added to the pixel it was read
+    from; entries that fall in the padding are dropped. ``dx`` has ``x_shape``.
+``maxpool_forward(x, kh, kw, stride, pad) -> (out, argmax)``
+    ``out`` (N, C, OH, OW) is the window maximum; ``argmax`` (same shape, int32) is the
+    window-local index ``ky*KW + kx`` of the first maximum in row-major order. Pad cells
+    act as -inf: they are never picked (``pad <= KH//2`` and ``pad <= KW//2`` ensure
+    every window holds a real pixel).
+``maxpool_backward(dout, argmax, x_shape, kh, kw, stride, pad) -> dx``
+    Routes each ``dout`` entry to the input pixel its ``argmax`` names; overlapping
+    windows add up.
+``avgpool_forward(x, kh, kw, stride, pad) -> out``
+    Window mean; pad cells count as zeros in the divisor ``KH*KW`` (PyTorch's default,
+    ``count_include_pad=True``).
+``avgpool_backward(dout, x_shape, kh, kw, stride, pad) -> dx``
+    Spreads ``dout / (KH*KW)`` over each window.
+
+Fused operations (a kernel set may override them; the generic set composes them):
+
+``bias_relu_maxpool(rows, b, n, oh, ow, kh, kw, stride, pad) -> (out, argmax)``
+    Convolution bias, ReLU and max pooling in one pass over a convolution's GEMM output
+    ``rows`` (N*OH*OW, FN) (rows in (n, oh, ow) order, no bias yet). With
+    ``y = rows + b`` seen as (N, FN, OH, OW): ``argmax`` is ``maxpool_forward(y)``'s
+    argmax and ``out = maximum(maxpool_forward(y)[0], 0)``, both (N, FN, PH, PW).
+    Equal to ReLU followed by max pooling wherever a gradient can flow.
+``maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad) -> drows``
+    The gradient with respect to ``rows``, (N*OH*OW, FN): ``dout`` where ``out > 0``,
+    routed through ``argmax`` and laid out as GEMM rows, ready for ``dW = drows.T @ col``.
+``rows_to_nchw(y, n, oh, ow) -> out``  and  ``nchw_to_rows(dout) -> rows``
+    The layout changes between a GEMM's (N*OH*OW, FN) rows and NCHW.
+``sgd_update``, ``momentum_update``, ``adagrad_update``, ``rmsprop_update``,
+``adam_update``
+    In-place optimizer steps on one parameter (see :mod:`gpucnn.optimizers`).
+
+Every method keeps the floating dtype it is given (float32 stays float32).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KERNEL_OPERATIONS",
+    "conv_output_size",
+    "check_pool_pad",
+]
+
+# The names every kernel set answers to. Tests iterate over this tuple.
+KERNEL_OPERATIONS = (
+    "im2col",
+    "col2im",
+    "maxpool_forward",
+    "maxpool_backward",
+    "avgpool_forward",
+    "avgpool_backward",
+    "bias_relu_maxpool",
+    "maxpool_relu_backward",
+    "rows_to_nchw",
+    "nchw_to_rows",
+    "sgd_update",
+    "momentum_update",
+    "adagrad_update",
+    "rmsprop_update",
+    "adam_update",
+)
+
+
+def conv_output_size(in_size: int, kernel_size: int, stride: int = 1, pad: int = 0) -> int:
+    """Output length along one axis: ``(in_size + 2*pad - kernel_size) // stride + 1``.
+
+    Raises ``ValueError`` naming the numbers when the result is below 1 or an argument
+    is out of range.
+    """
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    if kernel_size < 1:
+        raise ValueError(f"window size must be >= 1, got {kernel_size}")
+    out = (in_size + 2 * pad - kernel_size) // stride + 1
+    if out < 1:
+        raise ValueError(
+            f"output size would be {out}: input {in_size} + 2*pad {pad} is smaller than "
+            f"the window {kernel_size}"
+        )
+    return out
+
+
+def check_pool_pad(kh: int, kw: int, pad: int) -> None:
+    """Pooling pad may be at most half the window, so that no window is all padding."""
+    if pad > kh // 2 or pad > kw // 2:
+        raise ValueError(
+            f"pooling pad {pad} is more than half the window {kh}x{kw} "
+            f"(at most {min(kh, kw) // 2})"
+        )

@@ -1,0 +1,173 @@
+"""The generic kernel set: array-API operations only (slicing, stack, reshape, permute).
+
+It runs on any namespace that follows the array API standard (tested on
+``array_api_strict``) and defines every operation of the interface, fused ones
+included, by composing the basic ones. Faster sets subclass it and override what they
+do better. Layouts and conventions: see :mod:`gpucnn.kernels`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import check_pool_pad, conv_output_size
+
+Array = Any
+
+
+class GenericKernels:
+    """Kernel set written against the array API namespace ``xp``."""
+
+    name = "generic"
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _padded(self, x: Array, pad: int, fill: float) -> Array:
+        """``x`` with ``pad`` cells of ``fill`` on every side of its last two axes."""
+        if pad == 0:
+            return x
+        xp = self.xp
+        n, c, h, w = x.shape
+        out = xp.full((n, c, h + 2 * pad, w + 2 * pad), fill, dtype=x.dtype, device=_device(x))
+        out[:, :, pad : pad + h, pad : pad + w] = x
+        return out
+
+    @staticmethod
+    def _tap(xp_: Array, ky: int, kx: int, stride: int, oh: int, ow: int) -> Array:
+        """The (N, C, OH, OW) view of the padded input seen by window tap (ky, kx)."""
+        return xp_[:, :, ky : ky + stride * (oh - 1) + 1 : stride, kx : kx + stride * (ow - 1) + 1 : stride]
+
+    def _taps(self, x: Array, kh: int, kw: int, stride: int, pad: int, fill: float):
+        n, c, h, w = x.shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        xp_ = self._padded(x, pad, fill)
+        taps = [self._tap(xp_, ky, kx, stride, oh, ow) for ky in range(kh) for kx in range(kw)]
+        return taps, oh, ow
+
+    def _scatter_taps(self, parts, x_shape, kh, kw, stride, pad, dtype, device) -> Array:
+        """Sum per-tap (N, C, OH, OW) gradients back into an (N, C, H, W) array."""
+        xp = self.xp
+        n, c, h, w = x_shape
+        oh, ow = parts[0].shape[2], parts[0].shape[3]
+        dxp = xp.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=dtype, device=device)
+        for k, part in enumerate(parts):
+            ky, kx = divmod(k, kw)
+            ys = slice(ky, ky + stride * (oh - 1) + 1, stride)
+            xs = slice(kx, kx + stride * (ow - 1) + 1, stride)
+            dxp[:, :, ys, xs] = dxp[:, :, ys, xs] + part
+        return dxp[:, :, pad : pad + h, pad : pad + w] if pad else dxp
+
+    # -- convolution -----------------------------------------------------------
+
+    def im2col(self, x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0) -> Array:
+        """(N, C, H, W) → (N*OH*OW, C*KH*KW); see the module docstring for the layout."""
+        xp = self.xp
+        n, c = x.shape[0], x.shape[1]
+        taps, oh, ow = self._taps(x, kh, kw, stride, pad, 0.0)
+        stacked = xp.stack(taps, axis=0)  # (KH*KW, N, C, OH, OW)
+        stacked = xp.reshape(stacked, (kh, kw, n, c, oh, ow))
+        stacked = xp.permute_dims(stacked, (2, 4, 5, 3, 0, 1))  # (N, OH, OW, C, KH, KW)
+        return xp.reshape(stacked, (n * oh * ow, c * kh * kw))
+
+    def col2im(self, col: Array, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0) -> Array:
+        """(N*OH*OW, C*KH*KW) → (N, C, H, W), adding overlapping taps."""
+        xp = self.xp
+        n, c, h, w = x_shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        col6 = xp.reshape(col, (n, oh, ow, c, kh, kw))
+        col6 = xp.permute_dims(col6, (4, 5, 0, 3, 1, 2))  # (KH, KW, N, C, OH, OW)
+        parts = [col6[ky, kx, ...] for ky in range(kh) for kx in range(kw)]
+        return self._scatter_taps(parts, x_shape, kh, kw, stride, pad, col.dtype, _device(col))
+
+    # -- pooling ---------------------------------------------------------------
+
+    def maxpool_forward(self, x: Array, kh: int, kw: int, stride: int, pad: int = 0):
+        """(N, C, H, W) → (out, argmax), both (N, C, OH, OW); argmax is int32 ``ky*KW + kx``."""
+        xp = self.xp
+        check_pool_pad(kh, kw, pad)
+        taps, _, _ = self._taps(x, kh, kw, stride, pad, -math.inf)
+        stacked = xp.stack(taps, axis=0)
+        out = xp.max(stacked, axis=0)
+        argmax = xp.astype(xp.argmax(stacked, axis=0), xp.int32)
+        return out, argmax
+
+    def maxpool_backward(self, dout: Array, argmax: Array, x_shape, kh: int, kw: int, stride: int, pad: int = 0) -> Array:
+        xp = self.xp
+        zero = xp.zeros((), dtype=dout.dtype, device=_device(dout))
+        parts = [xp.where(argmax == k, dout, zero) for k in range(kh * kw)]
+        return self._scatter_taps(parts, x_shape, kh, kw, stride, pad, dout.dtype, _device(dout))
+
+    def avgpool_forward(self, x: Array, kh: int, kw: int, stride: int, pad: int = 0) -> Array:
+        xp = self.xp
+        check_pool_pad(kh, kw, pad)
+        taps, _, _ = self._taps(x, kh, kw, stride, pad, 0.0)
+        return xp.sum(xp.stack(taps, axis=0), axis=0) / (kh * kw)
+
+    def avgpool_backward(self, dout: Array, x_shape, kh: int, kw: int, stride: int, pad: int = 0) -> Array:
+        share = dout / (kh * kw)
+        parts = [share] * (kh * kw)
+        return self._scatter_taps(parts, x_shape, kh, kw, stride, pad, dout.dtype, _device(dout))
+
+    # -- fused and layout operations ----------------------------------------------
+
+    def bias_relu_maxpool(self, rows: Array, b: Array, n: int, oh: int, ow: int,
+                          kh: int, kw: int, stride: int, pad: int = 0):
+        """GEMM rows (N*OH*OW, FN) + bias → ReLU → max pooling: (out, argmax), (N, FN, PH, PW)."""
+        xp = self.xp
+        pooled, argmax = self.maxpool_forward(self.rows_to_nchw(rows + b, n, oh, ow), kh, kw, stride, pad)
+        return xp.maximum(pooled, 0), argmax
+
+    def maxpool_relu_backward(self, dout: Array, argmax: Array, out: Array, n: int, oh: int, ow: int,
+                              kh: int, kw: int, stride: int, pad: int = 0) -> Array:
+        """The gradient of :meth:`bias_relu_maxpool` with respect to its rows, (N*OH*OW, FN)."""
+        xp = self.xp
+        passed = xp.where(out > 0, dout, xp.zeros((), dtype=dout.dtype, device=_device(dout)))
+        dy = self.maxpool_backward(passed, argmax, (n, dout.shape[1], oh, ow), kh, kw, stride, pad)
+        return self.nchw_to_rows(dy)
+
+    def rows_to_nchw(self, y: Array, n: int, oh: int, ow: int) -> Array:
+        """(N*OH*OW, FN) GEMM rows → (N, FN, OH, OW)."""
+        xp = self.xp
+        return xp.permute_dims(xp.reshape(y, (n, oh, ow, y.shape[1])), (0, 3, 1, 2))
+
+    def nchw_to_rows(self, dout: Array) -> Array:
+        """(N, FN, OH, OW) → (N*OH*OW, FN), the inverse of :meth:`rows_to_nchw`."""
+        xp = self.xp
+        n, fn, oh, ow = dout.shape
+        return xp.reshape(xp.permute_dims(dout, (0, 2, 3, 1)), (n * oh * ow, fn))
+
+    # -- optimizer steps (in place on ``param`` and the state arrays) ---------------
+
+    def sgd_update(self, param: Array, grad: Array, lr: float) -> None:
+        param -= lr * grad
+
+    def momentum_update(self, param: Array, grad: Array, velocity: Array, lr: float, momentum: float) -> None:
+        velocity *= momentum
+        velocity -= lr * grad
+        param += velocity
+
+    def adagrad_update(self, param: Array, grad: Array, h: Array, lr: float, eps: float) -> None:
+        h += grad * grad
+        param -= lr * grad / (self.xp.sqrt(h) + eps)
+
+    def rmsprop_update(self, param: Array, grad: Array, h: Array, lr: float, decay: float, eps: float) -> None:
+        h *= decay
+        h += (1 - decay) * grad * grad
+        param -= lr * grad / (self.xp.sqrt(h) + eps)
+
+    def adam_update(
+        self, param: Array, grad: Array, m: Array, v: Array, lr_t: float, beta1: float, beta2: float, eps: float
+    ) -> None:
+        m += (1 - beta1) * (grad - m)
+        v += (1 - beta2) * (grad * grad - v)
+        param -= lr_t * m / (self.xp.sqrt(v) + eps)
+
+
+def _device(x: Array):
+    return getattr(x, "device", None)
