@@ -7,7 +7,7 @@
     ...                              gpucnn.layers.Affine(10)], input_shape=(784,))
 """
 
-from . import initializers, kernels, layers, optimizers
+from . import datasets, initializers, kernels, layers, models, optimizers
 from .backend import (
     Backend,
     BackendUnavailable,
@@ -17,23 +17,30 @@ from .backend import (
     set_backend,
     use_backend,
 )
+from .io import load
 from .kernels import conv_output_size
 from .model import Sequential, SimpleConvNet
+from .training import History, NonFiniteLossError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
     "BackendUnavailable",
+    "History",
+    "NonFiniteLossError",
     "Sequential",
     "SimpleConvNet",
     "available_backends",
     "conv_output_size",
+    "datasets",
     "get_backend",
     "initializers",
     "kernels",
     "known_backends",
     "layers",
+    "load",
+    "models",
     "optimizers",
     "set_backend",
     "use_backend",

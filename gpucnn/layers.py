@@ -455,7 +455,7 @@ class ReLU(Layer):
     def forward(self, x, train=True):
         self._check_input(x)
         self._mask = x > 0
-        return self.xp.where(self._mask, x, self.xp.zeros((), dtype=x.dtype))
+        return self.xp.maximum(x, 0)  # maximum, unlike where(x > 0, ...), keeps NaN visible
 
     def backward(self, dout):
         return self.xp.where(self._mask, dout, self.xp.zeros((), dtype=dout.dtype))
@@ -688,7 +688,8 @@ class SoftmaxWithLoss(LossLayer):
         lse = xp.log(xp.sum(xp.exp(z), axis=1, keepdims=True))
         logp = z - lse
         self._y, self._t = xp.exp(logp), onehot
-        return -xp.sum(onehot * logp) / x.shape[0]
+        # asarray: NumPy reductions give scalars; the loss is promised as a 0-d array.
+        return xp.asarray(-xp.sum(onehot * logp) / x.shape[0])
 
     def backward(self, dout=1.0):
         return (self._y - self._t) * (dout / self._y.shape[0])
@@ -728,7 +729,7 @@ class SigmoidWithLoss(LossLayer):
                 raise ValueError(f"SigmoidWithLoss: targets must lie in [0, 1], got values from {lo} to {hi}")
         self._y, self._t = _sigmoid(xp, x), t
         loss = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
-        return xp.sum(loss) / n
+        return xp.asarray(xp.sum(loss) / n)
 
     def backward(self, dout=1.0):
         return (self._y - self._t) * (dout / self._y.shape[0])

@@ -353,7 +353,13 @@ class Sequential(TrainingMixin):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.layers)} layers, backend={self.backend.name!r}, dtype={dtype_name(self.dtype)})"
 
-    # -- architecture (for saving) ------------------------------------------------------
+    # -- saving ---------------------------------------------------------------------------
+
+    def save(self, path: str) -> None:
+        """Write the model, its optimizer state and training position to ``path`` (.npz), atomically."""
+        from .io import save
+
+        save(self, path)
 
     def architecture(self) -> dict:
         """A JSON-able description that :func:`gpucnn.load` rebuilds the model from."""

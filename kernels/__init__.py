@@ -39,7 +39,8 @@ The interface
     ``out`` (N, C, OH, OW) is the window maximum; ``argmax`` (same shape, int32) is the
     window-local index ``ky*KW + kx`` of the first maximum in row-major order. Pad cells
     act as -inf: they are never picked (``pad <= KH//2`` and ``pad <= KW//2`` ensure
-    every window holds a real pixel).
+    every window holds a real pixel). A window holding a NaN gives NaN (as in PyTorch);
+    its argmax is then unspecified.
 ``maxpool_backward(dout, argmax, x_shape, kh, kw, stride, pad) -> dx``
     Routes each ``dout`` entry to the input pixel its ``argmax`` names; overlapping
     windows add up.
@@ -112,8 +113,8 @@ def conv_output_size(in_size: int, kernel_size: int, stride: int = 1, pad: int =
     out = (in_size + 2 * pad - kernel_size) // stride + 1
     if out < 1:
         raise ValueError(
-            f"output size would be {out}: input {in_size} + 2*pad {pad} is smaller than "
-            f"the window {kernel_size}"
+            f"window {kernel_size} does not fit in input {in_size} with pad {pad} "
+            f"(output size (in + 2*pad - window) // stride + 1 = {out}, below 1)"
         )
     return out
 

@@ -69,7 +69,9 @@ class NumpyKernels(GenericKernels):
         for k in range(1, kh * kw):
             ky, kx = divmod(k, kw)
             tap = xp_[:, :, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride]
-            better = tap > out  # strict: the first maximum in row-major order wins
+            # Strict '>': the first maximum in row-major order wins. A NaN always wins, so a
+            # window holding one gives NaN, as the generic set's max does.
+            better = (tap > out) | (tap != tap)
             np.copyto(out, tap, where=better)
             argmax[better] = k
         return out, argmax

@@ -1,0 +1,62 @@
+"""Plain-loop NumPy references: slow, obvious, and independent of the kernels under test."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def out_size(h: int, k: int, stride: int, pad: int) -> int:
+    return (h + 2 * pad - k) // stride + 1
+
+
+def im2col_loops(x, kh, kw, stride, pad):
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kh, stride, pad), out_size(w, kw, stride, pad)
+    col = np.zeros((n * oh * ow, c * kh * kw), dtype=x.dtype)
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            y, xx = i * stride - pad + ky, j * stride - pad + kx
+                            if 0 <= y < h and 0 <= xx < w:
+                                col[(b * oh + i) * ow + j, (ch * kh + ky) * kw + kx] = x[b, ch, y, xx]
+    return col
+
+
+def conv_loops(x, W, b, stride, pad):
+    n, c, h, w = x.shape
+    fn, _, kh, kw = W.shape
+    oh, ow = out_size(h, kh, stride, pad), out_size(w, kw, stride, pad)
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out = np.zeros((n, fn, oh, ow), dtype=np.float64)
+    for i in range(oh):
+        for j in range(ow):
+            window = xp[:, :, i * stride : i * stride + kh, j * stride : j * stride + kw]
+            out[:, :, i, j] = np.tensordot(window, W, axes=([1, 2, 3], [1, 2, 3])) + b
+    return out
+
+
+def pool_loops(x, kh, kw, stride, pad, mode):
+    """Max (pad cells ignored, first maximum) or average (pad counted) pooling, with argmax."""
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kh, stride, pad), out_size(w, kw, stride, pad)
+    out = np.zeros((n, c, oh, ow), dtype=x.dtype)
+    arg = np.zeros((n, c, oh, ow), dtype=np.int32)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    best, best_k, total = -np.inf, 0, 0.0
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            y, xx = i * stride - pad + ky, j * stride - pad + kx
+                            if 0 <= y < h and 0 <= xx < w:
+                                v = x[b, ch, y, xx]
+                                total += v
+                                if v > best:
+                                    best, best_k = v, ky * kw + kx
+                    out[b, ch, i, j] = best if mode == "max" else total / (kh * kw)
+                    arg[b, ch, i, j] = best_k
+    return out, arg

@@ -1,0 +1,271 @@
+"""Every layer on every backend: forward against plain NumPy, backward against central
+differences in float64, dtype rules and clear errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpucnn
+from gpucnn.gradcheck import check_layer_gradients
+from gpucnn.layers import (
+    Affine,
+    AvgPooling,
+    BatchNormalization,
+    Convolution,
+    Dropout,
+    Flatten,
+    MaxPooling,
+    ReLU,
+    Sigmoid,
+    SigmoidWithLoss,
+    SoftmaxWithLoss,
+)
+
+from .reference import conv_loops, pool_loops
+
+TOL = 1e-6  # the issue's bound on the relative error of a float64 gradient
+
+CONV_CASES = [  # (N, C, H, W), FN, filter, stride, pad: non-square, remainders, padding
+    ((2, 3, 7, 6), 4, 3, 1, 0),
+    ((1, 2, 8, 5), 3, (3, 2), 2, 1),  # stride 2 leaves a remainder on H
+    ((3, 1, 6, 6), 2, 5, 3, 2),
+]
+POOL_CASES = [((2, 3, 6, 5), 2, None, 0), ((1, 2, 7, 7), 3, 2, 1), ((2, 1, 5, 8), (2, 3), 1, 1)]
+
+
+def host(backend, a):
+    return backend.to_numpy(a)
+
+
+def as64(backend, a):
+    return backend.asarray(np.asarray(a, dtype=np.float64))
+
+
+@pytest.mark.parametrize("shape,fn,size,stride,pad", CONV_CASES)
+def test_convolution_forward_and_gradients(backend, shape, fn, size, stride, pad):
+    rng = np.random.default_rng(0)
+    layer = Convolution(fn, size, stride, pad, dtype="float64")
+    x = rng.standard_normal(shape)
+    out = layer.forward(as64(backend, x))
+    np.testing.assert_allclose(host(backend, out), conv_loops(x, host(backend, layer.W), host(backend, layer.b), stride, pad),
+                               rtol=1e-10, atol=1e-12)
+    errors = check_layer_gradients(layer, x)
+    assert max(errors.values()) < TOL, errors
+
+
+def test_convolution_from_the_books_arrays(backend):
+    rng = np.random.default_rng(1)
+    W, b = rng.standard_normal((2, 3, 3, 3)), rng.standard_normal(2)
+    layer = Convolution(W=W, b=b, stride=1, pad=1)
+    assert layer.dtype == backend.xp.float64  # explicit arrays keep their dtype
+    x = rng.standard_normal((1, 3, 4, 5))
+    np.testing.assert_allclose(host(backend, layer.forward(as64(backend, x))), conv_loops(x, W, b, 1, 1), rtol=1e-10)
+    assert layer.filter_num == 2 and layer.filter_size == (3, 3)
+
+
+@pytest.mark.parametrize("shape,size,stride,pad", POOL_CASES)
+@pytest.mark.parametrize("cls,mode", [(MaxPooling, "max"), (AvgPooling, "avg")])
+def test_pooling_forward_and_gradients(backend, shape, size, stride, pad, cls, mode):
+    rng = np.random.default_rng(2)
+    layer = cls(size, stride, pad)
+    x = rng.standard_normal(shape)
+    kh, kw = layer.pool_size
+    out = layer.forward(as64(backend, x))
+    np.testing.assert_allclose(host(backend, out), pool_loops(x, kh, kw, layer.stride, pad, mode)[0], rtol=1e-12)
+    errors = check_layer_gradients(layer, x)
+    assert errors["x"] < TOL, errors
+
+
+def test_pool_stride_defaults_to_pool_size():
+    assert MaxPooling(3).stride == 3 and AvgPooling((2, 2)).stride == 2
+    with pytest.raises(ValueError, match="not square"):
+        MaxPooling((2, 3))
+
+
+@pytest.mark.parametrize("shape,units", [((4, 5), 3), ((2, 3, 2, 2), 4)])
+def test_affine_forward_and_gradients(backend, shape, units):
+    rng = np.random.default_rng(3)
+    layer = Affine(units, dtype="float64")
+    x = rng.standard_normal(shape)
+    out = layer.forward(as64(backend, x))
+    W, b = host(backend, layer.W), host(backend, layer.b)
+    np.testing.assert_allclose(host(backend, out), x.reshape(shape[0], -1) @ W + b, rtol=1e-12)
+    dx = layer.backward(backend.asarray(np.ones((shape[0], units))))
+    assert tuple(dx.shape) == shape  # N-D input: shape restored
+    errors = check_layer_gradients(layer, x)
+    assert max(errors.values()) < TOL, errors
+
+
+@pytest.mark.parametrize("cls,ref", [(ReLU, lambda x: np.maximum(x, 0)), (Sigmoid, lambda x: 1 / (1 + np.exp(-x)))])
+def test_activations_forward_and_gradients(backend, cls, ref):
+    x = np.random.default_rng(4).standard_normal((3, 2, 4, 3))
+    x[np.abs(x) < 1e-3] = 0.5  # keep central differences away from ReLU's kink
+    layer = cls()
+    np.testing.assert_allclose(host(backend, layer.forward(as64(backend, x))), ref(x), rtol=1e-12)
+    assert check_layer_gradients(layer, x)["x"] < TOL
+
+
+def test_sigmoid_does_not_overflow(backend):
+    y = Sigmoid().forward(backend.asarray(np.array([-1000.0, 0.0, 1000.0])))
+    np.testing.assert_allclose(host(backend, y), [0.0, 0.5, 1.0])
+
+
+def test_flatten_round_trip(backend):
+    x = np.arange(24.0).reshape(2, 3, 2, 2)
+    layer = Flatten()
+    out = layer.forward(as64(backend, x))
+    assert tuple(out.shape) == (2, 12)
+    assert tuple(layer.backward(out).shape) == (2, 3, 2, 2)
+
+
+def test_dropout_is_inverted_and_identity_at_inference(backend):
+    x = np.ones((200, 50))
+    layer = Dropout(0.3, seed=5)
+    out = host(backend, layer.forward(as64(backend, x), train=True))
+    kept = out != 0
+    assert 0.6 < kept.mean() < 0.8
+    np.testing.assert_allclose(out[kept], 1 / 0.7)  # survivors are scaled, so the mean is kept
+    dx = host(backend, layer.backward(backend.asarray(np.full((200, 50), 2.0))))
+    np.testing.assert_allclose(dx, 2 * out)
+    np.testing.assert_array_equal(host(backend, layer.forward(as64(backend, x), train=False)), x)
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\), got 1.5"):
+        Dropout(1.5)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 3, 3, 2)])
+def test_batch_normalization(backend, shape):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape) * 3 + 2
+    layer = BatchNormalization(dtype="float64")
+    out = host(backend, layer.forward(as64(backend, x), train=True))
+    axes = (0,) if len(shape) == 2 else (0, 2, 3)
+    np.testing.assert_allclose(out.mean(axis=axes), 0, atol=1e-10)
+    np.testing.assert_allclose(out.var(axis=axes), 1, rtol=1e-4)
+    running = host(backend, layer.state["running_mean"])
+    np.testing.assert_allclose(running, 0.1 * x.mean(axis=axes), rtol=1e-10)
+    inference = host(backend, layer.forward(as64(backend, x), train=False))
+    assert not np.allclose(inference, out)  # running statistics, not the batch's
+    errors = check_layer_gradients(layer, x)
+    assert max(errors.values()) < TOL, errors
+
+
+def test_softmax_with_loss_values_and_gradient(backend):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 4))
+    t = np.array([0, 3, 1, 1, 2])
+    layer = SoftmaxWithLoss()
+    loss = layer.forward(as64(backend, x), backend.asarray(t))
+    assert loss.ndim == 0 and backend.is_array(loss)  # a 0-d backend array: no host sync needed
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    expected = -np.mean(np.log(p[np.arange(5), t]))
+    assert abs(float(loss) - expected) < 1e-12
+    onehot = np.eye(4)[t]
+    assert abs(float(layer.forward(as64(backend, x), as64(backend, onehot))) - expected) < 1e-12
+    np.testing.assert_allclose(host(backend, layer.backward()), (p - onehot) / 5, rtol=1e-10)
+    big = layer.forward(as64(backend, np.array([[1000.0, 0.0], [0.0, 1000.0]])), backend.asarray(np.array([0, 0])))
+    assert abs(float(big) - 500.0) < 1e-9  # log-sum-exp: no overflow, exact
+
+
+def test_sigmoid_with_loss_values_and_gradient(backend):
+    x = np.array([-800.0, -1.0, 0.0, 2.0, 900.0])
+    t = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    layer = SigmoidWithLoss()
+    loss = float(layer.forward(as64(backend, x), as64(backend, t)))
+    expected = np.mean(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x))))
+    assert np.isfinite(loss) and abs(loss - expected) < 1e-12
+    y = 1 / (1 + np.exp(-np.clip(x, -500, 500)))
+    np.testing.assert_allclose(host(backend, layer.backward()), (y - t) / 5, atol=1e-15)
+
+
+# -- dtype rules ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dtype_is_kept_through_every_layer(backend, dtype):
+    xp = backend.xp
+    x = backend.asarray(np.random.default_rng(8).standard_normal((2, 3, 6, 6)), dtype=dtype)
+    layers = [Convolution(4, 3, pad=1, dtype=dtype), ReLU(), MaxPooling(2), AvgPooling(1), Sigmoid(),
+              BatchNormalization(dtype=dtype), Dropout(0.5, seed=0), Flatten(), Affine(3, dtype=dtype)]
+    for layer in layers:
+        x = layer.forward(x)
+        assert x.dtype == getattr(xp, dtype), type(layer).__name__
+    d = backend.asarray(np.ones(tuple(x.shape)), dtype=dtype)
+    for layer in reversed(layers):
+        d = layer.backward(d)
+        assert d.dtype == getattr(xp, dtype), type(layer).__name__
+        for g in layer.grads.values():
+            assert g.dtype == getattr(xp, dtype)
+
+
+def test_backward_never_overwrites_its_gradient(backend):
+    rng = np.random.default_rng(9)
+    x = backend.asarray(rng.standard_normal((2, 2, 4, 4)), dtype="float32")
+    for layer in [ReLU(), Sigmoid(), MaxPooling(2), AvgPooling(2), Convolution(2, 3, dtype="float32"),
+                  Affine(3, dtype="float32"), Dropout(0.5, seed=1), BatchNormalization(dtype="float32")]:
+        out = layer.forward(x)
+        dout = backend.asarray(rng.standard_normal(tuple(out.shape)), dtype="float32")
+        before = host(backend, dout).copy()
+        layer.backward(dout)
+        np.testing.assert_array_equal(host(backend, dout), before, err_msg=type(layer).__name__)
+
+
+def test_bare_layer_refuses_another_dtype(backend):
+    layer = Convolution(2, 3)  # float32 by default
+    with pytest.raises(TypeError, match="input is float64 but the parameters are float32"):
+        layer.forward(backend.asarray(np.zeros((1, 1, 5, 5))))
+    affine = Affine(W=np.zeros((4, 2), dtype=np.float64))
+    with pytest.raises(TypeError, match="input is float32 but the parameters are float64"):
+        affine.forward(backend.asarray(np.zeros((1, 4), dtype=np.float32)))
+
+
+# -- bad input -------------------------------------------------------------------------
+
+
+def test_channel_mismatch(backend):
+    layer = Convolution(W=np.zeros((2, 3, 3, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="input has 1 channels but W expects 3"):
+        layer.forward(backend.asarray(np.zeros((1, 1, 5, 5), dtype=np.float32)))
+
+
+def test_output_below_one(backend):
+    with pytest.raises(ValueError, match="window 5 does not fit in input 3"):
+        Convolution(1, 5, dtype="float32").forward(backend.asarray(np.zeros((1, 1, 3, 3), dtype=np.float32)))
+
+
+def test_pooling_pad_over_half_the_window():
+    with pytest.raises(ValueError, match="pooling pad 2 is more than half the window 2x2"):
+        MaxPooling(2, pad=2)
+
+
+def test_wrong_number_of_dimensions(backend):
+    with pytest.raises(ValueError, match=r"expects a 4-D array \(N, C, H, W\), got shape \(5, 5\)"):
+        Convolution(1, 3).forward(backend.asarray(np.zeros((5, 5), dtype=np.float32)))
+    with pytest.raises(ValueError, match="expects a 4-D array"):
+        MaxPooling(2).forward(backend.asarray(np.zeros((2, 5, 5), dtype=np.float32)))
+    with pytest.raises(ValueError, match=r"expects \(N, K\) scores"):
+        SoftmaxWithLoss().forward(backend.asarray(np.zeros(3)), backend.asarray(np.zeros(3, dtype=np.int64)))
+
+
+def test_labels_out_of_range_or_wrong_shape(backend):
+    x = backend.asarray(np.zeros((3, 4)))
+    loss = SoftmaxWithLoss()
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\] for 4 classes, got values from 0 to 7"):
+        loss.forward(x, backend.asarray(np.array([0, 7, 1])))
+    with pytest.raises(ValueError, match="2 labels for 3 samples"):
+        loss.forward(x, backend.asarray(np.array([0, 1])))
+    with pytest.raises(ValueError, match=r"one-hot, got shape \(3, 5\)"):
+        loss.forward(x, backend.asarray(np.zeros((3, 5))))
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 1\]"):
+        SigmoidWithLoss().forward(backend.asarray(np.zeros(2)), backend.asarray(np.array([0.0, 2.0])))
+
+
+def test_arrays_of_another_backend_are_refused():
+    from .strict_backend import make_strict_backend
+
+    pytest.importorskip("array_api_strict")
+    strict = make_strict_backend()
+    with gpucnn.use_backend("numpy"):
+        layer = ReLU()
+    with pytest.raises(TypeError, match="ReLU.forward got a array_api_strict.Array but is bound to backend 'numpy'"):
+        layer.forward(strict.asarray(np.zeros((2, 2))))

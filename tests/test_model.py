@@ -1,0 +1,212 @@
+"""Sequential, SimpleConvNet and the optimizers: the book's API, gradient checks, backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpucnn
+from gpucnn.gradcheck import check_model_gradients
+from gpucnn.layers import Affine, Convolution, Dropout, Flatten, MaxPooling, ReLU, SoftmaxWithLoss
+from gpucnn.optimizers import SGD, AdaGrad, Adam, Momentum, RMSprop, get_optimizer
+
+TOL = 1e-6
+
+
+def small_net(dtype="float64", seed=0, **kw):
+    kw.setdefault("conv_param", {"filter_num": 3, "filter_size": 3, "pad": 1, "stride": 2})
+    return gpucnn.SimpleConvNet(input_dim=(1, 7, 9), hidden_size=5, output_size=4, weight_init_std=0.3,
+                                dtype=dtype, seed=seed, **kw)
+
+
+def data(n=3, shape=(1, 7, 9), classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, *shape)), rng.integers(0, classes, n)
+
+
+@pytest.mark.parametrize("conv_param", [
+    {"filter_num": 3, "filter_size": 3, "pad": 1, "stride": 2},  # stride 2 leaves a remainder
+    {"filter_num": 2, "filter_size": 2, "pad": 0, "stride": 1},
+])
+def test_simple_convnet_gradients(backend, conv_param):
+    net = small_net(conv_param=conv_param)
+    x, t = data()
+    errors = check_model_gradients(net, x, t)
+    assert max(errors.values()) < TOL, errors
+
+
+def test_fused_and_unfused_steps_agree(backend):
+    x, t = data(n=4)
+    fused = small_net()
+    plain = gpucnn.Sequential(
+        [Convolution(W=fused.params["W1"], b=fused.params["b1"], stride=2, pad=1), ReLU(), MaxPooling(2),
+         Affine(W=fused.params["W2"], b=fused.params["b2"]), ReLU(), Affine(W=fused.params["W3"], b=fused.params["b3"])],
+        fuse=False)
+    assert fused.loss(x, t) == pytest.approx(plain.loss(x, t), rel=1e-12)
+    g1, g2 = fused.gradient(x, t), plain.gradient(x, t)
+    for k1, k2 in zip(g1, g2):
+        np.testing.assert_allclose(backend.to_numpy(g1[k1]), backend.to_numpy(g2[k2]), rtol=1e-10, atol=1e-14)
+
+
+def test_simple_convnet_books_api():
+    net = gpucnn.SimpleConvNet(seed=0)
+    assert list(net.params) == ["W1", "b1", "W2", "b2", "W3", "b3"]
+    assert net.params["W1"].shape == (30, 1, 5, 5) and net.params["W2"].shape == (4320, 100)
+    assert net.params["W1"].dtype == np.float32
+    assert abs(float(np.std(net.params["W1"])) - 0.01) < 0.002  # weight_init_std
+    x, t = data(n=2, shape=(1, 28, 28), classes=10)
+    assert net.predict(x).shape == (2, 10)
+    grads = net.gradient(x, t)
+    assert set(grads) == set(net.params)
+    # The layers use the very arrays of params: an in-place change changes the network.
+    before = net.loss(x, t)
+    net.params["W3"][...] = 0
+    net.params["b3"][...] = 0
+    assert net.loss(x, t) == pytest.approx(np.log(10), rel=1e-6) != before
+    net.params["b3"] = np.arange(10, dtype=np.float32)  # assignment reaches the layer too
+    assert float(net.predict(x)[0, 9]) == pytest.approx(9.0)
+    with pytest.raises(ValueError, match=r"parameter 'b3' has shape \(10,\), got \(3,\)"):
+        net.params["b3"] = np.zeros(3)
+    assert 0.0 <= net.accuracy(x, t, batch_size=1) <= 1.0
+
+
+def test_non_square_input():
+    net = gpucnn.SimpleConvNet(input_dim=(3, 20, 32), seed=1)
+    assert net.params["W2"].shape == (30 * 8 * 14, 100)
+    assert net.predict(np.zeros((2, 3, 20, 32))).shape == (2, 10)
+
+
+def test_same_seed_same_weights():
+    a, b, c = gpucnn.SimpleConvNet(seed=3), gpucnn.SimpleConvNet(seed=3), gpucnn.SimpleConvNet(seed=4)
+    np.testing.assert_array_equal(a.params["W1"], b.params["W1"])
+    assert not np.array_equal(a.params["W1"], c.params["W1"])
+
+
+def test_sequential_lazy_build_summary_and_keys():
+    model = gpucnn.Sequential([Convolution(4, 3), ReLU(), MaxPooling(2), Flatten(), Affine(10)], seed=0)
+    assert not model.built
+    x, t = data(n=2, shape=(2, 9, 8), classes=10)
+    model.loss(x, t)
+    assert model.built and model.input_shape == (2, 9, 8)
+    assert list(model.params) == ["convolution1.W", "convolution1.b", "affine1.W", "affine1.b"]
+    text = model.summary()
+    assert "(None, 4, 7, 6)" in text and "(None, 4, 3, 3)" in text and f"{model.count_params():,}" in text
+    assert model.count_params() == 4 * 2 * 9 + 4 + 36 * 10 + 10
+
+
+def test_sequential_builds_from_input_shape_and_explicit_weights():
+    W = np.ones((6, 2))
+    model = gpucnn.Sequential([Affine(W=W), SoftmaxWithLoss()], input_shape=(6,))
+    assert model.dtype == np.float64  # explicit weights decide
+    assert model.predict(np.ones((1, 6))).dtype == np.float64
+    with pytest.raises(ValueError, match="W expects 6"):
+        gpucnn.Sequential([Affine(W=W)], input_shape=(5,))
+
+
+def test_model_casts_inputs_and_labels_at_the_boundary():
+    net = gpucnn.SimpleConvNet(input_dim=(1, 8, 8), seed=0)
+    x = (np.random.default_rng(0).random((2, 1, 8, 8)) * 255).astype(np.uint8)
+    assert net.predict(x).dtype == np.float32
+    assert np.isfinite(net.loss(x, [1, 2]))
+
+
+def test_non_finite_loss_is_an_error():
+    net = gpucnn.SimpleConvNet(input_dim=(1, 8, 8), seed=0)
+    x = np.zeros((2, 1, 8, 8))
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(FloatingPointError, match="the loss is nan on a batch of 2 samples"):
+        net.loss(x, [0, 1])
+    net.params["W3"] = np.full((100, 10), np.inf, dtype=np.float32)
+    with pytest.raises(FloatingPointError, match="the loss is (nan|inf)"):
+        net.loss(np.ones((2, 1, 8, 8)), [0, 1])
+
+
+def test_model_moves_between_backends(backend):
+    x, t = data()
+    with gpucnn.use_backend("numpy"):
+        net = small_net()
+    expected = net.loss(x, t)
+    net.to(backend.name)
+    assert net.backend is backend and backend.is_array(net.params["W1"])
+    assert net.loss(x, t) == pytest.approx(expected, rel=1e-10)
+    net.to("numpy")
+    assert isinstance(net.params["W1"], np.ndarray)
+
+
+def test_model_refuses_arrays_of_another_backend():
+    from .strict_backend import make_strict_backend
+
+    pytest.importorskip("array_api_strict")
+    strict = make_strict_backend()
+    net = small_net()
+    with pytest.raises(TypeError, match="bound to backend 'numpy'"):
+        net.predict(strict.asarray(np.zeros((1, 1, 7, 9))))
+
+
+def test_layers_and_model_run_on_array_api_strict():
+    """The proof of portability: the same layers on array_api_strict with the generic kernels."""
+    pytest.importorskip("array_api_strict")
+    from .strict_backend import make_strict_backend
+
+    strict = make_strict_backend()
+    x, t = data(n=4)
+    with gpucnn.use_backend("numpy"):
+        reference = small_net()
+        model = gpucnn.Sequential([Convolution(2, 3, pad=1), ReLU(), MaxPooling(2, pad=1), Dropout(0.2),
+                                   Flatten(), Affine(4)], input_shape=(1, 7, 9), dtype="float64", seed=0)
+    ref_loss, ref_grads = reference.loss(x, t), reference.gradient(x, t)
+    for net in (reference, model):
+        net.to(strict)
+    assert reference.loss(x, t) == pytest.approx(ref_loss, rel=1e-12)
+    grads = reference.gradient(x, t)
+    for key in ref_grads:
+        np.testing.assert_allclose(strict.to_numpy(grads[key]), ref_grads[key], rtol=1e-10, atol=1e-14)
+    assert max(check_model_gradients(reference, x, t).values()) < TOL
+    model.gradient(x, t)
+    AdaGrad(lr=0.1).update(model.params, model.grads, backend=strict)
+    assert np.isfinite(model.loss(x, t, train=False))
+
+
+def _quadratic_steps(opt, steps=3):
+    p = {"w": np.array([1.0, -2.0, 3.0])}
+    history = []
+    for _ in range(steps):
+        opt.update(p, {"w": 2 * p["w"]})  # gradient of sum(w²)
+        history.append(p["w"].copy())
+    return history
+
+
+def test_optimizers_follow_the_books_rules():
+    w = np.array([1.0, -2.0, 3.0])
+    np.testing.assert_allclose(_quadratic_steps(SGD(lr=0.1), 1)[0], w - 0.1 * 2 * w)
+    v = -0.1 * 2 * w
+    np.testing.assert_allclose(_quadratic_steps(Momentum(lr=0.1, momentum=0.9), 1)[0], w + v)
+    g = 2 * w
+    np.testing.assert_allclose(_quadratic_steps(AdaGrad(lr=0.5), 1)[0], w - 0.5 * g / (np.sqrt(g * g) + 1e-7))
+    h = 0.01 * g * g
+    np.testing.assert_allclose(_quadratic_steps(RMSprop(lr=0.5), 1)[0], w - 0.5 * g / (np.sqrt(h) + 1e-7))
+    lr_t = 0.1 * np.sqrt(1 - 0.999) / (1 - 0.9)
+    m, vv = 0.1 * g, 0.001 * g * g
+    np.testing.assert_allclose(_quadratic_steps(Adam(lr=0.1), 1)[0], w - lr_t * m / (np.sqrt(vv) + 1e-7))
+    for opt in (SGD(0.05), Momentum(0.05), AdaGrad(0.5), RMSprop(0.05), Adam(0.3)):
+        assert np.abs(_quadratic_steps(opt, 60)[-1]).sum() < np.abs(w).sum() / 2, opt
+
+
+def test_optimizer_state_is_keyed_by_name_and_lazy():
+    opt = Adam()
+    assert opt.state == {}
+    params = {"a": np.ones(2), "b": np.ones((2, 2))}
+    opt.update(params, {"a": np.ones(2), "b": np.ones((2, 2))})
+    assert set(opt.state) == {"a", "b"} and opt.state["b"]["m"].shape == (2, 2)
+    assert opt.state["a"]["m"].dtype == params["a"].dtype
+
+
+def test_weight_decay_and_get_optimizer():
+    p = {"w": np.array([2.0])}
+    SGD(lr=0.1, weight_decay=0.5).update(p, {"w": np.array([0.0])})
+    np.testing.assert_allclose(p["w"], [2.0 - 0.1 * 0.5 * 2.0])
+    assert isinstance(get_optimizer("adagrad", lr=0.06), AdaGrad)
+    with pytest.raises(ValueError, match="unknown optimizer 'nadam'"):
+        get_optimizer("nadam")
+    with pytest.raises(ValueError, match="learning rate must be > 0, got -1"):
+        SGD(lr=-1)
