@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--sampling", choices=["epoch", "random"], default="epoch")
     train.add_argument("--out", metavar="DIR", help="output folder (default: runs/MODEL-DATASET)")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")
 
     evaluate = sub.add_parser("evaluate", help="loss and accuracy of a saved model on a test set")
     evaluate.add_argument("model_path", metavar="MODEL.npz")
@@ -135,7 +135,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         model.fit(x_train, t_train, batch_size=args.batch_size, epochs=args.epochs,
                   validation_data=(x_test, t_test), seed=None if args.resume else args.seed,
-                  verbose=0 if args.quiet else 1, sampling=args.sampling, checkpoint=str(model_path),
+                  verbose=2 if args.quiet else 1, sampling=args.sampling, checkpoint=str(model_path),
                   callbacks=[record])
     except KeyboardInterrupt:
         print(f"\ninterrupted: {model_path} holds the model after epoch {model.epoch}; "
