@@ -1,10 +1,10 @@
 """gpucnn: a small, readable CNN engine that runs the same layers on NumPy, Numba and CuPy.
 
-    >>> import gpucnn
-    >>> net = gpucnn.SimpleConvNet(seed=0)                 # the book's network, float32
-    >>> with gpucnn.use_backend("numpy"):
-    ...     mlp = gpucnn.Sequential([gpucnn.layers.Affine(50), gpucnn.layers.ReLU(),
-    ...                              gpucnn.layers.Affine(10)], input_shape=(784,))
+>>> import gpucnn
+>>> net = gpucnn.SimpleConvNet(seed=0)                 # the book's network, float32
+>>> with gpucnn.use_backend("numpy"):
+...     mlp = gpucnn.Sequential([gpucnn.layers.Affine(50), gpucnn.layers.ReLU(),
+...                              gpucnn.layers.Affine(10)], input_shape=(784,))
 """
 
 from . import datasets, initializers, kernels, layers, models, optimizers

@@ -174,8 +174,8 @@ def set_backend(name: str) -> Backend:
 def use_backend(name: str | Backend) -> Iterator[Backend]:
     """Run a block with ``name`` as the current backend::
 
-        with gpucnn.use_backend("numba"):
-            net = gpucnn.SimpleConvNet()
+    with gpucnn.use_backend("numba"):
+        net = gpucnn.SimpleConvNet()
     """
     backend = get_backend(name)
     stack = getattr(_state, "stack", None)
@@ -330,7 +330,7 @@ def _cuda_emu_backend() -> Backend:
     import array_api_compat.numpy as xp
 
     from .kernels.cuda_set import CudaKernels
-    from .kernels.emu import EmuLauncher, EmulationUnavailable
+    from .kernels.emu import EmulationUnavailable, EmuLauncher
 
     try:
         launcher = EmuLauncher()

@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def data_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
-        p.add_argument("--data", metavar="DIR", help="dataset folder (default: $GPUCNN_DATA or the dataset's usual place)")
+        p.add_argument(
+            "--data", metavar="DIR", help="dataset folder (default: $GPUCNN_DATA or the dataset's usual place)"
+        )
         p.add_argument("--backend", choices=known_backends(), help="default: $GPUCNN_BACKEND or numpy")
 
     train = sub.add_parser("train", help="train a model, saving it every epoch")
@@ -123,8 +125,10 @@ def _train(args: argparse.Namespace) -> int:
         model = build_model(args.model, x_train.shape[1:], classes, dtype=args.dtype, seed=args.seed)
         model.optimizer = get_optimizer(args.optimizer, lr=args.lr)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"{args.model} on {args.dataset}: {len(x_train):,} training and {len(x_test):,} test images, "
-          f"backend {model.backend.name}, batch {args.batch_size}, {model.optimizer!r}")
+    print(
+        f"{args.model} on {args.dataset}: {len(x_train):,} training and {len(x_test):,} test images, "
+        f"backend {model.backend.name}, batch {args.batch_size}, {model.optimizer!r}"
+    )
 
     def record(model: Any, epoch: int, logs: dict) -> None:
         """After every epoch: history.json and curves.png beside the checkpoint."""
@@ -133,13 +137,24 @@ def _train(args: argparse.Namespace) -> int:
         plot_history(combined, curves_path, title=f"{args.model} on {args.dataset}, batch {args.batch_size}")
 
     try:
-        model.fit(x_train, t_train, batch_size=args.batch_size, epochs=args.epochs,
-                  validation_data=(x_test, t_test), seed=None if args.resume else args.seed,
-                  verbose=2 if args.quiet else 1, sampling=args.sampling, checkpoint=str(model_path),
-                  callbacks=[record])
+        model.fit(
+            x_train,
+            t_train,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            validation_data=(x_test, t_test),
+            seed=None if args.resume else args.seed,
+            verbose=2 if args.quiet else 1,
+            sampling=args.sampling,
+            checkpoint=str(model_path),
+            callbacks=[record],
+        )
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {model_path} holds the model after epoch {model.epoch}; "
-              f"continue with the same command and --resume", file=sys.stderr)
+        print(
+            f"\ninterrupted: {model_path} holds the model after epoch {model.epoch}; "
+            f"continue with the same command and --resume",
+            file=sys.stderr,
+        )
         return 130
     print(f"saved {model_path}, {history_path} and {curves_path}")
     return 0
@@ -155,16 +170,28 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SystemExit(f"gpucnn: error: {exc}") from None
     _, (x_test, t_test) = _load_data(args)
     loss, accuracy = model.evaluate(x_test, t_test, batch_size=args.batch_size)
-    print(json.dumps({"model": str(args.model_path), "dataset": args.dataset, "samples": len(x_test),
-                      "loss": round(loss, 6), "accuracy": round(accuracy, 6), "backend": model.backend.name}))
+    print(
+        json.dumps(
+            {
+                "model": str(args.model_path),
+                "dataset": args.dataset,
+                "samples": len(x_test),
+                "loss": round(loss, 6),
+                "accuracy": round(accuracy, 6),
+                "backend": model.backend.name,
+            }
+        )
+    )
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     from .backend import BackendUnavailable, get_backend, known_backends
 
-    print(f"gpucnn {__import__('gpucnn').__version__}, Python {platform.python_version()}, "
-          f"{platform.machine()}, {os.cpu_count()} CPUs")
+    print(
+        f"gpucnn {__import__('gpucnn').__version__}, Python {platform.python_version()}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs"
+    )
     print(f"numpy {np.__version__}")
     for name in ("numba", "cupy"):
         try:

@@ -28,8 +28,18 @@ __all__ = ["DatasetError", "load_cifar10", "load_dataset", "load_fashion_mnist",
 
 ENV_VAR = "GPUCNN_DATA"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 # IDX type byte → big-endian NumPy dtype.
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -66,8 +76,10 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
         raise DatasetError(f"{path}: {len(data)} bytes, too short for an IDX header")
     zero, type_code, dims = struct.unpack(">HBB", data[:4])
     if zero != 0 or type_code not in _IDX_TYPES:
-        raise DatasetError(f"{path}: bad IDX magic number {data[:4].hex()} (expected 0000 then a type byte "
-                           f"{', '.join(f'{t:02x}' for t in _IDX_TYPES)} and the number of dimensions)")
+        raise DatasetError(
+            f"{path}: bad IDX magic number {data[:4].hex()} (expected 0000 then a type byte "
+            f"{', '.join(f'{t:02x}' for t in _IDX_TYPES)} and the number of dimensions)"
+        )
     if ndim is not None and dims != ndim:
         raise DatasetError(f"{path}: {dims}-D data, expected {ndim}-D")
     header = 4 + 4 * dims
@@ -78,8 +90,9 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing data"
-        raise DatasetError(f"{path}: {what}: {len(data)} bytes, but the header {shape} of {dtype.name} "
-                           f"needs exactly {expected}")
+        raise DatasetError(
+            f"{path}: {what}: {len(data)} bytes, but the header {shape} of {dtype.name} needs exactly {expected}"
+        )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -116,20 +129,26 @@ def _idx_split(folder: Path, images: str, labels: str) -> tuple[np.ndarray, np.n
 
 def _resolve(path: str | os.PathLike | None, default: Path | None, what: str) -> Path:
     folder = path or os.environ.get(ENV_VAR) or default
-    hint = (f"point path= or ${ENV_VAR} at a folder holding train-images-idx3-ubyte.gz, "
-            f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+    hint = (
+        f"point path= or ${ENV_VAR} at a folder holding train-images-idx3-ubyte.gz, "
+        f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz"
+    )
     if folder is None:
         raise FileNotFoundError(f"no {what} folder given: {hint}")
     folder = Path(folder)
     if not folder.is_dir():
-        install = (" Install Fashion-MNIST with: apt-get install dataset-fashion-mnist (Debian)."
-                   if default == FASHION_MNIST_DIR else "")
+        install = (
+            " Install Fashion-MNIST with: apt-get install dataset-fashion-mnist (Debian)."
+            if default == FASHION_MNIST_DIR
+            else ""
+        )
         raise FileNotFoundError(f"{what} not found: {folder} is not a folder.{install} Or {hint}")
     return folder
 
 
-def load_mnist(path: str | os.PathLike | None = None, normalize: bool = True, flatten: bool = True,
-               one_hot_label: bool = False):
+def load_mnist(
+    path: str | os.PathLike | None = None, normalize: bool = True, flatten: bool = True, one_hot_label: bool = False
+):
     """MNIST-format data from a folder of IDX files (the book's ``load_mnist``).
 
     ``path`` defaults to ``$GPUCNN_DATA``. Returns ``(x_train, t_train), (x_test, t_test)``:
@@ -141,12 +160,15 @@ def load_mnist(path: str | os.PathLike | None = None, normalize: bool = True, fl
         test = _idx_split(folder, _MNIST_FILES["test_img"], _MNIST_FILES["test_label"])
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{exc}; expected the four MNIST-format files (IDX, optionally gzipped)") from exc
-    return (_finish(*train, normalize, flatten, one_hot_label, 10),
-            _finish(*test, normalize, flatten, one_hot_label, 10))
+    return (
+        _finish(*train, normalize, flatten, one_hot_label, 10),
+        _finish(*test, normalize, flatten, one_hot_label, 10),
+    )
 
 
-def load_fashion_mnist(path: str | os.PathLike | None = None, normalize: bool = True, flatten: bool = True,
-                       one_hot_label: bool = False):
+def load_fashion_mnist(
+    path: str | os.PathLike | None = None, normalize: bool = True, flatten: bool = True, one_hot_label: bool = False
+):
     """Fashion-MNIST (60,000 + 10,000 images, 28x28, ten clothing classes), as :func:`load_mnist`.
 
     Default location: ``$GPUCNN_DATA`` or ``/usr/share/datasets/fashion-mnist`` (Debian's
@@ -162,8 +184,10 @@ _CIFAR_RECORD = 1 + 3 * 32 * 32
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raw = path.read_bytes()
     if len(raw) == 0 or len(raw) % _CIFAR_RECORD:
-        raise DatasetError(f"{path}: {len(raw)} bytes is not a whole number of CIFAR-10 records "
-                           f"({_CIFAR_RECORD} bytes each): truncated or not a CIFAR-10 binary batch")
+        raise DatasetError(
+            f"{path}: {len(raw)} bytes is not a whole number of CIFAR-10 records "
+            f"({_CIFAR_RECORD} bytes each): truncated or not a CIFAR-10 binary batch"
+        )
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
     t = records[:, 0].copy()
     if t.max() > 9:
@@ -171,22 +195,26 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return records[:, 1:].reshape(-1, 3, 32, 32).copy(), t
 
 
-def load_cifar10(path: str | os.PathLike | None = None, normalize: bool = True, flatten: bool = False,
-                 one_hot_label: bool = False):
+def load_cifar10(
+    path: str | os.PathLike | None = None, normalize: bool = True, flatten: bool = False, one_hot_label: bool = False
+):
     """CIFAR-10 from its binary version (``data_batch_1.bin`` ... ``data_batch_5.bin``,
     ``test_batch.bin``). x (N, 3, 32, 32) or (N, 3072); t (N,) or (N, 10)."""
     folder = _resolve(path, None, "CIFAR-10")
     train_files = sorted(folder.glob("data_batch_*.bin"))
     test_file = folder / "test_batch.bin"
     if not train_files or not test_file.is_file():
-        raise FileNotFoundError(f"{folder} needs data_batch_1.bin ... data_batch_5.bin and test_batch.bin "
-                                f"(the CIFAR-10 binary version)")
+        raise FileNotFoundError(
+            f"{folder} needs data_batch_1.bin ... data_batch_5.bin and test_batch.bin (the CIFAR-10 binary version)"
+        )
     parts = [_read_cifar_batch(f) for f in train_files]
     x_train = np.concatenate([p[0] for p in parts])
     t_train = np.concatenate([p[1] for p in parts])
     x_test, t_test = _read_cifar_batch(test_file)
-    return (_finish(x_train, t_train, normalize, flatten, one_hot_label, 10),
-            _finish(x_test, t_test, normalize, flatten, one_hot_label, 10))
+    return (
+        _finish(x_train, t_train, normalize, flatten, one_hot_label, 10),
+        _finish(x_test, t_test, normalize, flatten, one_hot_label, 10),
+    )
 
 
 DATASETS = {"fashion-mnist": load_fashion_mnist, "mnist": load_mnist, "cifar10": load_cifar10}

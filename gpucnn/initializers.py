@@ -30,8 +30,14 @@ def xavier_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int,
     return math.sqrt(2.0 / (fan_in + fan_out)) * rng.standard_normal(shape)
 
 
-_NAMED = {"he": he_normal, "he_normal": he_normal, "xavier": xavier_normal, "glorot": xavier_normal,
-          "xavier_normal": xavier_normal, "glorot_normal": xavier_normal}
+_NAMED = {
+    "he": he_normal,
+    "he_normal": he_normal,
+    "xavier": xavier_normal,
+    "glorot": xavier_normal,
+    "xavier_normal": xavier_normal,
+    "glorot_normal": xavier_normal,
+}
 
 
 def get_initializer(spec):

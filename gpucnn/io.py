@@ -81,8 +81,9 @@ def save(model: Any, path: str | os.PathLike) -> None:
                 arrays[f"state/{layer.name}/{name}"] = backend.to_numpy(value)
     optimizer = model.optimizer
     if optimizer is not None:
-        arrays["optimizer"] = _json({"class": type(optimizer).__name__, "config": optimizer.config(),
-                                     "iterations": optimizer.iterations})
+        arrays["optimizer"] = _json(
+            {"class": type(optimizer).__name__, "config": optimizer.config(), "iterations": optimizer.iterations}
+        )
         for key, slots in optimizer.state.items():
             for slot, value in slots.items():
                 arrays[f"optimizer_state/{key}/{slot}"] = backend.to_numpy(value)
@@ -103,8 +104,10 @@ def _read(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ModelFileError(f"{path} is not a gpucnn model file (no 'gpucnn_format' entry)")
     version = int(arrays["format_version"])
     if version > FORMAT_VERSION:
-        raise ModelFileError(f"{path} has format version {version}, newer than this gpucnn reads "
-                             f"(up to {FORMAT_VERSION}): upgrade gpucnn")
+        raise ModelFileError(
+            f"{path} has format version {version}, newer than this gpucnn reads "
+            f"(up to {FORMAT_VERSION}): upgrade gpucnn"
+        )
     return arrays
 
 
@@ -114,8 +117,15 @@ def _build(arch: dict) -> Any:
 
     if arch.get("class") == "SimpleConvNet":
         hp = arch["hyperparameters"]
-        return SimpleConvNet(tuple(hp["input_dim"]), hp["conv_param"], hp["hidden_size"], hp["output_size"],
-                             hp["weight_init_std"], dtype=arch["dtype"], seed=arch.get("seed"))
+        return SimpleConvNet(
+            tuple(hp["input_dim"]),
+            hp["conv_param"],
+            hp["hidden_size"],
+            hp["output_size"],
+            hp["weight_init_std"],
+            dtype=arch["dtype"],
+            seed=arch.get("seed"),
+        )
     if arch.get("class") != "Sequential":
         raise ModelFileError(f"unknown model class {arch.get('class')!r}")
     layers = []
@@ -142,14 +152,16 @@ def load(path: str | os.PathLike) -> Any:
     if not model.built:
         raise ModelFileError(f"{path}: the saved model has no input shape")
     params = model.params
-    saved = {key[len("param/"):] for key in arrays if key.startswith("param/")}
+    saved = {key[len("param/") :] for key in arrays if key.startswith("param/")}
     if saved != set(params):
         raise ModelFileError(f"{path}: parameters {sorted(saved)} do not match the architecture's {sorted(params)}")
     for key in params:
         value = arrays[f"param/{key}"]
         if tuple(value.shape) != tuple(params[key].shape):
-            raise ModelFileError(f"{path}: parameter {key!r} has shape {tuple(value.shape)}, "
-                                 f"the architecture needs {tuple(params[key].shape)}")
+            raise ModelFileError(
+                f"{path}: parameter {key!r} has shape {tuple(value.shape)}, "
+                f"the architecture needs {tuple(params[key].shape)}"
+            )
         params[key] = value
     for layer in model.layers:
         for store in layer._state_dicts():

@@ -202,9 +202,19 @@ class Convolution(_WeightBias):
     Input (N, C, H, W) → output (N, FN, OH, OW).
     """
 
-    def __init__(self, filter_num: int | None = None, filter_size: int | tuple[int, int] | None = None,
-                 stride: int = 1, pad: int = 0, *, W=None, b=None, weight_init: Any = "he",
-                 dtype: Any = None, name: str | None = None):
+    def __init__(
+        self,
+        filter_num: int | None = None,
+        filter_size: int | tuple[int, int] | None = None,
+        stride: int = 1,
+        pad: int = 0,
+        *,
+        W=None,
+        b=None,
+        weight_init: Any = "he",
+        dtype: Any = None,
+        name: str | None = None,
+    ):
         super().__init__(W=W, b=b, weight_init=weight_init, dtype=dtype, name=name)
         if W is not None:
             if np.ndim(W) != 4:
@@ -228,7 +238,10 @@ class Convolution(_WeightBias):
         fh, fw = self.filter_size
         if self._explicit:
             if self.W.shape[1] != c:
-                raise ValueError(f"Convolution: input has {c} channels but W expects {self.W.shape[1]} (W shape {tuple(self.W.shape)})")
+                raise ValueError(
+                    f"Convolution: input has {c} channels but W expects {self.W.shape[1]} "
+                    f"(W shape {tuple(self.W.shape)})"
+                )
         else:
             fan_in, fan_out = c * fh * fw, self.filter_num * fh * fw
             init = get_initializer(self.weight_init)
@@ -291,8 +304,12 @@ class ConvReluMaxPool:
     @staticmethod
     def fits(layers: list[Layer], i: int) -> bool:
         """Whether ``layers[i:i+3]`` is a Convolution, a ReLU and a MaxPooling."""
-        return (i + 2 < len(layers) and type(layers[i]) is Convolution and type(layers[i + 1]) is ReLU
-                and type(layers[i + 2]) is MaxPooling)
+        return (
+            i + 2 < len(layers)
+            and type(layers[i]) is Convolution
+            and type(layers[i + 1]) is ReLU
+            and type(layers[i + 2]) is MaxPooling
+        )
 
     def forward(self, x, train=True):
         conv, pool = self.conv, self.pool
@@ -329,8 +346,9 @@ class ConvReluMaxPool:
 
 
 class _Pooling(Layer):
-    def __init__(self, pool_size: int | tuple[int, int] = 2, stride: int | None = None, pad: int = 0, *,
-                 name: str | None = None):
+    def __init__(
+        self, pool_size: int | tuple[int, int] = 2, stride: int | None = None, pad: int = 0, *, name: str | None = None
+    ):
         super().__init__(name=name)
         self.pool_size = _pair(pool_size, "pool_size")
         self.stride = int(stride) if stride is not None else self.pool_size[0]
@@ -396,8 +414,16 @@ class Affine(_WeightBias):
     """Fully connected layer ``x @ W + b``; N-D input is flattened to (N, D) and its shape
     restored in backward. ``W`` (D, units), ``b`` (units,)."""
 
-    def __init__(self, units: int | None = None, *, W=None, b=None, weight_init: Any = "he",
-                 dtype: Any = None, name: str | None = None):
+    def __init__(
+        self,
+        units: int | None = None,
+        *,
+        W=None,
+        b=None,
+        weight_init: Any = "he",
+        dtype: Any = None,
+        name: str | None = None,
+    ):
         super().__init__(W=W, b=b, weight_init=weight_init, dtype=dtype, name=name)
         if W is not None:
             if np.ndim(W) != 2:
@@ -413,7 +439,9 @@ class Affine(_WeightBias):
         d = math.prod(input_shape)
         if self._explicit:
             if self.W.shape[0] != d:
-                raise ValueError(f"Affine: input has {d} features (shape {input_shape}) but W expects {self.W.shape[0]}")
+                raise ValueError(
+                    f"Affine: input has {d} features (shape {input_shape}) but W expects {self.W.shape[0]}"
+                )
         else:
             init = get_initializer(self.weight_init)
             self.params["W"] = self._param(init(rng, (d, self.units), d, self.units))
@@ -426,7 +454,9 @@ class Affine(_WeightBias):
         self._check_input(x)
         x2d = self.xp.reshape(x, (x.shape[0], -1))
         if x2d.shape[1] != self.W.shape[0]:
-            raise ValueError(f"Affine: input has {x2d.shape[1]} features (shape {tuple(x.shape)}) but W expects {self.W.shape[0]}")
+            raise ValueError(
+                f"Affine: input has {x2d.shape[1]} features (shape {tuple(x.shape)}) but W expects {self.W.shape[0]}"
+            )
         self._x_shape, self._x2d = tuple(x.shape), x2d
         return x2d @ self.W + self.b
 
@@ -591,7 +621,10 @@ class BatchNormalization(Layer):
         xp = self.xp
         axes, shape = self._axes_and_shape(x)
         if x.shape[1] != self.params["gamma"].shape[0]:
-            raise ValueError(f"BatchNormalization: input has {x.shape[1]} features/channels, built for {self.params['gamma'].shape[0]}")
+            raise ValueError(
+                f"BatchNormalization: input has {x.shape[1]} features/channels, "
+                f"built for {self.params['gamma'].shape[0]}"
+            )
         if train:
             mean = xp.mean(x, axis=axes)
             var = xp.var(x, axis=axes)
@@ -672,10 +705,16 @@ class SoftmaxWithLoss(LossLayer):
             if check_labels and k > 0:
                 lo, hi = int(xp.min(t)), int(xp.max(t))
                 if lo < 0 or hi >= k:
-                    raise ValueError(f"SoftmaxWithLoss: labels must lie in [0, {k - 1}] for {k} classes, got values from {lo} to {hi}")
+                    raise ValueError(
+                        f"SoftmaxWithLoss: labels must lie in [0, {k - 1}] for {k} classes, "
+                        f"got values from {lo} to {hi}"
+                    )
             return xp.astype(xp.reshape(t, (n, 1)) == xp.reshape(xp.arange(k, device=_dev(x)), (1, k)), x.dtype)
         if tuple(t.shape) != (n, k):
-            raise ValueError(f"SoftmaxWithLoss: targets must be (N,) labels or (N, K) = ({n}, {k}) one-hot, got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"SoftmaxWithLoss: targets must be (N,) labels or (N, K) = ({n}, {k}) one-hot, "
+                f"got shape {tuple(t.shape)}"
+            )
         return t if t.dtype == x.dtype else xp.astype(t, x.dtype)
 
     def forward(self, x, t, *, check_labels=True):
@@ -742,5 +781,19 @@ def _dev(x):
     return getattr(x, "device", None)
 
 
-LAYERS = {cls.__name__: cls for cls in (Convolution, MaxPooling, AvgPooling, Affine, ReLU, Sigmoid, Flatten,
-                                        Dropout, BatchNormalization, SoftmaxWithLoss, SigmoidWithLoss)}
+LAYERS = {
+    cls.__name__: cls
+    for cls in (
+        Convolution,
+        MaxPooling,
+        AvgPooling,
+        Affine,
+        ReLU,
+        Sigmoid,
+        Flatten,
+        Dropout,
+        BatchNormalization,
+        SoftmaxWithLoss,
+        SigmoidWithLoss,
+    )
+}

@@ -117,9 +117,17 @@ class Sequential(TrainingMixin):
             (same values; less memory traffic).
     """
 
-    def __init__(self, layers: Sequence[Layer], loss: str | LossLayer = "softmax_cross_entropy",
-                 input_shape: Sequence[int] | None = None, *, dtype: Any = None, seed: int | None = None,
-                 name: str | None = None, fuse: bool = True) -> None:
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        loss: str | LossLayer = "softmax_cross_entropy",
+        input_shape: Sequence[int] | None = None,
+        *,
+        dtype: Any = None,
+        seed: int | None = None,
+        name: str | None = None,
+        fuse: bool = True,
+    ) -> None:
         layers = list(layers)
         if layers and isinstance(layers[-1], LossLayer):
             loss = layers.pop()
@@ -169,8 +177,9 @@ class Sequential(TrainingMixin):
                 raise ValueError(f"layer {layer.name} was built for input {layer.input_shape}, got {shape}")
             shape = layer.output_shape if layer.built else layer.build(shape, self._init_rng, self.dtype)
             if layer.params and layer.dtype != self.dtype:
-                raise TypeError(f"layer {layer.name} has {dtype_name(layer.dtype)} parameters in a "
-                                f"{dtype_name(self.dtype)} model")
+                raise TypeError(
+                    f"layer {layer.name} has {dtype_name(layer.dtype)} parameters in a {dtype_name(self.dtype)} model"
+                )
 
     @property
     def built(self) -> bool:
@@ -186,8 +195,12 @@ class Sequential(TrainingMixin):
         return f"{layer.name}.{name}"
 
     def _param_slots(self) -> dict[str, tuple[Layer, str]]:
-        return {self._param_key(layer, name): (layer, name)
-                for layer in self.layers for name in layer.param_names if name in layer.params}
+        return {
+            self._param_key(layer, name): (layer, name)
+            for layer in self.layers
+            for name in layer.param_names
+            if name in layer.params
+        }
 
     @property
     def params(self) -> ParamView:
@@ -222,13 +235,21 @@ class Sequential(TrainingMixin):
         shape = self.input_shape
         for layer in self.layers:
             out = layer.output_shape if layer.built else None
-            rows.append((f"{layer.name} ({type(layer).__name__})",
-                         "?" if out is None else str((None, *out)), f"{layer.count_params():,}"))
+            rows.append(
+                (
+                    f"{layer.name} ({type(layer).__name__})",
+                    "?" if out is None else str((None, *out)),
+                    f"{layer.count_params():,}",
+                )
+            )
         rows.append((f"{self.loss_layer.name} ({type(self.loss_layer).__name__})", "()", "0"))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         line = "-" * (sum(widths) + 4)
-        text = [f"{type(self).__name__} on backend {self.backend.name!r}, {dtype_name(self.dtype)}, "
-                f"input {None if shape is None else (None, *shape)}", line]
+        text = [
+            f"{type(self).__name__} on backend {self.backend.name!r}, {dtype_name(self.dtype)}, "
+            f"input {None if shape is None else (None, *shape)}",
+            line,
+        ]
         for i, row in enumerate(rows):
             text.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}")
             if i == 0:
@@ -309,8 +330,10 @@ class Sequential(TrainingMixin):
         self._ensure_built(x)
         value = float(self._loss_array(x, t, train))
         if not math.isfinite(value):
-            raise FloatingPointError(f"the loss is {value} on a batch of {x.shape[0]} samples "
-                                     f"(non-finite inputs, exploding weights or too high a learning rate)")
+            raise FloatingPointError(
+                f"the loss is {value} on a batch of {x.shape[0]} samples "
+                f"(non-finite inputs, exploding weights or too high a learning rate)"
+            )
         return value
 
     def _backward(self) -> None:
@@ -331,11 +354,12 @@ class Sequential(TrainingMixin):
     def accuracy(self, x: Any, t: Any, batch_size: int = 100) -> float:
         """Fraction of correct predictions, computed ``batch_size`` samples at a time."""
         _check_batch(batch_size)
-        xp = self.backend.xp
         correct = 0
         n = len(x)
         for i in range(0, n, batch_size):
-            correct = correct + self._count_correct(self.predict(x[i : i + batch_size]), self._as_target(t[i : i + batch_size]))
+            correct = correct + self._count_correct(
+                self.predict(x[i : i + batch_size]), self._as_target(t[i : i + batch_size])
+            )
         return float(correct) / n if n else float("nan")
 
     def _count_correct(self, scores: Array, t: Array) -> Array:
@@ -351,7 +375,8 @@ class Sequential(TrainingMixin):
         return xp.sum(xp.astype(predicted == truth, xp.int64))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({len(self.layers)} layers, backend={self.backend.name!r}, dtype={dtype_name(self.dtype)})"
+        return (f"{type(self).__name__}({len(self.layers)} layers, backend={self.backend.name!r}, "
+                f"dtype={dtype_name(self.dtype)})")
 
     # -- saving ---------------------------------------------------------------------------
 
@@ -365,7 +390,9 @@ class Sequential(TrainingMixin):
         """A JSON-able description that :func:`gpucnn.load` rebuilds the model from."""
         return {
             "class": "Sequential",
-            "layers": [{"type": type(layer).__name__, "name": layer.name, "config": layer.config()} for layer in self.layers],
+            "layers": [
+                {"type": type(layer).__name__, "name": layer.name, "config": layer.config()} for layer in self.layers
+            ],
             "loss": type(self.loss_layer).__name__,
             "input_shape": None if self.input_shape is None else list(self.input_shape),
             "dtype": dtype_name(self.dtype),
@@ -395,30 +422,53 @@ class SimpleConvNet(Sequential):
         weight_init_std: std of the normal initial weights (biases start at zero).
     """
 
-    _KEYS = {("convolution1", "W"): "W1", ("convolution1", "b"): "b1",
-             ("affine1", "W"): "W2", ("affine1", "b"): "b2",
-             ("affine2", "W"): "W3", ("affine2", "b"): "b3"}
+    _KEYS = {
+        ("convolution1", "W"): "W1",
+        ("convolution1", "b"): "b1",
+        ("affine1", "W"): "W2",
+        ("affine1", "b"): "b2",
+        ("affine2", "W"): "W3",
+        ("affine2", "b"): "b3",
+    }
 
-    def __init__(self, input_dim: Sequence[int] = (1, 28, 28),
-                 conv_param: Mapping[str, int] | None = None,
-                 hidden_size: int = 100, output_size: int = 10, weight_init_std: float = 0.01,
-                 *, dtype: Any = "float32", seed: int | None = None) -> None:
+    def __init__(
+        self,
+        input_dim: Sequence[int] = (1, 28, 28),
+        conv_param: Mapping[str, int] | None = None,
+        hidden_size: int = 100,
+        output_size: int = 10,
+        weight_init_std: float = 0.01,
+        *,
+        dtype: Any = "float32",
+        seed: int | None = None,
+    ) -> None:
         conv_param = {"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1, **(conv_param or {})}
         init = normal(weight_init_std)
-        self.hyperparameters = {"input_dim": list(input_dim), "conv_param": dict(conv_param),
-                                "hidden_size": hidden_size, "output_size": output_size,
-                                "weight_init_std": weight_init_std}
+        self.hyperparameters = {
+            "input_dim": list(input_dim),
+            "conv_param": dict(conv_param),
+            "hidden_size": hidden_size,
+            "output_size": output_size,
+            "weight_init_std": weight_init_std,
+        }
         layers = [
-            Convolution(conv_param["filter_num"], conv_param["filter_size"], conv_param["stride"],
-                        conv_param["pad"], weight_init=init, name="convolution1"),
+            Convolution(
+                conv_param["filter_num"],
+                conv_param["filter_size"],
+                conv_param["stride"],
+                conv_param["pad"],
+                weight_init=init,
+                name="convolution1",
+            ),
             ReLU(name="relu1"),
             MaxPooling(2, 2, name="max_pooling1"),
             Affine(hidden_size, weight_init=init, name="affine1"),
             ReLU(name="relu2"),
             Affine(output_size, weight_init=init, name="affine2"),
         ]
-        super().__init__(layers, SoftmaxWithLoss(name="softmax_with_loss1"), input_shape=tuple(input_dim),
-                         dtype=dtype, seed=seed)
+        super().__init__(
+            layers, SoftmaxWithLoss(name="softmax_with_loss1"), input_shape=tuple(input_dim), dtype=dtype, seed=seed
+        )
 
     def _param_key(self, layer, name):
         return self._KEYS[(layer.name, name)]

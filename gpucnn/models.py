@@ -14,50 +14,106 @@ from .model import Sequential, SimpleConvNet
 __all__ = ["MODELS", "binary_mlp", "build_model", "cifar_cnn", "mnist_cnn", "simple_convnet", "two_layer_net"]
 
 
-def simple_convnet(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, dtype: Any = "float32",
-                   seed: int | None = None, weight_init_std: float = 0.01) -> SimpleConvNet:
+def simple_convnet(
+    input_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    dtype: Any = "float32",
+    seed: int | None = None,
+    weight_init_std: float = 0.01,
+) -> SimpleConvNet:
     """The book's SimpleConvNet: conv 30 5x5 - relu - pool 2 - affine 100 - relu - affine."""
-    return SimpleConvNet(tuple(input_shape), output_size=num_classes, weight_init_std=weight_init_std,
-                         dtype=dtype, seed=seed)
+    return SimpleConvNet(
+        tuple(input_shape), output_size=num_classes, weight_init_std=weight_init_std, dtype=dtype, seed=seed
+    )
 
 
-def mnist_cnn(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, dtype: Any = "float32",
-              seed: int | None = None) -> Sequential:
+def mnist_cnn(
+    input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, dtype: Any = "float32", seed: int | None = None
+) -> Sequential:
     """The classic Keras MNIST example: conv 32 3x3 - conv 64 3x3 - pool - dropout - dense 128 - dense."""
-    return Sequential([
-        Convolution(32, 3), ReLU(),
-        Convolution(64, 3), ReLU(), MaxPooling(2), Dropout(0.25),
-        Flatten(), Affine(128), ReLU(), Dropout(0.5),
-        Affine(num_classes),
-    ], SoftmaxWithLoss(), input_shape=tuple(input_shape), dtype=dtype, seed=seed)
+    return Sequential(
+        [
+            Convolution(32, 3),
+            ReLU(),
+            Convolution(64, 3),
+            ReLU(),
+            MaxPooling(2),
+            Dropout(0.25),
+            Flatten(),
+            Affine(128),
+            ReLU(),
+            Dropout(0.5),
+            Affine(num_classes),
+        ],
+        SoftmaxWithLoss(),
+        input_shape=tuple(input_shape),
+        dtype=dtype,
+        seed=seed,
+    )
 
 
-def cifar_cnn(input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, dtype: Any = "float32",
-              seed: int | None = None) -> Sequential:
+def cifar_cnn(
+    input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, dtype: Any = "float32", seed: int | None = None
+) -> Sequential:
     """The Keras CIFAR-10 example: two conv-conv-pool-dropout blocks (32 then 64 filters), dense 512."""
-    return Sequential([
-        Convolution(32, 3, pad=1), ReLU(), Convolution(32, 3), ReLU(), MaxPooling(2), Dropout(0.25),
-        Convolution(64, 3, pad=1), ReLU(), Convolution(64, 3), ReLU(), MaxPooling(2), Dropout(0.25),
-        Flatten(), Affine(512), ReLU(), Dropout(0.5),
-        Affine(num_classes),
-    ], SoftmaxWithLoss(), input_shape=tuple(input_shape), dtype=dtype, seed=seed)
+    return Sequential(
+        [
+            Convolution(32, 3, pad=1),
+            ReLU(),
+            Convolution(32, 3),
+            ReLU(),
+            MaxPooling(2),
+            Dropout(0.25),
+            Convolution(64, 3, pad=1),
+            ReLU(),
+            Convolution(64, 3),
+            ReLU(),
+            MaxPooling(2),
+            Dropout(0.25),
+            Flatten(),
+            Affine(512),
+            ReLU(),
+            Dropout(0.5),
+            Affine(num_classes),
+        ],
+        SoftmaxWithLoss(),
+        input_shape=tuple(input_shape),
+        dtype=dtype,
+        seed=seed,
+    )
 
 
-def two_layer_net(input_shape: Sequence[int] = (784,), num_classes: int = 10, dtype: Any = "float32",
-                  seed: int | None = None, hidden_size: int = 50, weight_init_std: float = 0.01) -> Sequential:
+def two_layer_net(
+    input_shape: Sequence[int] = (784,),
+    num_classes: int = 10,
+    dtype: Any = "float32",
+    seed: int | None = None,
+    hidden_size: int = 50,
+    weight_init_std: float = 0.01,
+) -> Sequential:
     """The book's TwoLayerNet: affine 50 - relu - affine, weights N(0, 0.01²)."""
-    return Sequential([Affine(hidden_size, weight_init=weight_init_std), ReLU(),
-                       Affine(num_classes, weight_init=weight_init_std)],
-                      SoftmaxWithLoss(), input_shape=tuple(input_shape), dtype=dtype, seed=seed)
+    return Sequential(
+        [Affine(hidden_size, weight_init=weight_init_std), ReLU(), Affine(num_classes, weight_init=weight_init_std)],
+        SoftmaxWithLoss(),
+        input_shape=tuple(input_shape),
+        dtype=dtype,
+        seed=seed,
+    )
 
 
-def binary_mlp(input_shape: Sequence[int] = (30,), num_classes: int = 1, dtype: Any = "float32",
-               seed: int | None = None) -> Sequential:
+def binary_mlp(
+    input_shape: Sequence[int] = (30,), num_classes: int = 1, dtype: Any = "float32", seed: int | None = None
+) -> Sequential:
     """A 30-16-8-6-1 perceptron with a sigmoid output and binary cross-entropy."""
     if num_classes not in (1, 2):
         raise ValueError(f"binary_mlp is a two-class model, got num_classes={num_classes}")
-    return Sequential([Affine(16), ReLU(), Affine(8), ReLU(), Affine(6), ReLU(), Affine(1)],
-                      SigmoidWithLoss(), input_shape=tuple(input_shape), dtype=dtype, seed=seed)
+    return Sequential(
+        [Affine(16), ReLU(), Affine(8), ReLU(), Affine(6), ReLU(), Affine(1)],
+        SigmoidWithLoss(),
+        input_shape=tuple(input_shape),
+        dtype=dtype,
+        seed=seed,
+    )
 
 
 MODELS: dict[str, Callable[..., Sequential]] = {
@@ -69,8 +125,9 @@ MODELS: dict[str, Callable[..., Sequential]] = {
 }
 
 
-def build_model(name: str, input_shape: Sequence[int], num_classes: int = 10, dtype: Any = "float32",
-                seed: int | None = None) -> Sequential:
+def build_model(
+    name: str, input_shape: Sequence[int], num_classes: int = 10, dtype: Any = "float32", seed: int | None = None
+) -> Sequential:
     """A zoo model by name."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")

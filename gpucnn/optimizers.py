@@ -107,8 +107,9 @@ class RMSprop(Optimizer):
 
     state_names = ("h",)
 
-    def __init__(self, lr: float = 0.01, decay_rate: float = 0.99, eps: float = 1e-7,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self, lr: float = 0.01, decay_rate: float = 0.99, eps: float = 1e-7, weight_decay: float = 0.0
+    ) -> None:
         super().__init__(lr, weight_decay)
         self.decay_rate = float(decay_rate)
         self.eps = float(eps)
@@ -127,8 +128,9 @@ class Adam(Optimizer):
 
     state_names = ("m", "v")
 
-    def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-7,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-7, weight_decay: float = 0.0
+    ) -> None:
         super().__init__(lr, weight_decay)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self._lr_t = self.lr

@@ -284,7 +284,9 @@ class TrainingMixin:
                 value = float(value)
                 if not math.isfinite(value):
                     first, last = pending[0][0] + 1, pending[-1][0] + 1
-                    where = f"iteration {it + 1}" + (f" (loss fetched for iterations {first}-{last})" if last > first else "")
+                    where = f"iteration {it + 1}"
+                    if last > first:
+                        where += f" (loss fetched for iterations {first}-{last})"
                     message = (f"loss is {value} at epoch {epoch + 1}, {where}; "
                                f"lower the learning rate or check the inputs (fit(on_nonfinite='ignore') keeps going)")
                     if on_nonfinite == "raise":
@@ -321,7 +323,6 @@ class TrainingMixin:
         """Mean loss and accuracy over (x, t), ``batch_size`` samples at a time: ``(loss, accuracy)``."""
         batch_size = check_batch_size(batch_size)
         x, t = self._prepare(x, t)
-        xp = self.backend.xp
         total_loss, total_correct = None, None
         n = len(x)
         for i in range(0, n, batch_size):

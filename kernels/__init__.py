@@ -122,7 +122,4 @@ def conv_output_size(in_size: int, kernel_size: int, stride: int = 1, pad: int =
 def check_pool_pad(kh: int, kw: int, pad: int) -> None:
     """Pooling pad may be at most half the window, so that no window is all padding."""
     if pad > kh // 2 or pad > kw // 2:
-        raise ValueError(
-            f"pooling pad {pad} is more than half the window {kh}x{kw} "
-            f"(at most {min(kh, kw) // 2})"
-        )
+        raise ValueError(f"pooling pad {pad} is more than half the window {kh}x{kw} (at most {min(kh, kw) // 2})")

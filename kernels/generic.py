@@ -97,7 +97,9 @@ class GenericKernels:
         argmax = xp.astype(xp.argmax(stacked, axis=0), xp.int32)
         return out, argmax
 
-    def maxpool_backward(self, dout: Array, argmax: Array, x_shape, kh: int, kw: int, stride: int, pad: int = 0) -> Array:
+    def maxpool_backward(
+        self, dout: Array, argmax: Array, x_shape, kh: int, kw: int, stride: int, pad: int = 0
+    ) -> Array:
         xp = self.xp
         zero = xp.zeros((), dtype=dout.dtype, device=_device(dout))
         parts = [xp.where(argmax == k, dout, zero) for k in range(kh * kw)]
@@ -116,15 +118,27 @@ class GenericKernels:
 
     # -- fused and layout operations ----------------------------------------------
 
-    def bias_relu_maxpool(self, rows: Array, b: Array, n: int, oh: int, ow: int,
-                          kh: int, kw: int, stride: int, pad: int = 0):
+    def bias_relu_maxpool(
+        self, rows: Array, b: Array, n: int, oh: int, ow: int, kh: int, kw: int, stride: int, pad: int = 0
+    ):
         """GEMM rows (N*OH*OW, FN) + bias → ReLU → max pooling: (out, argmax), (N, FN, PH, PW)."""
         xp = self.xp
         pooled, argmax = self.maxpool_forward(self.rows_to_nchw(rows + b, n, oh, ow), kh, kw, stride, pad)
         return xp.maximum(pooled, 0), argmax
 
-    def maxpool_relu_backward(self, dout: Array, argmax: Array, out: Array, n: int, oh: int, ow: int,
-                              kh: int, kw: int, stride: int, pad: int = 0) -> Array:
+    def maxpool_relu_backward(
+        self,
+        dout: Array,
+        argmax: Array,
+        out: Array,
+        n: int,
+        oh: int,
+        ow: int,
+        kh: int,
+        kw: int,
+        stride: int,
+        pad: int = 0,
+    ) -> Array:
         """The gradient of :meth:`bias_relu_maxpool` with respect to its rows, (N*OH*OW, FN)."""
         xp = self.xp
         passed = xp.where(out > 0, dout, xp.zeros((), dtype=dout.dtype, device=_device(dout)))

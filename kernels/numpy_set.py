@@ -58,38 +58,87 @@ class NumpyKernels(GenericKernels):
                 dxp[:, :, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride] += col6[:, :, ky, kx]
         return np.ascontiguousarray(dxp[:, :, pad : pad + h, pad : pad + w]) if pad else dxp
 
+    @staticmethod
+    def _max_over_taps(tap, count: int):
+        """Running maximum over the window taps ``tap(k)``, k = ky*KW + kx, with its argmax.
+
+        Strict '>' keeps the first maximum in row-major order. A NaN always wins, so a
+        window holding one gives NaN, as the generic set's max does.
+        """
+        out = np.array(tap(0), order="C")
+        argmax = np.zeros(out.shape, dtype=np.int32)
+        for k in range(1, count):
+            t = tap(k)
+            better = (t > out) | (t != t)
+            np.copyto(out, t, where=better)
+            argmax[better] = k
+        return out, argmax
+
+    @staticmethod
+    def _route_to_taps(grad, argmax, target, count: int, disjoint: bool) -> None:
+        """Add ``grad`` into the tap views ``target(k)`` where ``argmax == k``."""
+        for k in range(count):
+            hit = argmax == k
+            if disjoint:  # windows do not overlap: each input cell gets one value at most
+                np.copyto(target(k), grad, where=hit)
+            else:
+                target(k)[...] += np.where(hit, grad, 0)
+
+    @staticmethod
+    def _tap_slices(k: int, kw: int, stride: int, oh: int, ow: int) -> tuple[slice, slice]:
+        ky, kx = divmod(k, kw)
+        return slice(ky, ky + stride * oh, stride), slice(kx, kx + stride * ow, stride)
+
     def maxpool_forward(self, x, kh, kw, stride, pad=0):
         check_pool_pad(kh, kw, pad)
         n, c, h, w = x.shape
         oh = conv_output_size(h, kh, stride, pad)
         ow = conv_output_size(w, kw, stride, pad)
         xp_ = self._pad(x, pad, -np.inf)
-        out = np.array(xp_[:, :, : stride * oh : stride, : stride * ow : stride], order="C")
-        argmax = np.zeros((n, c, oh, ow), dtype=np.int32)
-        for k in range(1, kh * kw):
-            ky, kx = divmod(k, kw)
-            tap = xp_[:, :, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride]
-            # Strict '>': the first maximum in row-major order wins. A NaN always wins, so a
-            # window holding one gives NaN, as the generic set's max does.
-            better = (tap > out) | (tap != tap)
-            np.copyto(out, tap, where=better)
-            argmax[better] = k
-        return out, argmax
+        return self._max_over_taps(lambda k: xp_[(..., *self._tap_slices(k, kw, stride, oh, ow))], kh * kw)
 
     def maxpool_backward(self, dout, argmax, x_shape, kh, kw, stride, pad=0):
         n, c, h, w = x_shape
         oh, ow = dout.shape[2], dout.shape[3]
         dxp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=dout.dtype)
-        disjoint = stride >= kh and stride >= kw
-        for k in range(kh * kw):
-            ky, kx = divmod(k, kw)
-            target = dxp[:, :, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride]
-            hit = argmax == k
-            if disjoint:
-                np.copyto(target, dout, where=hit)
-            else:
-                target += np.where(hit, dout, 0)
+        self._route_to_taps(
+            dout,
+            argmax,
+            lambda k: dxp[(..., *self._tap_slices(k, kw, stride, oh, ow))],
+            kh * kw,
+            disjoint=stride >= kh and stride >= kw,
+        )
         return np.ascontiguousarray(dxp[:, :, pad : pad + h, pad : pad + w]) if pad else dxp
+
+    def bias_relu_maxpool(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
+        # Pool straight in the GEMM's (N, OH, OW, FN) layout: only the pooled result, 1/(KH*KW)
+        # of the activation, is transposed to NCHW.
+        check_pool_pad(kh, kw, pad)
+        fn = rows.shape[1]
+        ph = conv_output_size(oh, kh, stride, pad)
+        pw = conv_output_size(ow, kw, stride, pad)
+        y = (rows + b).reshape(n, oh, ow, fn)
+        if pad:
+            y = np.pad(y, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-np.inf)
+        out, argmax = self._max_over_taps(lambda k: y[(slice(None), *self._tap_slices(k, kw, stride, ph, pw))], kh * kw)
+        np.maximum(out, 0, out=out)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2)), np.ascontiguousarray(argmax.transpose(0, 3, 1, 2))
+
+    def maxpool_relu_backward(self, dout, argmax, out, n, oh, ow, kh, kw, stride, pad=0):
+        fn, ph, pw = dout.shape[1], dout.shape[2], dout.shape[3]
+        to_nhwc = (0, 2, 3, 1)
+        passed = np.where(out > 0, dout, 0).transpose(to_nhwc)
+        dy = np.zeros((n, oh + 2 * pad, ow + 2 * pad, fn), dtype=dout.dtype)
+        self._route_to_taps(
+            passed,
+            argmax.transpose(to_nhwc),
+            lambda k: dy[(slice(None), *self._tap_slices(k, kw, stride, ph, pw))],
+            kh * kw,
+            disjoint=stride >= kh and stride >= kw,
+        )
+        if pad:
+            dy = np.ascontiguousarray(dy[:, pad : pad + oh, pad : pad + ow])
+        return dy.reshape(n * oh * ow, fn)
 
     def avgpool_forward(self, x, kh, kw, stride, pad=0):
         check_pool_pad(kh, kw, pad)

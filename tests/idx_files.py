@@ -15,8 +15,9 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def write_mnist(folder: Path, n_train: int = 40, n_test: int = 20, gz: bool = True, seed: int = 0,
-                size: int = 28) -> tuple[np.ndarray, np.ndarray]:
+def write_mnist(
+    folder: Path, n_train: int = 40, n_test: int = 20, gz: bool = True, seed: int = 0, size: int = 28
+) -> tuple[np.ndarray, np.ndarray]:
     """Four MNIST-format files of learnable 'images' (each class brightens its own rows)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -44,24 +44,29 @@ def test_set_backend_changes_the_default(monkeypatch):
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=120
+    )
 
 
 def test_env_var_picks_the_default_and_never_breaks_import():
     ok = _run("import gpucnn; print(gpucnn.get_backend().name)", GPUCNN_BACKEND="numpy")
     assert ok.returncode == 0 and ok.stdout.strip() == "numpy"
-    bogus = _run("import gpucnn\ntry:\n    gpucnn.get_backend()\nexcept ValueError as e:\n    print('refused:', e)",
-                 GPUCNN_BACKEND="bogus")
+    bogus = _run(
+        "import gpucnn\ntry:\n    gpucnn.get_backend()\nexcept ValueError as e:\n    print('refused:', e)",
+        GPUCNN_BACKEND="bogus",
+    )
     assert bogus.returncode == 0, bogus.stderr
     assert "refused: unknown backend 'bogus'" in bogus.stdout
 
 
 def test_import_works_without_numba_and_cupy():
-    code = ("import sys; sys.modules['numba'] = None; sys.modules['cupy'] = None\n"
-            "import gpucnn; print(gpucnn.available_backends())\n"
-            "try:\n    gpucnn.get_backend('numba')\nexcept gpucnn.BackendUnavailable as e:\n    print('numba:', e)\n"
-            "try:\n    gpucnn.get_backend('cupy')\nexcept gpucnn.BackendUnavailable as e:\n    print('cupy:', e)")
+    code = (
+        "import sys; sys.modules['numba'] = None; sys.modules['cupy'] = None\n"
+        "import gpucnn; print(gpucnn.available_backends())\n"
+        "try:\n    gpucnn.get_backend('numba')\nexcept gpucnn.BackendUnavailable as e:\n    print('numba:', e)\n"
+        "try:\n    gpucnn.get_backend('cupy')\nexcept gpucnn.BackendUnavailable as e:\n    print('cupy:', e)"
+    )
     out = _run(code)
     assert out.returncode == 0, out.stderr
     assert "'numpy'" in out.stdout

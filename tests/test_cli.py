@@ -24,8 +24,26 @@ def data_dir(tmp_path):
 
 def test_train_evaluate_resume(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
-    args = ["train", "--dataset", "mnist", "--data", str(data_dir), "--batch-size", "20", "--epochs", "1",
-            "--lr", "0.05", "--seed", "0", "--out", str(out), "--quiet", "--backend", "numpy"]
+    args = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--data",
+        str(data_dir),
+        "--batch-size",
+        "20",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.05",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--quiet",
+        "--backend",
+        "numpy",
+    ]
     assert main(args) == 0
     for name in ("model.npz", "history.json", "curves.png"):
         assert (out / name).stat().st_size > 0, name
@@ -47,14 +65,17 @@ def test_train_evaluate_resume(tmp_path, data_dir, capsys):
     assert gpucnn.load(out / "model.npz").epoch == 2
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["train", "--batch-size", "0"], "expected a number >= 1, got 0"),
-    (["train", "--epochs", "two"], "expected a whole number, got 'two'"),
-    (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
-    (["train", "--lr", "-1"], "expected a number > 0"),
-    (["train", "--backend", "tpu"], "invalid choice: 'tpu'"),
-    ([], "required"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--batch-size", "0"], "expected a number >= 1, got 0"),
+        (["train", "--epochs", "two"], "expected a whole number, got 'two'"),
+        (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
+        (["train", "--lr", "-1"], "expected a number > 0"),
+        (["train", "--backend", "tpu"], "invalid choice: 'tpu'"),
+        ([], "required"),
+    ],
+)
 def test_bad_arguments_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -70,8 +91,13 @@ def test_missing_data_and_model_are_clear_errors(tmp_path):
 
 
 def test_info_and_the_installed_command():
-    result = subprocess.run([sys.executable, "-m", "gpucnn", "info"], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "GPUCNN_BACKEND": "numpy"})
+    result = subprocess.run(
+        [sys.executable, "-m", "gpucnn", "info"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GPUCNN_BACKEND": "numpy"},
+    )
     assert result.returncode == 0, result.stderr
     assert "numpy" in result.stdout and "backends:" in result.stdout
     assert "  numpy     usable" in result.stdout

@@ -26,18 +26,26 @@ def test_round_trip_is_bit_identical(tmp_path, backend):
     assert type(loaded) is gpucnn.SimpleConvNet and loaded.backend is backend
     np.testing.assert_array_equal(backend.to_numpy(loaded.predict(x)), backend.to_numpy(net.predict(x)))
     assert loaded.epoch == 1 and loaded.optimizer.iterations == net.optimizer.iterations
-    np.testing.assert_array_equal(backend.to_numpy(loaded.optimizer.state["W1"]["v"]),
-                                  backend.to_numpy(net.optimizer.state["W1"]["v"]))
+    np.testing.assert_array_equal(
+        backend.to_numpy(loaded.optimizer.state["W1"]["v"]), backend.to_numpy(net.optimizer.state["W1"]["v"])
+    )
 
 
 def test_sequential_with_state_round_trips(tmp_path):
-    model = gpucnn.Sequential([Affine(8), BatchNormalization(), ReLU(), Dropout(0.3), Affine(3)],
-                              input_shape=(5,), seed=0)
+    model = gpucnn.Sequential(
+        [Affine(8), BatchNormalization(), ReLU(), Dropout(0.3), Affine(3)], input_shape=(5,), seed=0
+    )
     x = np.random.default_rng(0).random((16, 5)).astype(np.float32)
     model.fit(x, np.arange(16) % 3, batch_size=8, epochs=2, verbose=0)
     model.save(tmp_path / "m.npz")
     loaded = gpucnn.load(tmp_path / "m.npz")
-    assert [type(layer).__name__ for layer in loaded.layers] == ["Affine", "BatchNormalization", "ReLU", "Dropout", "Affine"]
+    assert [type(layer).__name__ for layer in loaded.layers] == [
+        "Affine",
+        "BatchNormalization",
+        "ReLU",
+        "Dropout",
+        "Affine",
+    ]
     np.testing.assert_array_equal(loaded.layers[1].state["running_var"], model.layers[1].state["running_var"])
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
 
@@ -70,8 +78,15 @@ def test_checkpoint_every_epoch(tmp_path):
     x, t = blobs(20)
     path = tmp_path / "ck" / "model.npz"
     seen = []
-    tiny_net().fit(x, t, batch_size=10, epochs=2, verbose=0, checkpoint=str(path),
-                   callbacks=[lambda m, e, logs: seen.append(gpucnn.load(path).epoch)])
+    tiny_net().fit(
+        x,
+        t,
+        batch_size=10,
+        epochs=2,
+        verbose=0,
+        checkpoint=str(path),
+        callbacks=[lambda m, e, logs: seen.append(gpucnn.load(path).epoch)],
+    )
     assert seen == [1, 2]
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpucnn.kernels import KERNEL_OPERATIONS, check_pool_pad, conv_output_size
+from gpucnn.kernels.generic import GenericKernels
+from gpucnn.kernels.numpy_set import NumpyKernels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpucnn
-from gpucnn.kernels import KERNEL_OPERATIONS, check_pool_pad, conv_output_size
-from gpucnn.kernels.generic import GenericKernels
-from gpucnn.kernels.numpy_set import NumpyKernels
 
 from .reference import im2col_loops, pool_loops
 
@@ -61,8 +61,9 @@ def test_col2im_is_the_adjoint_of_im2col(case):
     assert dx.shape == x.shape and dx.dtype == x.dtype
     # <im2col(x), c> == <x, col2im(c)> for every x: col2im is exactly im2col's transpose.
     np.testing.assert_allclose(np.vdot(col, c), np.vdot(x, dx), rtol=1e-4 if x.dtype == np.float32 else 1e-10)
-    np.testing.assert_allclose(GEN.col2im(c, x.shape, kh, kw, stride, pad), dx,
-                               rtol=1e-5 if x.dtype == np.float32 else 1e-12, atol=1e-5)
+    np.testing.assert_allclose(
+        GEN.col2im(c, x.shape, kh, kw, stride, pad), dx, rtol=1e-5 if x.dtype == np.float32 else 1e-12, atol=1e-5
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -178,15 +179,19 @@ def test_generic_kernels_run_on_array_api_strict(kh, kw, stride, pad):
     host = lambda a: np.from_dlpack(a)  # noqa: E731
     col = k.im2col(xs, kh, kw, stride, pad)
     np.testing.assert_array_equal(host(col), NP.im2col(x, kh, kw, stride, pad))
-    np.testing.assert_allclose(host(k.col2im(col, x.shape, kh, kw, stride, pad)),
-                               NP.col2im(host(col), x.shape, kh, kw, stride, pad))
+    np.testing.assert_allclose(
+        host(k.col2im(col, x.shape, kh, kw, stride, pad)), NP.col2im(host(col), x.shape, kh, kw, stride, pad)
+    )
     ppad = min(pad, kh // 2, kw // 2)
     out, arg = k.maxpool_forward(xs, kh, kw, stride, ppad)
     ref_out, ref_arg = NP.maxpool_forward(x, kh, kw, stride, ppad)
     np.testing.assert_array_equal(host(out), ref_out)
     np.testing.assert_array_equal(host(arg), ref_arg)
     dout = xps.ones(out.shape, dtype=xps.float64)
-    np.testing.assert_allclose(host(k.maxpool_backward(dout, arg, x.shape, kh, kw, stride, ppad)),
-                               NP.maxpool_backward(np.ones(ref_out.shape), ref_arg, x.shape, kh, kw, stride, ppad))
-    np.testing.assert_allclose(host(k.avgpool_forward(xs, kh, kw, stride, ppad)),
-                               NP.avgpool_forward(x, kh, kw, stride, ppad))
+    np.testing.assert_allclose(
+        host(k.maxpool_backward(dout, arg, x.shape, kh, kw, stride, ppad)),
+        NP.maxpool_backward(np.ones(ref_out.shape), ref_arg, x.shape, kh, kw, stride, ppad),
+    )
+    np.testing.assert_allclose(
+        host(k.avgpool_forward(xs, kh, kw, stride, ppad)), NP.avgpool_forward(x, kh, kw, stride, ppad)
+    )

@@ -48,8 +48,12 @@ def test_convolution_forward_and_gradients(backend, shape, fn, size, stride, pad
     layer = Convolution(fn, size, stride, pad, dtype="float64")
     x = rng.standard_normal(shape)
     out = layer.forward(as64(backend, x))
-    np.testing.assert_allclose(host(backend, out), conv_loops(x, host(backend, layer.W), host(backend, layer.b), stride, pad),
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        host(backend, out),
+        conv_loops(x, host(backend, layer.W), host(backend, layer.b), stride, pad),
+        rtol=1e-10,
+        atol=1e-12,
+    )
     errors = check_layer_gradients(layer, x)
     assert max(errors.values()) < TOL, errors
 
@@ -185,8 +189,17 @@ def test_sigmoid_with_loss_values_and_gradient(backend):
 def test_dtype_is_kept_through_every_layer(backend, dtype):
     xp = backend.xp
     x = backend.asarray(np.random.default_rng(8).standard_normal((2, 3, 6, 6)), dtype=dtype)
-    layers = [Convolution(4, 3, pad=1, dtype=dtype), ReLU(), MaxPooling(2), AvgPooling(1), Sigmoid(),
-              BatchNormalization(dtype=dtype), Dropout(0.5, seed=0), Flatten(), Affine(3, dtype=dtype)]
+    layers = [
+        Convolution(4, 3, pad=1, dtype=dtype),
+        ReLU(),
+        MaxPooling(2),
+        AvgPooling(1),
+        Sigmoid(),
+        BatchNormalization(dtype=dtype),
+        Dropout(0.5, seed=0),
+        Flatten(),
+        Affine(3, dtype=dtype),
+    ]
     for layer in layers:
         x = layer.forward(x)
         assert x.dtype == getattr(xp, dtype), type(layer).__name__
@@ -201,8 +214,16 @@ def test_dtype_is_kept_through_every_layer(backend, dtype):
 def test_backward_never_overwrites_its_gradient(backend):
     rng = np.random.default_rng(9)
     x = backend.asarray(rng.standard_normal((2, 2, 4, 4)), dtype="float32")
-    for layer in [ReLU(), Sigmoid(), MaxPooling(2), AvgPooling(2), Convolution(2, 3, dtype="float32"),
-                  Affine(3, dtype="float32"), Dropout(0.5, seed=1), BatchNormalization(dtype="float32")]:
+    for layer in [
+        ReLU(),
+        Sigmoid(),
+        MaxPooling(2),
+        AvgPooling(2),
+        Convolution(2, 3, dtype="float32"),
+        Affine(3, dtype="float32"),
+        Dropout(0.5, seed=1),
+        BatchNormalization(dtype="float32"),
+    ]:
         out = layer.forward(x)
         dout = backend.asarray(rng.standard_normal(tuple(out.shape)), dtype="float32")
         before = host(backend, dout).copy()

@@ -15,8 +15,9 @@ TOL = 1e-6
 
 def small_net(dtype="float64", seed=0, **kw):
     kw.setdefault("conv_param", {"filter_num": 3, "filter_size": 3, "pad": 1, "stride": 2})
-    return gpucnn.SimpleConvNet(input_dim=(1, 7, 9), hidden_size=5, output_size=4, weight_init_std=0.3,
-                                dtype=dtype, seed=seed, **kw)
+    return gpucnn.SimpleConvNet(
+        input_dim=(1, 7, 9), hidden_size=5, output_size=4, weight_init_std=0.3, dtype=dtype, seed=seed, **kw
+    )
 
 
 def data(n=3, shape=(1, 7, 9), classes=4, seed=0):
@@ -24,10 +25,13 @@ def data(n=3, shape=(1, 7, 9), classes=4, seed=0):
     return rng.random((n, *shape)), rng.integers(0, classes, n)
 
 
-@pytest.mark.parametrize("conv_param", [
-    {"filter_num": 3, "filter_size": 3, "pad": 1, "stride": 2},  # stride 2 leaves a remainder
-    {"filter_num": 2, "filter_size": 2, "pad": 0, "stride": 1},
-])
+@pytest.mark.parametrize(
+    "conv_param",
+    [
+        {"filter_num": 3, "filter_size": 3, "pad": 1, "stride": 2},  # stride 2 leaves a remainder
+        {"filter_num": 2, "filter_size": 2, "pad": 0, "stride": 1},
+    ],
+)
 def test_simple_convnet_gradients(backend, conv_param):
     net = small_net(conv_param=conv_param)
     x, t = data()
@@ -39,9 +43,16 @@ def test_fused_and_unfused_steps_agree(backend):
     x, t = data(n=4)
     fused = small_net()
     plain = gpucnn.Sequential(
-        [Convolution(W=fused.params["W1"], b=fused.params["b1"], stride=2, pad=1), ReLU(), MaxPooling(2),
-         Affine(W=fused.params["W2"], b=fused.params["b2"]), ReLU(), Affine(W=fused.params["W3"], b=fused.params["b3"])],
-        fuse=False)
+        [
+            Convolution(W=fused.params["W1"], b=fused.params["b1"], stride=2, pad=1),
+            ReLU(),
+            MaxPooling(2),
+            Affine(W=fused.params["W2"], b=fused.params["b2"]),
+            ReLU(),
+            Affine(W=fused.params["W3"], b=fused.params["b3"]),
+        ],
+        fuse=False,
+    )
     assert fused.loss(x, t) == pytest.approx(plain.loss(x, t), rel=1e-12)
     g1, g2 = fused.gradient(x, t), plain.gradient(x, t)
     for k1, k2 in zip(g1, g2):
@@ -152,8 +163,12 @@ def test_layers_and_model_run_on_array_api_strict():
     x, t = data(n=4)
     with gpucnn.use_backend("numpy"):
         reference = small_net()
-        model = gpucnn.Sequential([Convolution(2, 3, pad=1), ReLU(), MaxPooling(2, pad=1), Dropout(0.2),
-                                   Flatten(), Affine(4)], input_shape=(1, 7, 9), dtype="float64", seed=0)
+        model = gpucnn.Sequential(
+            [Convolution(2, 3, pad=1), ReLU(), MaxPooling(2, pad=1), Dropout(0.2), Flatten(), Affine(4)],
+            input_shape=(1, 7, 9),
+            dtype="float64",
+            seed=0,
+        )
     ref_loss, ref_grads = reference.loss(x, t), reference.gradient(x, t)
     for net in (reference, model):
         net.to(strict)

@@ -26,8 +26,14 @@ def blobs(n=60, shape=(1, 8, 8), classes=3, seed=0):
 
 
 def tiny_net(seed=0, dtype="float32", classes=3):
-    return gpucnn.SimpleConvNet(input_dim=(1, 8, 8), conv_param={"filter_num": 4, "filter_size": 3, "pad": 0,
-                                "stride": 1}, hidden_size=16, output_size=classes, dtype=dtype, seed=seed)
+    return gpucnn.SimpleConvNet(
+        input_dim=(1, 8, 8),
+        conv_param={"filter_num": 4, "filter_size": 3, "pad": 0, "stride": 1},
+        hidden_size=16,
+        output_size=classes,
+        dtype=dtype,
+        seed=seed,
+    )
 
 
 # -- batching rules ------------------------------------------------------------------------
@@ -46,8 +52,15 @@ def test_fresh_permutation_each_epoch():
     x, t = blobs(40)
     net = tiny_net()
     orders = []
-    net.fit(x, t, batch_size=40, epochs=2, seed=0, verbose=0,
-            callbacks=[lambda m, e, logs: orders.append(m.history.iteration_loss[-1])])
+    net.fit(
+        x,
+        t,
+        batch_size=40,
+        epochs=2,
+        seed=0,
+        verbose=0,
+        callbacks=[lambda m, e, logs: orders.append(m.history.iteration_loss[-1])],
+    )
     a = epoch_batches(40, 40, np.random.default_rng([0, 0]))[0]
     b = epoch_batches(40, 40, np.random.default_rng([0, 1]))[0]
     assert not np.array_equal(a, b)
@@ -80,8 +93,9 @@ def test_batch_size_rules():
 def test_history_contents():
     x, t = blobs(50)
     xv, tv = blobs(20, seed=1)
-    h = tiny_net().fit(x, t, batch_size=16, epochs=3, optimizer=AdaGrad(lr=0.05), validation_data=(xv, tv),
-                       seed=0, verbose=0)
+    h = tiny_net().fit(
+        x, t, batch_size=16, epochs=3, optimizer=AdaGrad(lr=0.05), validation_data=(xv, tv), seed=0, verbose=0
+    )
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time", "val_time", "images_per_s"):
         assert len(h.history[key]) == 3, key
     assert h.epoch == [0, 1, 2]
@@ -147,8 +161,12 @@ def test_seeded_runs_repeat_to_the_last_bit(backend):
 
 def test_dropout_masks_repeat_with_the_seed():
     x, t = blobs(40, shape=(1, 12, 12))
-    losses = [mnist_cnn((1, 12, 12), 3, seed=0).fit(x, t, batch_size=20, epochs=1, optimizer="sgd", seed=3,
-                                                    verbose=0).iteration_loss for _ in range(2)]
+    losses = [
+        mnist_cnn((1, 12, 12), 3, seed=0)
+        .fit(x, t, batch_size=20, epochs=1, optimizer="sgd", seed=3, verbose=0)
+        .iteration_loss
+        for _ in range(2)
+    ]
     assert losses[0] == losses[1]
 
 
