@@ -25,6 +25,7 @@ from .kernels import check_pool_pad, conv_output_size
 __all__ = [
     "Affine",
     "ConvReluMaxPool",
+    "LinearReLU",
     "AvgPooling",
     "BatchNormalization",
     "Convolution",
@@ -251,7 +252,8 @@ class Convolution(_WeightBias):
         ow = conv_output_size(w, fw, self.stride, self.pad)
         return (self.filter_num, oh, ow)
 
-    def forward(self, x, train=True):
+    def _rows(self, x: Array) -> tuple[Array, tuple[int, int, int]]:
+        """im2col and the GEMM, no bias: rows (N*OH*OW, FN) in (n, oh, ow) order, and (N, OH, OW)."""
         self._check_input(x, ndim=4)
         n, c, h, w = x.shape
         fn, wc, fh, fw = self.W.shape
@@ -259,24 +261,27 @@ class Convolution(_WeightBias):
             raise ValueError(f"Convolution: input has {c} channels but W expects {wc} (W shape {tuple(self.W.shape)})")
         oh = conv_output_size(h, fh, self.stride, self.pad)
         ow = conv_output_size(w, fw, self.stride, self.pad)
-        k = self.backend.kernels
-        col = k.im2col(x, fh, fw, self.stride, self.pad)
-        w2 = self.xp.reshape(self.W, (fn, wc * fh * fw))
-        y = col @ self.xp.matrix_transpose(w2) + self.b
-        self._x_shape = tuple(x.shape)
-        self._col = col
-        return k.rows_to_nchw(y, n, oh, ow)
+        col = self.backend.kernels.im2col(x, fh, fw, self.stride, self.pad)
+        self._x_shape, self._col = tuple(x.shape), col
+        return col @ self.xp.matrix_transpose(self.xp.reshape(self.W, (fn, wc * fh * fw))), (n, oh, ow)
 
-    def backward(self, dout):
+    def _backward_rows(self, rows: Array) -> Array | None:
+        """Gradients from the gradient of the GEMM rows (N*OH*OW, FN); returns dx or None."""
         xp = self.xp
         fn, c, fh, fw = self.W.shape
-        rows = self.backend.kernels.nchw_to_rows(dout)  # (N*OH*OW, FN)
         self.grads["b"] = xp.sum(rows, axis=0)
         self.grads["W"] = xp.reshape(xp.matrix_transpose(rows) @ self._col, (fn, c, fh, fw))
         if not self.needs_input_grad:
             return None
         dcol = rows @ xp.reshape(self.W, (fn, c * fh * fw))
         return self.backend.kernels.col2im(dcol, self._x_shape, fh, fw, self.stride, self.pad)
+
+    def forward(self, x, train=True):
+        rows, (n, oh, ow) = self._rows(x)
+        return self.backend.kernels.rows_to_nchw(rows + self.b, n, oh, ow)
+
+    def backward(self, dout):
+        return self._backward_rows(self.backend.kernels.nchw_to_rows(dout))
 
     def _clear_cache(self):
         self._x_shape = self._col = None
@@ -296,8 +301,7 @@ class ConvReluMaxPool:
 
     def __init__(self, conv: Convolution, relu: ReLU, pool: MaxPooling) -> None:
         self.conv, self.relu, self.pool = conv, relu, pool
-        self._x_shape: Shape | None = None
-        self._col: Array | None = None
+        self._conv_shape: tuple[int, int, int] | None = None  # (N, OH, OW) of the convolution
         self._argmax: Array | None = None
         self._out: Array | None = None
 
@@ -313,36 +317,46 @@ class ConvReluMaxPool:
 
     def forward(self, x, train=True):
         conv, pool = self.conv, self.pool
-        conv._check_input(x, ndim=4)
-        n, c, h, w = x.shape
-        fn, wc, fh, fw = conv.W.shape
-        if c != wc:
-            raise ValueError(f"Convolution: input has {c} channels but W expects {wc} (W shape {tuple(conv.W.shape)})")
-        oh = conv_output_size(h, fh, conv.stride, conv.pad)
-        ow = conv_output_size(w, fw, conv.stride, conv.pad)
-        k = conv.backend.kernels
-        col = k.im2col(x, fh, fw, conv.stride, conv.pad)
-        rows = col @ conv.xp.matrix_transpose(conv.xp.reshape(conv.W, (fn, wc * fh * fw)))
+        rows, self._conv_shape = conv._rows(x)
         ph, pw = pool.pool_size
-        out, argmax = k.bias_relu_maxpool(rows, conv.b, n, oh, ow, ph, pw, pool.stride, pool.pad)
-        self._x_shape, self._col, self._argmax, self._out = tuple(x.shape), col, argmax, out
-        return out
+        self._out, self._argmax = conv.backend.kernels.bias_relu_maxpool(
+            rows, conv.b, *self._conv_shape, ph, pw, pool.stride, pool.pad
+        )
+        return self._out
 
     def backward(self, dout):
-        conv, pool, xp = self.conv, self.pool, self.conv.xp
-        n, c, h, w = self._x_shape
-        fn, _, fh, fw = conv.W.shape
-        oh = conv_output_size(h, fh, conv.stride, conv.pad)
-        ow = conv_output_size(w, fw, conv.stride, conv.pad)
+        pool = self.pool
         ph, pw = pool.pool_size
-        k = conv.backend.kernels
-        rows = k.maxpool_relu_backward(dout, self._argmax, self._out, n, oh, ow, ph, pw, pool.stride, pool.pad)
-        conv.grads["b"] = xp.sum(rows, axis=0)
-        conv.grads["W"] = xp.reshape(xp.matrix_transpose(rows) @ self._col, (fn, c, fh, fw))
-        if not conv.needs_input_grad:
-            return None
-        dcol = rows @ xp.reshape(conv.W, (fn, c * fh * fw))
-        return k.col2im(dcol, self._x_shape, fh, fw, conv.stride, conv.pad)
+        rows = self.conv.backend.kernels.maxpool_relu_backward(
+            dout, self._argmax, self._out, *self._conv_shape, ph, pw, pool.stride, pool.pad
+        )
+        return self.conv._backward_rows(rows)
+
+
+class LinearReLU:
+    """Affine → ReLU or Convolution → ReLU run as one step: the bias and the ReLU in one
+    pass over the GEMM output (the kernel operation ``bias_relu``)."""
+
+    def __init__(self, linear: Affine | Convolution, relu: ReLU) -> None:
+        self.linear, self.relu = linear, relu
+        self._conv_shape: tuple[int, int, int] | None = None
+        self._out: Array | None = None  # the ReLU output as GEMM rows: its sign is the mask
+
+    @staticmethod
+    def fits(layers: list[Layer], i: int) -> bool:
+        """Whether ``layers[i:i+2]`` is an Affine or a Convolution followed by a ReLU."""
+        return i + 1 < len(layers) and type(layers[i]) in (Affine, Convolution) and type(layers[i + 1]) is ReLU
+
+    def forward(self, x, train=True):
+        k = self.linear.backend.kernels
+        rows, self._conv_shape = self.linear._rows(x)
+        self._out = k.bias_relu(rows, self.linear.b)
+        return self._out if self._conv_shape is None else k.rows_to_nchw(self._out, *self._conv_shape)
+
+    def backward(self, dout):
+        xp, k = self.linear.xp, self.linear.backend.kernels
+        rows = dout if self._conv_shape is None else k.nchw_to_rows(dout)
+        return self.linear._backward_rows(xp.where(self._out > 0, rows, xp.zeros((), dtype=rows.dtype)))
 
 
 class _Pooling(Layer):
@@ -448,7 +462,8 @@ class Affine(_WeightBias):
             self.params["b"] = self._param(np.zeros(self.units))
         return (self.units,)
 
-    def forward(self, x, train=True):
+    def _rows(self, x: Array) -> tuple[Array, None]:
+        """The GEMM ``x @ W`` without bias, (N, units); None: no spatial shape."""
         if getattr(x, "ndim", 2) < 2:
             raise ValueError(f"Affine.forward expects (N, ...) input, got shape {tuple(x.shape)}")
         self._check_input(x)
@@ -458,15 +473,21 @@ class Affine(_WeightBias):
                 f"Affine: input has {x2d.shape[1]} features (shape {tuple(x.shape)}) but W expects {self.W.shape[0]}"
             )
         self._x_shape, self._x2d = tuple(x.shape), x2d
-        return x2d @ self.W + self.b
+        return x2d @ self.W, None
 
-    def backward(self, dout):
+    def _backward_rows(self, dout: Array) -> Array | None:
         xp = self.xp
         self.grads["W"] = xp.matrix_transpose(self._x2d) @ dout
         self.grads["b"] = xp.sum(dout, axis=0)
         if not self.needs_input_grad:
             return None
         return xp.reshape(dout @ xp.matrix_transpose(self.W), self._x_shape)
+
+    def forward(self, x, train=True):
+        return self._rows(x)[0] + self.b
+
+    def backward(self, dout):
+        return self._backward_rows(dout)
 
     def _clear_cache(self):
         self._x_shape = self._x2d = None
@@ -693,7 +714,8 @@ class SoftmaxWithLoss(LossLayer):
         e = xp.exp(z)
         return e / xp.sum(e, axis=1, keepdims=True)
 
-    def _targets(self, x, t, check_labels):
+    def _check_targets(self, x, t, check_labels):
+        """Integer labels (N,) are returned as they are; (N, K) targets in ``x``'s dtype."""
         xp = self.xp
         n, k = x.shape
         self.backend.check_array(t, "SoftmaxWithLoss.forward (labels)")
@@ -709,7 +731,7 @@ class SoftmaxWithLoss(LossLayer):
                         f"SoftmaxWithLoss: labels must lie in [0, {k - 1}] for {k} classes, "
                         f"got values from {lo} to {hi}"
                     )
-            return xp.astype(xp.reshape(t, (n, 1)) == xp.reshape(xp.arange(k, device=_dev(x)), (1, k)), x.dtype)
+            return t
         if tuple(t.shape) != (n, k):
             raise ValueError(
                 f"SoftmaxWithLoss: targets must be (N,) labels or (N, K) = ({n}, {k}) one-hot, "
@@ -718,20 +740,15 @@ class SoftmaxWithLoss(LossLayer):
         return t if t.dtype == x.dtype else xp.astype(t, x.dtype)
 
     def forward(self, x, t, *, check_labels=True):
-        xp = self.xp
         self._check_input(x)
         if x.ndim != 2:
             raise ValueError(f"SoftmaxWithLoss expects (N, K) scores, got shape {tuple(x.shape)}")
-        onehot = self._targets(x, t, check_labels)
-        z = x - xp.max(x, axis=1, keepdims=True)
-        lse = xp.log(xp.sum(xp.exp(z), axis=1, keepdims=True))
-        logp = z - lse
-        self._y, self._t = xp.exp(logp), onehot
-        # asarray: NumPy reductions give scalars; the loss is promised as a 0-d array.
-        return xp.asarray(-xp.sum(onehot * logp) / x.shape[0])
+        self._t = self._check_targets(x, t, check_labels)
+        loss, self._y = self.backend.kernels.softmax_cross_entropy(x, self._t)
+        return loss
 
     def backward(self, dout=1.0):
-        return (self._y - self._t) * (dout / self._y.shape[0])
+        return self.backend.kernels.softmax_cross_entropy_backward(self._y, self._t, dout / self._y.shape[0])
 
     def _clear_cache(self):
         self._y = self._t = None

@@ -23,6 +23,7 @@ from .layers import (
     Affine,
     Convolution,
     ConvReluMaxPool,
+    LinearReLU,
     Dropout,
     Layer,
     LossLayer,
@@ -113,8 +114,8 @@ class Sequential(TrainingMixin):
         dtype: floating dtype of parameters and inputs (float32 unless explicit layer
             weights say otherwise).
         seed: seed of the initial weights (and of dropout masks).
-        fuse: run each Convolution → ReLU → MaxPooling triple as one fused step
-            (same values; less memory traffic).
+        fuse: run each Convolution → ReLU → MaxPooling triple, and each Affine or Convolution
+            followed by a ReLU, as one fused step (same values; less memory traffic).
     """
 
     def __init__(
@@ -284,13 +285,17 @@ class Sequential(TrainingMixin):
     # -- the book's methods ---------------------------------------------------------
 
     def _steps(self) -> list:
-        """The layers as they run: Convolution → ReLU → MaxPooling triples fused into one step."""
+        """The layers as they run: Convolution → ReLU → MaxPooling and Affine/Convolution → ReLU
+        fused into single steps."""
         if self._plan is None:
             steps, i = [], 0
             while i < len(self.layers):
                 if self.fuse and ConvReluMaxPool.fits(self.layers, i):
                     steps.append(ConvReluMaxPool(*self.layers[i : i + 3]))
                     i += 3
+                elif self.fuse and LinearReLU.fits(self.layers, i):
+                    steps.append(LinearReLU(*self.layers[i : i + 2]))
+                    i += 2
                 else:
                     steps.append(self.layers[i])
                     i += 1

@@ -61,6 +61,18 @@ Fused operations (a kernel set may override them; the generic set composes them)
 ``maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad) -> drows``
     The gradient with respect to ``rows``, (N*OH*OW, FN): ``dout`` where ``out > 0``,
     routed through ``argmax`` and laid out as GEMM rows, ready for ``dW = drows.T @ col``.
+``bias_relu(rows, b) -> out``
+    ``maximum(rows + b, 0)`` for GEMM rows (M, F) and a bias (F,): the bias and ReLU of an
+    Affine or Convolution layer in one pass. Its backward needs no kernel: the gradient
+    passes where ``out > 0``.
+``softmax_cross_entropy(x, t) -> (loss, probs)``
+    ``x`` (N, K) scores; ``t`` (N,) integer labels in [0, K) or (N, K) targets of ``x``'s
+    dtype (one-hot or soft). ``probs`` (N, K) is the softmax of each row (computed after
+    subtracting the row maximum) and ``loss`` the 0-d mean over rows of
+    ``-sum(t * log probs)``, with ``log probs`` from the log-sum-exp (no ``log(0)``).
+``softmax_cross_entropy_backward(probs, t, scale) -> dx``
+    ``(probs - onehot(t)) * scale`` (or ``probs - t`` for (N, K) targets), (N, K);
+    ``scale`` is ``dout / N`` for a mean loss.
 ``rows_to_nchw(y, n, oh, ow) -> out``  and  ``nchw_to_rows(dout) -> rows``
     The layout changes between a GEMM's (N*OH*OW, FN) rows and NCHW.
 ``sgd_update``, ``momentum_update``, ``adagrad_update``, ``rmsprop_update``,
@@ -88,6 +100,9 @@ KERNEL_OPERATIONS = (
     "avgpool_backward",
     "bias_relu_maxpool",
     "maxpool_relu_backward",
+    "bias_relu",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_backward",
     "rows_to_nchw",
     "nchw_to_rows",
     "sgd_update",

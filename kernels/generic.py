@@ -145,6 +145,31 @@ class GenericKernels:
         dy = self.maxpool_backward(passed, argmax, (n, dout.shape[1], oh, ow), kh, kw, stride, pad)
         return self.nchw_to_rows(dy)
 
+    def bias_relu(self, rows: Array, b: Array) -> Array:
+        """``maximum(rows + b, 0)``: (M, F) rows and an (F,) bias → (M, F)."""
+        return self.xp.maximum(rows + b, 0)
+
+    def _targets(self, t: Array, k: int, dtype: Any) -> Array:
+        """(N, K) targets: ``t`` itself, or the one-hot rows of (N,) integer labels."""
+        xp = self.xp
+        if t.ndim == 2:
+            return t
+        classes = xp.reshape(xp.arange(k, device=_device(t)), (1, k))
+        return xp.astype(xp.reshape(t, (t.shape[0], 1)) == xp.astype(classes, t.dtype), dtype)
+
+    def softmax_cross_entropy(self, x: Array, t: Array):
+        """Scores (N, K), labels (N,) or targets (N, K) → (mean cross-entropy, 0-d; softmax (N, K))."""
+        xp = self.xp
+        n, k = x.shape
+        z = x - xp.max(x, axis=1, keepdims=True)
+        logp = z - xp.log(xp.sum(xp.exp(z), axis=1, keepdims=True))
+        loss = -xp.sum(self._targets(t, k, x.dtype) * logp) / n
+        return xp.asarray(loss), xp.exp(logp)  # asarray: NumPy reductions give scalars
+
+    def softmax_cross_entropy_backward(self, probs: Array, t: Array, scale: float) -> Array:
+        """``(probs - targets) * scale``, (N, K)."""
+        return (probs - self._targets(t, probs.shape[1], probs.dtype)) * scale
+
     def rows_to_nchw(self, y: Array, n: int, oh: int, ow: int) -> Array:
         """(N*OH*OW, FN) GEMM rows → (N, FN, OH, OW)."""
         xp = self.xp

@@ -16,7 +16,12 @@ def _backend_or_skip(name: str) -> gpucnn.Backend:
         pytest.skip(f"backend {name!r} unavailable: {exc}")
 
 
-@pytest.fixture(params=gpucnn.known_backends())
+# The cupy cases carry the `gpu` mark, so `pytest -m gpu` runs every layer, model and
+# training test on the GPU as well.
+BACKEND_PARAMS = [pytest.param(n, marks=pytest.mark.gpu) if n == "cupy" else n for n in gpucnn.known_backends()]
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
 def backend(request) -> gpucnn.Backend:
     """Every registered backend; the unavailable ones skip with the reason.
 

@@ -195,3 +195,28 @@ def test_generic_kernels_run_on_array_api_strict(kh, kw, stride, pad):
     np.testing.assert_allclose(
         host(k.avgpool_forward(xs, kh, kw, stride, ppad)), NP.avgpool_forward(x, kh, kw, stride, ppad)
     )
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 7), st.integers(1, 12), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**16))
+def test_bias_relu_and_softmax_cross_entropy(n, k, dtype, seed):
+    rng = np.random.default_rng(seed)
+    rows = (rng.standard_normal((n, k)) * 30).astype(dtype)  # large scores: the log-sum-exp must hold
+    b = rng.standard_normal(k).astype(dtype)
+    t = rng.integers(0, k, n)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for kernels in (NP, GEN):
+        out = kernels.bias_relu(rows, b)
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(out, np.maximum(rows + b, 0))
+        loss, probs = kernels.softmax_cross_entropy(rows, t)
+        z = rows.astype(np.float64) - rows.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        assert loss.shape == () and loss.dtype == dtype and probs.dtype == dtype
+        assert float(loss) == pytest.approx(-logp[np.arange(n), t].mean(), rel=tol, abs=tol)
+        np.testing.assert_allclose(probs, np.exp(logp), rtol=tol, atol=tol)
+        onehot = np.eye(k, dtype=dtype)[t]
+        assert float(kernels.softmax_cross_entropy(rows, onehot)[0]) == pytest.approx(float(loss), rel=tol, abs=tol)
+        dx = kernels.softmax_cross_entropy_backward(probs, t, 0.5)
+        np.testing.assert_allclose(dx, (probs - onehot) * 0.5, rtol=tol, atol=tol)
+        np.testing.assert_allclose(kernels.softmax_cross_entropy_backward(probs, onehot, 0.5), dx, rtol=tol, atol=tol)

@@ -225,3 +225,23 @@ def test_weight_decay_and_get_optimizer():
         get_optimizer("nadam")
     with pytest.raises(ValueError, match="learning rate must be > 0, got -1"):
         SGD(lr=-1)
+
+
+def test_fused_linear_relu_steps_agree(backend):
+    from gpucnn.models import mnist_cnn
+
+    x, t = data(n=3, shape=(1, 9, 8), classes=4)
+    fused = mnist_cnn((1, 9, 8), 4, dtype="float64", seed=0)
+    plain = mnist_cnn((1, 9, 8), 4, dtype="float64", seed=0)
+    plain.fuse, plain._plan = False, None
+    assert any(type(s).__name__ == "LinearReLU" for s in fused._steps())
+    for model in (fused, plain):
+        model._seed_dropout(0)
+    assert fused.loss(x, t, train=False) == pytest.approx(plain.loss(x, t, train=False), rel=1e-12)
+    for model in (fused, plain):
+        for layer in model.layers:
+            if isinstance(layer, Dropout):
+                layer.rate = 0.0  # deterministic forward for the comparison
+    g1, g2 = fused.gradient(x, t), plain.gradient(x, t)
+    for key in g1:
+        np.testing.assert_allclose(backend.to_numpy(g1[key]), backend.to_numpy(g2[key]), rtol=1e-10, atol=1e-14)

@@ -1,0 +1,113 @@
+// Host emulation of the CUDA C that gpucnn's kernels use: included before a .cu source so
+// that g++ compiles it as plain C++ (see kernels/emu.py).
+//
+// __global__ and __device__ functions become ordinary functions; threadIdx, blockIdx,
+// blockDim and gridDim are thread-local variables that gpucnn_emu::launch sets before it
+// calls the kernel once per CUDA thread, one thread after the other. That is exact only for
+// kernels whose threads never wait for or talk to one another, so everything that
+// synchronizes threads or shares memory between them is a compile error here: the
+// emulation refuses such a kernel instead of running it wrongly.
+#ifndef GPUCNN_EMU_SHIM_H
+#define GPUCNN_EMU_SHIM_H
+
+#include <cmath>
+#include <cstddef>
+#include <type_traits>
+#include <utility>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+#define GPUCNN_EMU_REFUSE(what) \
+    static_assert(false, "cuda-emu cannot emulate " what ": it runs one CUDA thread at a time")
+#define __shared__ GPUCNN_EMU_REFUSE("__shared__ memory");
+#define __syncthreads() GPUCNN_EMU_REFUSE("__syncthreads()")
+#define __syncthreads_count(...) GPUCNN_EMU_REFUSE("__syncthreads_count()")
+#define __syncthreads_and(...) GPUCNN_EMU_REFUSE("__syncthreads_and()")
+#define __syncthreads_or(...) GPUCNN_EMU_REFUSE("__syncthreads_or()")
+#define __syncwarp(...) GPUCNN_EMU_REFUSE("__syncwarp()")
+#define __shfl_sync(...) GPUCNN_EMU_REFUSE("warp shuffles")
+#define __shfl_up_sync(...) GPUCNN_EMU_REFUSE("warp shuffles")
+#define __shfl_down_sync(...) GPUCNN_EMU_REFUSE("warp shuffles")
+#define __shfl_xor_sync(...) GPUCNN_EMU_REFUSE("warp shuffles")
+#define __ballot_sync(...) GPUCNN_EMU_REFUSE("warp votes")
+#define __any_sync(...) GPUCNN_EMU_REFUSE("warp votes")
+#define __all_sync(...) GPUCNN_EMU_REFUSE("warp votes")
+
+using std::exp;
+using std::fmax;
+using std::fmin;
+using std::log;
+using std::sqrt;
+
+struct uint3 {
+    unsigned int x, y, z;
+};
+using dim3 = uint3;
+
+namespace gpucnn_emu {
+
+inline thread_local uint3 threadIdx, blockIdx, blockDim, gridDim;
+
+// One character per kernel parameter type, so that Python can check its arguments:
+// i/f/d for int/float/double values, I/F/D for pointers to them, '?' for anything else.
+template <typename T> struct value_code { static constexpr char value = '?'; };
+template <> struct value_code<int> { static constexpr char value = 'i'; };
+template <> struct value_code<float> { static constexpr char value = 'f'; };
+template <> struct value_code<double> { static constexpr char value = 'd'; };
+
+template <typename T> struct type_code { static constexpr char value = value_code<T>::value; };
+template <typename T> struct type_code<T*> {
+    static constexpr char code = value_code<std::remove_cv_t<T>>::value;
+    static constexpr char value = code == '?' ? '?' : static_cast<char>(code - 'a' + 'A');
+};
+
+template <typename... Args>
+const char* signature(void (*)(Args...)) {
+    static const char codes[] = {type_code<Args>::value..., '\0'};
+    return codes;
+}
+
+// args[k] points at the value of parameter k, as in cuLaunchKernel's kernelParams.
+template <typename... Args, std::size_t... K>
+void call(void (*kernel)(Args...), void** args, std::index_sequence<K...>) {
+    kernel(*static_cast<Args*>(args[K])...);
+}
+
+template <typename... Args>
+void launch(void (*kernel)(Args...), const unsigned int* grid, const unsigned int* block, void** args) {
+    gridDim = {grid[0], grid[1], grid[2]};
+    blockDim = {block[0], block[1], block[2]};
+    for (unsigned int bz = 0; bz < grid[2]; ++bz)
+        for (unsigned int by = 0; by < grid[1]; ++by)
+            for (unsigned int bx = 0; bx < grid[0]; ++bx) {
+                blockIdx = {bx, by, bz};
+                for (unsigned int tz = 0; tz < block[2]; ++tz)
+                    for (unsigned int ty = 0; ty < block[1]; ++ty)
+                        for (unsigned int tx = 0; tx < block[0]; ++tx) {
+                            threadIdx = {tx, ty, tz};
+                            call(kernel, args, std::index_sequence_for<Args...>{});
+                        }
+            }
+}
+
+}  // namespace gpucnn_emu
+
+using gpucnn_emu::blockDim;
+using gpucnn_emu::blockIdx;
+using gpucnn_emu::gridDim;
+using gpucnn_emu::threadIdx;
+
+// Exports kernel instance `...` (a name expression such as im2col<float>) as the C functions
+// gpucnn_emu_launch_<id>(grid, block, args) and gpucnn_emu_signature_<id>().
+#define GPUCNN_EMU_EXPORT(id, ...)                                                                   \
+    extern "C" void gpucnn_emu_launch_##id(const unsigned int* grid, const unsigned int* block,    \
+                                           void** args) {                                           \
+        gpucnn_emu::launch(&__VA_ARGS__, grid, block, args);                                         \
+    }                                                                                                \
+    extern "C" const char* gpucnn_emu_signature_##id() { return gpucnn_emu::signature(&__VA_ARGS__); }
+
+#endif  // GPUCNN_EMU_SHIM_H

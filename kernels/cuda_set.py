@@ -1,0 +1,399 @@
+"""The CUDA kernel set: gpucnn's own CUDA C kernels (``kernels/cuda/*.cu``).
+
+:class:`CudaKernels` is the one Python wrapper around those kernels. For each operation it
+checks the arguments, allocates the outputs through ``xp``, and fixes the launch
+configuration (one thread per output element: a 1-D grid, 2-D for im2col) and the
+kernel's argument list. It then hands the launch to a *launcher*, which only knows how to
+compile a source file and run ``kernel(grid, block, args)`` on its own arrays:
+
+* :class:`CupyLauncher` (backend ``cupy``): CuPy arrays, ``cupy.RawModule`` compiled by
+  NVRTC once per device and source file;
+* :class:`~gpucnn.kernels.emu.EmuLauncher` (backend ``cuda-emu``): NumPy arrays, the same
+  sources compiled as C++ and run on the CPU, so CI exercises everything but the CUDA
+  runtime.
+
+Every kernel is a template over the element type, instantiated for ``float`` and
+``double`` (name expressions such as ``im2col<float>``). Kernel arguments are arrays,
+``numpy.int32`` sizes and scalars of the arrays' dtype, in the kernel's parameter order.
+GEMMs are not kernels of this set: layers call ``xp.matmul`` (cuBLAS on CuPy).
+Layouts and conventions: see :mod:`gpucnn.kernels`.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import check_pool_pad, conv_output_size
+from .generic import GenericKernels
+
+__all__ = ["CUDA_SOURCES", "CudaKernels", "CudaSource", "CupyLauncher", "Launcher"]
+
+Array = Any
+
+# Threads per block: whole warps, and few enough that every architecture from sm_75 on
+# holds several blocks per SM.
+BLOCK_SIZE = 256
+
+# Element types the kernels are instantiated for, by NumPy dtype.
+CUDA_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+# The kernels index with 32-bit ints: every array they touch has fewer elements than this.
+MAX_ELEMENTS = 2**31 - 1
+
+# The largest grid.y (and grid.z) of a CUDA launch; grid.x goes up to MAX_ELEMENTS.
+MAX_GRID_Y = 65535
+
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class CudaSource:
+    """One ``.cu`` file and the kernel templates it defines.
+
+    ``directory`` defaults to the ``cuda`` folder shipped inside ``gpucnn.kernels``.
+    """
+
+    file: str
+    kernels: tuple[str, ...]
+    directory: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        base = self.directory or Path(str(importlib.resources.files("gpucnn.kernels") / "cuda"))
+        return Path(base) / self.file
+
+    @property
+    def name_expressions(self) -> tuple[str, ...]:
+        """Every instance to compile: ``kernel<float>`` and ``kernel<double>`` for each kernel."""
+        return tuple(name_expression(k, t) for k in self.kernels for t in CUDA_TYPES.values())
+
+    def code(self) -> str:
+        """The source with its local ``#include "..."`` files inlined (each once), with
+        ``#line`` marks so that compiler messages name the right file and line.
+
+        Self-contained code needs no include path, and CuPy's on-disk cache, keyed by the
+        code, notices a change in a header.
+        """
+        return _inline_includes(self.path, set())
+
+
+def name_expression(kernel: str, cuda_type: str) -> str:
+    return f"{kernel}<{cuda_type}>"
+
+
+def _inline_includes(path: Path, seen: set[Path]) -> str:
+    seen.add(path.resolve())
+    text = path.read_text()
+    parts, last = [f'#line 1 "{path.name}"\n'], 0
+    for match in _INCLUDE.finditer(text):
+        header = (path.parent / match.group(1)).resolve()
+        if not header.is_file():
+            continue  # a system header: left to the compiler
+        parts.append(text[last : match.start()])
+        if header not in seen:
+            parts.append(_inline_includes(header, seen).rstrip("\n") + "\n")
+        line = text.count("\n", 0, match.end()) + 2
+        parts.append(f'#line {line} "{path.name}"')
+        last = match.end()
+    parts.append(text[last:])
+    return "".join(parts)
+
+
+IM2COL = CudaSource("im2col.cu", ("im2col", "col2im"))
+POOL = CudaSource(
+    "pool.cu",
+    (
+        "maxpool_forward",
+        "maxpool_backward",
+        "avgpool_forward",
+        "avgpool_backward",
+        "bias_relu_maxpool",
+        "maxpool_relu_backward",
+    ),
+)
+LAYOUT = CudaSource("layout.cu", ("rows_to_nchw", "nchw_to_rows"))
+OPTIMIZERS = CudaSource(
+    "optimizers.cu", ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
+)
+
+# Every source of the set; the compile check and the emulation tests walk this tuple.
+CUDA_SOURCES = (IM2COL, POOL, LAYOUT, OPTIMIZERS)
+
+
+class Launcher(Protocol):
+    """Compiles :class:`CudaSource` files and launches their kernels on its arrays."""
+
+    def launch(self, source: CudaSource, name: str, grid: tuple[int, ...], block: tuple[int, ...],
+               args: tuple) -> None:
+        """Run kernel instance ``name`` (a name expression) of ``source``."""
+
+
+class CudaKernels(GenericKernels):
+    """Kernel set running gpucnn's CUDA kernels through ``launcher``.
+
+    ``xp`` is the array namespace of the launcher's arrays (CuPy's for
+    :class:`CupyLauncher`, NumPy's for the emulation). Operations without a CUDA kernel
+    come from :class:`~gpucnn.kernels.generic.GenericKernels`.
+    """
+
+    name = "cuda"
+
+    def __init__(self, xp: Any, launcher: Launcher) -> None:
+        super().__init__(xp)
+        self.launcher = launcher
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _launch(self, source: CudaSource, kernel: str, dtype: np.dtype, total: int, *args: Any) -> None:
+        """One thread per element of a ``total``-element output, on a 1-D grid."""
+        if total == 0:
+            return
+        grid = ((total + BLOCK_SIZE - 1) // BLOCK_SIZE,)
+        self._launch_grid(source, kernel, dtype, grid, (BLOCK_SIZE,), args)
+
+    def _launch_grid(self, source: CudaSource, kernel: str, dtype: np.dtype, grid: tuple[int, ...],
+                     block: tuple[int, ...], args: tuple) -> None:
+        """Launch the ``dtype`` instance of ``kernel``; ``args`` in the kernel's parameter order."""
+        for size in (a.size for a in args if not isinstance(a, np.generic)):  # the arrays
+            if size > MAX_ELEMENTS:
+                raise ValueError(
+                    f"{kernel}: an array of {size} elements is too large for the CUDA kernels, "
+                    f"which index with 32-bit ints (at most {MAX_ELEMENTS})"
+                )
+        name = name_expression(kernel, CUDA_TYPES[np.dtype(dtype)])
+        self.launcher.launch(source, name, grid, block, args)
+
+    def _contiguous(self, a: Array) -> Array:
+        return a if a.flags.c_contiguous else self.xp.ascontiguousarray(a)
+
+    def _empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        return self.xp.empty(shape, dtype=dtype)
+
+    # -- convolution -----------------------------------------------------------
+
+    def im2col(self, x, kh, kw, stride=1, pad=0):
+        dtype = _float_dtype("im2col", x)
+        n, c, h, w = x.shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        rows, columns = n * oh * ow, c * kh * kw
+        col = self._empty((rows, columns), dtype)
+        if col.size == 0:
+            return col
+        # A 2-D grid: one block row per column row, as many warps as the row needs (at most
+        # BLOCK_SIZE threads), so that threads divide only their column index.
+        block = min(BLOCK_SIZE, -(-columns // 32) * 32)
+        grid = (rows, -(-columns // block))
+        if grid[1] > MAX_GRID_Y:
+            raise ValueError(f"im2col: {columns} columns per row is more than a CUDA grid holds "
+                             f"({MAX_GRID_Y} blocks of {block})")
+        self._launch_grid(IM2COL, "im2col", dtype, grid, (block,),
+                          (self._contiguous(x), col, *_ints(columns, c, h, w, kh, kw, stride, pad, oh, ow)))
+        return col
+
+    def col2im(self, col, x_shape, kh, kw, stride=1, pad=0):
+        dtype = _float_dtype("col2im", col)
+        n, c, h, w = x_shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        _check_shape("col2im", "col", col.shape, (n * oh * ow, c * kh * kw))
+        dx = self._empty((n, c, h, w), dtype)
+        self._launch(IM2COL, "col2im", dtype, dx.size, self._contiguous(col), dx,
+                     *_ints(dx.size, c, h, w, kh, kw, stride, pad, oh, ow))
+        return dx
+
+    # -- pooling ---------------------------------------------------------------
+
+    def maxpool_forward(self, x, kh, kw, stride, pad=0):
+        dtype = _float_dtype("maxpool_forward", x)
+        check_pool_pad(kh, kw, pad)
+        n, c, h, w = x.shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        out = self._empty((n, c, oh, ow), dtype)
+        argmax = self._empty((n, c, oh, ow), self.xp.int32)
+        self._launch(POOL, "maxpool_forward", dtype, out.size, self._contiguous(x), out, argmax,
+                     *_ints(out.size, h, w, kh, kw, stride, pad, oh, ow))
+        return out, argmax
+
+    def maxpool_backward(self, dout, argmax, x_shape, kh, kw, stride, pad=0):
+        dtype = _float_dtype("maxpool_backward", dout)
+        n, c, h, w = x_shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        _check_shape("maxpool_backward", "dout", dout.shape, (n, c, oh, ow))
+        _check_shape("maxpool_backward", "argmax", argmax.shape, (n, c, oh, ow))
+        dx = self._empty((n, c, h, w), dtype)
+        self._launch(POOL, "maxpool_backward", dtype, dx.size, self._contiguous(dout), self._index(argmax), dx,
+                     *_ints(dx.size, h, w, kh, kw, stride, pad, oh, ow))
+        return dx
+
+    def avgpool_forward(self, x, kh, kw, stride, pad=0):
+        dtype = _float_dtype("avgpool_forward", x)
+        check_pool_pad(kh, kw, pad)
+        n, c, h, w = x.shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        out = self._empty((n, c, oh, ow), dtype)
+        self._launch(POOL, "avgpool_forward", dtype, out.size, self._contiguous(x), out,
+                     *_ints(out.size, h, w, kh, kw, stride, pad, oh, ow))
+        return out
+
+    def avgpool_backward(self, dout, x_shape, kh, kw, stride, pad=0):
+        dtype = _float_dtype("avgpool_backward", dout)
+        n, c, h, w = x_shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        _check_shape("avgpool_backward", "dout", dout.shape, (n, c, oh, ow))
+        dx = self._empty((n, c, h, w), dtype)
+        self._launch(POOL, "avgpool_backward", dtype, dx.size, self._contiguous(dout), dx,
+                     *_ints(dx.size, h, w, kh, kw, stride, pad, oh, ow))
+        return dx
+
+    def _index(self, argmax: Array) -> Array:
+        """``argmax`` as a C-contiguous int32 array, the kernels' index type."""
+        if argmax.dtype != np.int32:
+            argmax = self.xp.astype(argmax, self.xp.int32)
+        return self._contiguous(argmax)
+
+    # -- fused and layout operations ----------------------------------------------
+
+    def bias_relu_maxpool(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
+        dtype = _float_dtype("bias_relu_maxpool", rows, b)
+        check_pool_pad(kh, kw, pad)
+        fn = rows.shape[1]
+        _check_shape("bias_relu_maxpool", "rows", rows.shape, (n * oh * ow, fn))
+        _check_shape("bias_relu_maxpool", "b", b.shape, (fn,))
+        ph = conv_output_size(oh, kh, stride, pad)
+        pw = conv_output_size(ow, kw, stride, pad)
+        out = self._empty((n, fn, ph, pw), dtype)
+        argmax = self._empty((n, fn, ph, pw), self.xp.int32)
+        self._launch(POOL, "bias_relu_maxpool", dtype, out.size, self._contiguous(rows), self._contiguous(b),
+                     out, argmax, *_ints(out.size, fn, oh, ow, kh, kw, stride, pad, ph, pw))
+        return out, argmax
+
+    def maxpool_relu_backward(self, dout, argmax, out, n, oh, ow, kh, kw, stride, pad=0):
+        dtype = _float_dtype("maxpool_relu_backward", dout, out)
+        fn = dout.shape[1]
+        ph = conv_output_size(oh, kh, stride, pad)
+        pw = conv_output_size(ow, kw, stride, pad)
+        for what, a in (("dout", dout), ("argmax", argmax), ("out", out)):
+            _check_shape("maxpool_relu_backward", what, a.shape, (n, fn, ph, pw))
+        drows = self._empty((n * oh * ow, fn), dtype)
+        self._launch(POOL, "maxpool_relu_backward", dtype, drows.size, self._contiguous(dout),
+                     self._index(argmax), self._contiguous(out), drows,
+                     *_ints(drows.size, fn, oh, ow, kh, kw, stride, pad, ph, pw))
+        return drows
+
+    def rows_to_nchw(self, y, n, oh, ow):
+        dtype = _float_dtype("rows_to_nchw", y)
+        fn = y.shape[1]
+        _check_shape("rows_to_nchw", "y", y.shape, (n * oh * ow, fn))
+        out = self._empty((n, fn, oh, ow), dtype)
+        self._launch(LAYOUT, "rows_to_nchw", dtype, out.size, self._contiguous(y), out, *_ints(out.size, fn, oh, ow))
+        return out
+
+    def nchw_to_rows(self, dout):
+        dtype = _float_dtype("nchw_to_rows", dout)
+        n, fn, oh, ow = dout.shape
+        rows = self._empty((n * oh * ow, fn), dtype)
+        self._launch(LAYOUT, "nchw_to_rows", dtype, rows.size, self._contiguous(dout), rows,
+                     *_ints(rows.size, fn, oh, ow))
+        return rows
+
+    # -- optimizer steps (in place) ----------------------------------------------------
+    # A kernel updates memory in place, so it needs C-contiguous parameter and state
+    # arrays; anything else (a strided view, another dtype) takes the generic path.
+
+    def _update(self, kernel: str, param: Array, grad: Array, state: tuple, scalars: tuple) -> bool:
+        """Run an update kernel; False when the arrays do not suit one."""
+        dtype = np.dtype(param.dtype)
+        in_place = (param, *state)
+        if dtype not in CUDA_TYPES or any(a.dtype != dtype or not a.flags.c_contiguous for a in in_place):
+            return False
+        if grad.dtype != dtype or grad.shape != param.shape:
+            return False
+        scalars = tuple(dtype.type(s) for s in scalars)
+        self._launch(OPTIMIZERS, kernel, dtype, param.size, param, self._contiguous(grad), *state,
+                     np.int32(param.size), *scalars)
+        return True
+
+    def sgd_update(self, param, grad, lr):
+        if not self._update("sgd_update", param, grad, (), (lr,)):
+            super().sgd_update(param, grad, lr)
+
+    def momentum_update(self, param, grad, velocity, lr, momentum):
+        if not self._update("momentum_update", param, grad, (velocity,), (lr, momentum)):
+            super().momentum_update(param, grad, velocity, lr, momentum)
+
+    def adagrad_update(self, param, grad, h, lr, eps):
+        if not self._update("adagrad_update", param, grad, (h,), (lr, eps)):
+            super().adagrad_update(param, grad, h, lr, eps)
+
+    def rmsprop_update(self, param, grad, h, lr, decay, eps):
+        if not self._update("rmsprop_update", param, grad, (h,), (lr, decay, eps)):
+            super().rmsprop_update(param, grad, h, lr, decay, eps)
+
+    def adam_update(self, param, grad, m, v, lr_t, beta1, beta2, eps):
+        if not self._update("adam_update", param, grad, (m, v), (lr_t, beta1, beta2, eps)):
+            super().adam_update(param, grad, m, v, lr_t, beta1, beta2, eps)
+
+
+def _float_dtype(op: str, *arrays: Array) -> np.dtype:
+    """The one floating dtype of ``arrays``; ``TypeError`` naming what was given otherwise."""
+    dtypes = {np.dtype(a.dtype) for a in arrays}
+    if len(dtypes) != 1 or not dtypes <= CUDA_TYPES.keys():
+        given = ", ".join(sorted(str(d) for d in dtypes))
+        raise TypeError(f"{op}: the CUDA kernels take float32 or float64 arrays of one dtype, got {given}")
+    return dtypes.pop()
+
+
+def _ints(*values: int) -> tuple[np.int32, ...]:
+    return tuple(np.int32(v) for v in values)
+
+
+def _check_shape(op: str, what: str, shape: tuple, expected: tuple) -> None:
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"{op}: {what} has shape {tuple(shape)}, expected {tuple(expected)}")
+
+
+class CupyLauncher:
+    """Launches the kernels on CuPy arrays through ``cupy.RawModule``.
+
+    Each source is compiled by NVRTC the first time one of its kernels runs on a device,
+    then kept (per device and source); CuPy also caches the binary on disk.
+    """
+
+    # -std=c++17 for the templates; nothing device-specific, so one source serves every GPU.
+    OPTIONS = ("-std=c++17",)
+
+    def __init__(self) -> None:
+        import cupy
+
+        self._cupy = cupy
+        self._modules: dict[tuple[int, str], Any] = {}
+        self._functions: dict[tuple[int, str, str], Any] = {}
+
+    def module(self, source: CudaSource) -> Any:
+        """The compiled ``RawModule`` of ``source`` on the current device."""
+        key = (self._cupy.cuda.Device().id, str(source.path))
+        module = self._modules.get(key)
+        if module is None:
+            module = self._cupy.RawModule(
+                code=source.code(), options=self.OPTIONS, name_expressions=list(source.name_expressions)
+            )  # NVRTC runs on the first get_function
+            self._modules[key] = module
+        return module
+
+    def launch(self, source, name, grid, block, args):
+        key = (self._cupy.cuda.Device().id, str(source.path), name)
+        function = self._functions.get(key)
+        if function is None:
+            function = self._functions[key] = self.module(source).get_function(name)
+        function(grid, block, args)
