@@ -2,9 +2,10 @@
 
 :class:`CudaKernels` is the one Python wrapper around those kernels. For each operation it
 checks the arguments, allocates the outputs through ``xp``, and fixes the launch
-configuration (one thread per output element: a 1-D grid, 2-D for im2col) and the
-kernel's argument list. It then hands the launch to a *launcher*, which only knows how to
-compile a source file and run ``kernel(grid, block, args)`` on its own arrays:
+configuration (one thread per output element, or per row for the softmax: a 1-D grid, 2-D
+for im2col) and the kernel's argument list. It then hands the launch to a *launcher*, which
+only knows how to compile a source file and run ``kernel(grid, block, args)`` on its own
+arrays:
 
 * :class:`CupyLauncher` (backend ``cupy``): CuPy arrays, ``cupy.RawModule`` compiled by
   NVRTC once per device and source file;
@@ -121,9 +122,11 @@ LAYOUT = CudaSource("layout.cu", ("rows_to_nchw", "nchw_to_rows"))
 OPTIMIZERS = CudaSource(
     "optimizers.cu", ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
 )
+ELEMENTWISE = CudaSource("elementwise.cu", ("bias_relu",))
+LOSS = CudaSource("loss.cu", ("softmax_cross_entropy", "softmax_cross_entropy_backward"))
 
 # Every source of the set; the compile check and the emulation tests walk this tuple.
-CUDA_SOURCES = (IM2COL, POOL, LAYOUT, OPTIMIZERS)
+CUDA_SOURCES = (IM2COL, POOL, LAYOUT, OPTIMIZERS, ELEMENTWISE, LOSS)
 
 
 class Launcher(Protocol):
@@ -291,6 +294,15 @@ class CudaKernels(GenericKernels):
                      *_ints(drows.size, fn, oh, ow, kh, kw, stride, pad, ph, pw))
         return drows
 
+    def bias_relu(self, rows, b):
+        dtype = _float_dtype("bias_relu", rows, b)
+        m, columns = _matrix_shape("bias_relu", "rows", rows, "(M, F)")
+        _check_shape("bias_relu", "b", b.shape, (columns,))
+        out = self._empty((m, columns), dtype)
+        self._launch(ELEMENTWISE, "bias_relu", dtype, out.size, self._contiguous(rows), self._contiguous(b), out,
+                     *_ints(out.size, columns))
+        return out
+
     def rows_to_nchw(self, y, n, oh, ow):
         dtype = _float_dtype("rows_to_nchw", y)
         fn = y.shape[1]
@@ -306,6 +318,45 @@ class CudaKernels(GenericKernels):
         self._launch(LAYOUT, "nchw_to_rows", dtype, rows.size, self._contiguous(dout), rows,
                      *_ints(rows.size, fn, oh, ow))
         return rows
+
+    # -- softmax cross-entropy ----------------------------------------------------------
+    # The kernels take (N,) integer labels, as int32. (N, K) float targets are a plain
+    # elementwise composition that the generic set already does well: they take its path.
+
+    def softmax_cross_entropy(self, x, t):
+        if t.ndim != 1:
+            return super().softmax_cross_entropy(x, t)
+        dtype = _float_dtype("softmax_cross_entropy", x)
+        n, k = _matrix_shape("softmax_cross_entropy", "x", x, "(N, K)")
+        labels = self._labels("softmax_cross_entropy", t, n)
+        if k == 0 and n > 0:
+            raise ValueError(f"softmax_cross_entropy: x has shape {tuple(x.shape)}: no classes to take a softmax over")
+        probs = self._empty((n, k), dtype)
+        row_loss = self._empty((n,), dtype)
+        self._launch(LOSS, "softmax_cross_entropy", dtype, n, self._contiguous(x), labels, probs, row_loss,
+                     *_ints(n, k))
+        # The mean on the device, as a 0-d array (no host sync): xp.sum is a fixed-order tree
+        # sum, so the loss is the same from run to run, and closer to exact than a serial sum.
+        return self.xp.asarray(self.xp.sum(row_loss) / n), probs
+
+    def softmax_cross_entropy_backward(self, probs, t, scale):
+        if t.ndim != 1:
+            return super().softmax_cross_entropy_backward(probs, t, scale)
+        dtype = _float_dtype("softmax_cross_entropy_backward", probs)
+        n, k = _matrix_shape("softmax_cross_entropy_backward", "probs", probs, "(N, K)")
+        labels = self._labels("softmax_cross_entropy_backward", t, n)
+        dx = self._empty((n, k), dtype)
+        self._launch(LOSS, "softmax_cross_entropy_backward", dtype, dx.size, self._contiguous(probs), labels, dx,
+                     *_ints(dx.size, k), dtype.type(scale))
+        return dx
+
+    def _labels(self, op: str, t: Array, n: int) -> Array:
+        """(N,) integer labels as the kernels' C-contiguous int32 array (converted once, on
+        the device); ``TypeError`` for labels that are not integers."""
+        if not np.issubdtype(np.dtype(t.dtype), np.integer):
+            raise TypeError(f"{op}: (N,) labels must be integers, got {np.dtype(t.dtype)}")
+        _check_shape(op, "t", t.shape, (n,))
+        return self._index(t)
 
     # -- optimizer steps (in place) ----------------------------------------------------
     # A kernel updates memory in place, so it needs C-contiguous parameter and state
@@ -356,6 +407,13 @@ def _float_dtype(op: str, *arrays: Array) -> np.dtype:
 
 def _ints(*values: int) -> tuple[np.int32, ...]:
     return tuple(np.int32(v) for v in values)
+
+
+def _matrix_shape(op: str, what: str, a: Array, axes: str) -> tuple[int, int]:
+    """The two sizes of a 2-D array (``axes`` names them); ``ValueError`` naming its shape otherwise."""
+    if a.ndim != 2:
+        raise ValueError(f"{op}: {what} must be 2-D {axes}, got shape {tuple(a.shape)}")
+    return a.shape
 
 
 def _check_shape(op: str, what: str, shape: tuple, expected: tuple) -> None:

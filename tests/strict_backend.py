@@ -6,9 +6,9 @@ Running layers and models here proves they use nothing beyond the array API stan
 from __future__ import annotations
 
 import numpy as np
-from gpucnn.kernels.generic import GenericKernels
 
 from gpucnn.backend import Backend
+from gpucnn.kernels.generic import GenericKernels
 
 
 class _HostRandom:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from gpucnn.kernels import compile_check
 from gpucnn.kernels.cuda_set import CUDA_SOURCES, IM2COL
 

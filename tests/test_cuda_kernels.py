@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gpucnn.kernels import KERNEL_OPERATIONS
-from gpucnn.kernels.cuda_set import CUDA_SOURCES, CudaKernels, CudaSource
-from gpucnn.kernels.generic import GenericKernels
-from gpucnn.kernels.numpy_set import NumpyKernels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpucnn
 from gpucnn.backend import BackendUnavailable
+from gpucnn.kernels import KERNEL_OPERATIONS
+from gpucnn.kernels.cuda_set import CUDA_SOURCES, CudaKernels, CudaSource
+from gpucnn.kernels.generic import GenericKernels
+from gpucnn.kernels.numpy_set import NumpyKernels
 
 NP = NumpyKernels()
 
@@ -118,6 +118,90 @@ def test_fused_and_layout_kernels_match_numpy(emu, case, fn):
     np.testing.assert_allclose(emu.maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad),
                                NP.maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad),
                                **_tol(x.dtype))
+
+
+@st.composite
+def loss_case(draw):
+    """(x, t, b): scores x (N, K) with N 1-9 and K 1-12, large (30*randn: exp() alone would
+    overflow), int32 or int64 labels t (N,) and a bias b (K,) for bias_relu."""
+    n, k = draw(st.integers(1, 9)), draw(st.integers(1, 12))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = (30 * rng.standard_normal((n, k))).astype(dtype)
+    t = rng.integers(0, k, n).astype(draw(st.sampled_from([np.int32, np.int64])))
+    b = rng.standard_normal(k).astype(dtype)
+    return x, t, b
+
+
+@settings(max_examples=40, deadline=None)
+@given(loss_case())
+def test_bias_relu_and_softmax_cross_entropy_match_numpy(emu, case):
+    x, t, b = case
+    out = emu.bias_relu(x, b)
+    assert out.dtype == x.dtype
+    np.testing.assert_array_equal(out, NP.bias_relu(x, b))
+
+    loss, probs = emu.softmax_cross_entropy(x, t)
+    ref_loss, ref_probs = NP.softmax_cross_entropy(x, t)
+    assert isinstance(loss, np.ndarray) and loss.shape == () and loss.dtype == x.dtype
+    assert probs.shape == x.shape and probs.dtype == x.dtype
+    np.testing.assert_allclose(loss, ref_loss, **_tol(x.dtype))
+    np.testing.assert_allclose(probs, ref_probs, **_tol(x.dtype))
+
+    scale = 0.7 / x.shape[0]  # dout / N
+    dx = emu.softmax_cross_entropy_backward(ref_probs, t, scale)
+    assert dx.dtype == x.dtype
+    np.testing.assert_array_equal(dx, NP.softmax_cross_entropy_backward(ref_probs, t, scale))
+
+    onehot = np.eye(x.shape[1], dtype=x.dtype)[t]  # (N, K) targets: the generic path, same values
+    np.testing.assert_allclose(emu.softmax_cross_entropy(x, onehot)[0], ref_loss, **_tol(x.dtype))
+    np.testing.assert_allclose(emu.softmax_cross_entropy_backward(ref_probs, onehot, scale), dx, **_tol(x.dtype))
+
+
+def test_softmax_cross_entropy_rows_in_several_blocks(emu):
+    rng = np.random.default_rng(9)
+    x, t = 30 * rng.standard_normal((600, 10)), rng.integers(0, 10, 600)  # 600 rows: 3 blocks of 256
+    loss, probs = emu.softmax_cross_entropy(x, t)
+    ref_loss, ref_probs = NP.softmax_cross_entropy(x, t)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    np.testing.assert_allclose(probs, ref_probs, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(emu.softmax_cross_entropy_backward(probs, t, 0.5),
+                                  NP.softmax_cross_entropy_backward(probs, t, 0.5))
+
+
+def test_labels_outside_the_classes_match_no_class_as_in_numpy(emu):
+    # Unchecked labels (SoftmaxWithLoss(check_labels=False)): the row adds 0 and no memory
+    # outside the arrays is read.
+    x, t = np.random.default_rng(10).standard_normal((3, 4)), np.array([-1, 2, 4])
+    loss, probs = emu.softmax_cross_entropy(x, t)
+    ref_loss, ref_probs = NP.softmax_cross_entropy(x, t)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    np.testing.assert_array_equal(emu.softmax_cross_entropy_backward(probs, t, 1.0),
+                                  NP.softmax_cross_entropy_backward(probs, t, 1.0))
+
+
+def test_nan_propagates_through_bias_relu_and_the_softmax(emu):
+    rows = np.array([[np.nan, -1.0, 2.0], [1.0, -3.0, np.inf]], dtype=np.float32)
+    out = emu.bias_relu(rows, np.zeros(3, np.float32))
+    np.testing.assert_array_equal(out, NP.bias_relu(rows, np.zeros(3, np.float32)))  # [[nan, 0, 2], [1, 0, inf]]
+    loss, probs = emu.softmax_cross_entropy(rows, np.array([1, 0]))
+    assert np.isnan(loss) and np.isnan(probs).all()
+    with np.errstate(invalid="ignore"):  # NumPy warns about inf - inf
+        assert np.isnan(NP.softmax_cross_entropy(rows, np.array([1, 0]))[0])
+
+
+def test_loss_and_bias_relu_bad_arguments_raise_clear_errors(emu):
+    x = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"b has shape \(3,\), expected \(4,\)"):
+        emu.bias_relu(x, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"rows must be 2-D \(M, F\), got shape \(12,\)"):
+        emu.bias_relu(x.ravel(), np.ones(4, np.float32))
+    with pytest.raises(TypeError, match="labels must be integers, got float32"):
+        emu.softmax_cross_entropy(x, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"t has shape \(2,\), expected \(3,\)"):
+        emu.softmax_cross_entropy_backward(x, np.zeros(2, np.int64), 1.0)
+    with pytest.raises(ValueError, match="no classes"):
+        emu.softmax_cross_entropy(np.ones((3, 0), np.float32), np.zeros(3, np.int64))
 
 
 UPDATES = [
@@ -330,6 +414,27 @@ def test_gpu_optimizer_updates_match_numpy(gpu, op, n_state, scalars):
     getattr(NP, op)(param, grad, *state, *scalars)
     for got, want in zip(on_gpu, (param, *state)):
         np.testing.assert_allclose(got.get(), want, rtol=1e-12, atol=1e-15)  # GPU fma: not bit-equal
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 10), (600, 12)])  # 600 rows: several blocks
+def test_gpu_bias_relu_and_softmax_cross_entropy_match_numpy(gpu, n, k, dtype):
+    import cupy
+
+    rng = np.random.default_rng(11)
+    x = (30 * rng.standard_normal((n, k))).astype(dtype)
+    t, b = rng.integers(0, k, n), rng.standard_normal(k).astype(dtype)
+    x_gpu, t_gpu = cupy.asarray(x), cupy.asarray(t)
+    np.testing.assert_array_equal(gpu.bias_relu(x_gpu, cupy.asarray(b)).get(), NP.bias_relu(x, b))
+
+    loss, probs = gpu.softmax_cross_entropy(x_gpu, t_gpu)
+    ref_loss, ref_probs = NP.softmax_cross_entropy(x, t)
+    assert isinstance(loss, cupy.ndarray) and loss.shape == () and loss.dtype == dtype
+    np.testing.assert_allclose(loss.get(), ref_loss, **_tol(dtype))  # GPU exp/log: not bit-equal
+    np.testing.assert_allclose(probs.get(), ref_probs, **_tol(dtype))
+    dx = gpu.softmax_cross_entropy_backward(cupy.asarray(ref_probs), t_gpu, 0.5 / n)
+    np.testing.assert_allclose(dx.get(), NP.softmax_cross_entropy_backward(ref_probs, t, 0.5 / n), **_tol(dtype))
 
 
 @pytest.mark.gpu

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gpucnn.kernels import KERNEL_OPERATIONS, check_pool_pad, conv_output_size
-from gpucnn.kernels.generic import GenericKernels
-from gpucnn.kernels.numpy_set import NumpyKernels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpucnn
+from gpucnn.kernels import KERNEL_OPERATIONS, check_pool_pad, conv_output_size
+from gpucnn.kernels.generic import GenericKernels
+from gpucnn.kernels.numpy_set import NumpyKernels
 
 from .reference import im2col_loops, pool_loops
 

@@ -1,0 +1,57 @@
+// Softmax cross-entropy with integer labels t (N,) over scores x (N, K). The arithmetic
+// follows the generic kernel set term by term: z = x - max(row), log p = z - log(sum(exp(z))),
+// probs = exp(log p), and the row's loss term -log p[t]. A label outside [0, K) matches no
+// class (an all-zero one-hot row), as in the generic set: its row adds 0 to the loss and its
+// gradient is probs * scale. No index is ever read outside the arrays.
+#include "common.cuh"
+
+// softmax_cross_entropy: one thread per row. Thread i writes probs[i, :] (the softmax of
+// x[i, :]) and row_loss[i] = -log probs[i, t[i]]; the wrapper takes the mean of row_loss.
+template <typename T>
+__global__ void softmax_cross_entropy(const T* __restrict__ x, const int* __restrict__ t,
+                                      T* __restrict__ probs, T* __restrict__ row_loss,
+                                      const int n, const int k) {
+    const int i = thread_index();
+    if (i >= n) {
+        return;
+    }
+    const T* scores = x + i * k;
+    T* p = probs + i * k;
+
+    T top = scores[0];
+    for (int j = 1; j < k; ++j) {
+        if (scores[j] > top) {  // a NaN score makes every z, so the whole row, NaN anyway
+            top = scores[j];
+        }
+    }
+    T sum = T(0);
+    for (int j = 0; j < k; ++j) {
+        sum += exp(scores[j] - top);
+    }
+    const T log_sum = log(sum);  // at least log(1): the maximum's term is exp(0)
+
+    const int label = t[i];
+    T loss = T(0);
+    for (int j = 0; j < k; ++j) {
+        const T log_p = (scores[j] - top) - log_sum;
+        p[j] = exp(log_p);
+        if (j == label) {
+            loss = -log_p;
+        }
+    }
+    row_loss[i] = loss;
+}
+
+// softmax_cross_entropy_backward: one thread per element. Thread i = row*K + j writes
+// dx[i] = (probs[i] - (j == t[row])) * scale.
+template <typename T>
+__global__ void softmax_cross_entropy_backward(const T* __restrict__ probs, const int* __restrict__ t,
+                                               T* __restrict__ dx, const int total, const int k,
+                                               const T scale) {
+    const int i = thread_index();
+    if (i >= total) {
+        return;
+    }
+    const T target = (i % k == t[i / k]) ? T(1) : T(0);
+    dx[i] = (probs[i] - target) * scale;
+}
