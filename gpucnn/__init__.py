@@ -7,7 +7,7 @@
 ...                              gpucnn.layers.Affine(10)], input_shape=(784,))
 """
 
-from . import datasets, initializers, kernels, layers, models, optimizers
+from . import datasets, initializers, kernels, layers, memory, models, optimizers
 from .backend import (
     Backend,
     BackendUnavailable,
@@ -19,6 +19,7 @@ from .backend import (
 )
 from .io import load
 from .kernels import conv_output_size
+from .memory import OutOfMemoryError, max_batch_size
 from .model import Sequential, SimpleConvNet
 from .training import History, NonFiniteLossError
 
@@ -29,6 +30,7 @@ __all__ = [
     "BackendUnavailable",
     "History",
     "NonFiniteLossError",
+    "OutOfMemoryError",
     "Sequential",
     "SimpleConvNet",
     "available_backends",
@@ -40,6 +42,8 @@ __all__ = [
     "known_backends",
     "layers",
     "load",
+    "max_batch_size",
+    "memory",
     "models",
     "optimizers",
     "set_backend",

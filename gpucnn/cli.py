@@ -1,9 +1,12 @@
-"""The ``gpucnn`` command: ``train``, ``evaluate``, ``info``.
+"""The ``gpucnn`` command: ``train``, ``evaluate``, ``info``, ``bench``, ``sweep``.
 
     gpucnn train --model simple_convnet --dataset fashion-mnist --batch-size 100 \\
         --epochs 10 --optimizer adagrad --lr 0.06 --backend numpy --seed 0 --out runs/classic
     gpucnn evaluate runs/classic/model.npz
     gpucnn info
+    gpucnn bench --out benchmarks/results/cpu                  # run the benchmark suite, write the report
+    gpucnn bench --from bench.json --out report                # report on an earlier run
+    gpucnn sweep --batch-sizes 16,32,64,128,256 --epochs 5 --model simple_convnet --dataset fashion-mnist
 """
 
 from __future__ import annotations
@@ -78,7 +81,35 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=500)
 
     sub.add_parser("info", help="backends usable here, devices and library versions")
+
+    bench = sub.add_parser("bench", help="run the benchmark suite (or read its JSON) and write the report")
+    bench.add_argument("--from", dest="from_json", metavar="FILE",
+                       help="a pytest-benchmark JSON to report on, instead of running the suite")
+    bench.add_argument("--out", metavar="DIR", default="bench-report", help="output folder (default: bench-report)")
+    bench.add_argument("--suite", metavar="DIR", default="benchmarks", help="the source tree's benchmarks/ folder")
+    bench.add_argument("--sizes", metavar="SPEC", help="batch sizes: default, small or a list like 1,32,256 "
+                       "(sets $GPUCNN_BENCH_SIZES for the run)")
+
+    sweep = sub.add_parser("sweep", help="train once per batch size and compare accuracy, time and memory")
+    sweep.add_argument("--batch-sizes", type=_batch_sizes, default=[16, 32, 64, 128, 256], metavar="B1,B2,...",
+                       help="comma-separated batch sizes (default: 16,32,64,128,256)")
+    sweep.add_argument("--model", choices=sorted(MODELS), default="simple_convnet")
+    data_options(sweep)
+    sweep.add_argument("--epochs", type=_positive_int, default=5)
+    sweep.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adagrad")
+    sweep.add_argument("--lr", type=_positive_float, default=0.06)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    sweep.add_argument("--limit", type=_positive_int, help="train on the first N training images only")
+    sweep.add_argument("--out", metavar="DIR", help="output folder (default: runs/sweep-MODEL-DATASET)")
     return parser
+
+
+def _batch_sizes(text: str) -> list[int]:
+    sizes = [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 16,32,64, got {text!r}")
+    return sizes
 
 
 def _load_data(args: argparse.Namespace):
@@ -212,6 +243,32 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .report import bench
+
+    try:
+        written = bench(args.out, from_json=args.from_json, suite=args.suite, sizes=args.sizes)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise SystemExit(f"gpucnn: error: {exc}") from None
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep, write_sweep
+
+    (x_train, t_train), test = _load_data(args)
+    if args.limit:
+        x_train, t_train = x_train[: args.limit], t_train[: args.limit]
+    print(f"{args.model} on {args.dataset}: {len(x_train):,} training images, batch sizes "
+          f"{', '.join(map(str, args.batch_sizes))}, {args.epochs} epochs each")
+    result = run_sweep(args.model, (x_train, t_train), test, args.batch_sizes, args.epochs, optimizer=args.optimizer,
+                       lr=args.lr, seed=args.seed, dtype=args.dtype, dataset=args.dataset)
+    written = write_sweep(result, args.out or f"runs/sweep-{args.model}-{args.dataset}")
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "backend", None):
@@ -221,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             set_backend(args.backend)
         except BackendUnavailable as exc:
             raise SystemExit(f"gpucnn: error: {exc}") from None
-    return {"train": _train, "evaluate": _evaluate, "info": _info}[args.command](args)
+    commands = {"train": _train, "evaluate": _evaluate, "info": _info, "bench": _bench, "sweep": _sweep}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

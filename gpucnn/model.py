@@ -34,7 +34,7 @@ from .layers import (
     dtype_name,
     xp_dtype,
 )
-from .training import TrainingMixin
+from .training import TrainingMixin, check_batch_size
 
 __all__ = ["Sequential", "SimpleConvNet", "get_loss"]
 
@@ -313,12 +313,17 @@ class Sequential(TrainingMixin):
         With ``batch_size``, the input is processed in chunks so that intermediate
         memory (im2col's columns above all) stays bounded whatever N is.
         """
-        if batch_size is None:
-            x = self._as_input(x)
-            self._ensure_built(x)
-            return self._forward(x, train)
-        outs = [self.predict(x[i : i + batch_size], train=train) for i in range(0, len(x), _check_batch(batch_size))]
-        return self.backend.xp.concat(outs, axis=0)
+        from .memory import translate_out_of_memory
+
+        n = x.shape[0] if hasattr(x, "shape") else len(x)
+        chunk = n if batch_size is None else min(check_batch_size(batch_size), n)
+        with translate_out_of_memory(self, chunk, "predict", training=train):
+            if batch_size is None:
+                x = self._as_input(x)
+                self._ensure_built(x)
+                return self._forward(x, train)
+            outs = [self.predict(x[i : i + batch_size], train=train) for i in range(0, n, batch_size)]
+            return self.backend.xp.concat(outs, axis=0)
 
     def predict_proba(self, x: Any, batch_size: int | None = None) -> Array:
         """Class probabilities (softmax or sigmoid of the scores)."""
@@ -358,7 +363,7 @@ class Sequential(TrainingMixin):
 
     def accuracy(self, x: Any, t: Any, batch_size: int = 100) -> float:
         """Fraction of correct predictions, computed ``batch_size`` samples at a time."""
-        _check_batch(batch_size)
+        check_batch_size(batch_size)
         correct = 0
         n = len(x)
         for i in range(0, n, batch_size):
@@ -403,14 +408,6 @@ class Sequential(TrainingMixin):
             "dtype": dtype_name(self.dtype),
             "seed": self.seed,
         }
-
-
-def _check_batch(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError(f"batch_size must be an integer, got {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return int(batch_size)
 
 
 class SimpleConvNet(Sequential):

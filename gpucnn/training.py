@@ -216,6 +216,7 @@ class TrainingMixin:
                 a no-op on CPU backends).
             callbacks: callables ``f(model, epoch, logs)`` run after each epoch.
         """
+        from .memory import translate_out_of_memory
         from .optimizers import SGD, get_optimizer
 
         if on_nonfinite not in ("raise", "warn", "ignore"):
@@ -245,7 +246,8 @@ class TrainingMixin:
             self._seed_dropout_for_epoch(epoch)
             batches = epoch_batches(n, batch_size, rng, shuffle=shuffle, sampling=sampling, drop_last=drop_last)
             history.params["iterations_per_epoch"] = len(batches)
-            logs = self._run_epoch(epoch, epochs, batches, source, history, loss_every, on_nonfinite, verbose)
+            with translate_out_of_memory(self, batch_size, "fit"):
+                logs = self._run_epoch(epoch, epochs, batches, source, history, loss_every, on_nonfinite, verbose)
             if validation_data is not None:
                 t0 = time.perf_counter()
                 logs["val_loss"], logs["val_accuracy"] = self.evaluate(*validation_data, batch_size=eval_batch_size)
@@ -321,17 +323,20 @@ class TrainingMixin:
 
     def evaluate(self, x: Any, t: Any, batch_size: int = 100) -> tuple[float, float]:
         """Mean loss and accuracy over (x, t), ``batch_size`` samples at a time: ``(loss, accuracy)``."""
+        from .memory import translate_out_of_memory
+
         batch_size = check_batch_size(batch_size)
         x, t = self._prepare(x, t)
         total_loss, total_correct = None, None
         n = len(x)
-        for i in range(0, n, batch_size):
-            xb, tb = self._as_input(x[i : i + batch_size]), self._as_target(t[i : i + batch_size])
-            scores = self._forward(xb, False)
-            loss = self.loss_layer.forward(scores, tb, check_labels=False) * xb.shape[0]
-            correct = self._count_correct(scores, tb)
-            total_loss = loss if total_loss is None else total_loss + loss
-            total_correct = correct if total_correct is None else total_correct + correct
+        with translate_out_of_memory(self, min(batch_size, n), "evaluate", training=False):
+            for i in range(0, n, batch_size):
+                xb, tb = self._as_input(x[i : i + batch_size]), self._as_target(t[i : i + batch_size])
+                scores = self._forward(xb, False)
+                loss = self.loss_layer.forward(scores, tb, check_labels=False) * xb.shape[0]
+                correct = self._count_correct(scores, tb)
+                total_loss = loss if total_loss is None else total_loss + loss
+                total_correct = correct if total_correct is None else total_correct + correct
         self.loss_layer._clear_cache()
         return float(total_loss) / n, float(total_correct) / n
 

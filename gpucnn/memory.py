@@ -1,0 +1,527 @@
+"""How much memory a model needs at a given batch size, and what to do when it runs out.
+
+The memory model
+----------------
+One training step (forward, backward, optimizer update) holds, at its peak:
+
+* **parameters**, their **gradients** and the **optimizer state** (one array per
+  parameter for Momentum, AdaGrad and RMSprop, two for Adam): independent of N;
+* the **input batch** (N samples in the model's dtype, plus the labels);
+* the **activations** every layer keeps from forward to backward: im2col's columns
+  (N*OH*OW, C*KH*KW) for each convolution, argmax arrays of max pooling (int32), ReLU
+  masks (one byte per element), dropout scales, the inputs kept by Affine layers
+  (through views such as Flatten's), the loss layer's probabilities and one-hot targets;
+* the **workspace** of the most demanding single layer: the arrays alive only while that
+  layer runs, such as a convolution's GEMM output before it becomes NCHW, or in backward
+  the incoming gradient, ``dcol`` (as large as the columns) and the input gradient (the
+  optimizer update counts as a layer whose workspace is two of the largest parameter).
+
+Every term but the first grows linearly with N, so the largest batch that fits a budget
+is a division (:func:`max_batch_size`). The layers keep their caches after a step and
+replace them one layer at a time in the next, so in a loop of steps the running layer's
+old cache is alive beside its new one: the model counts it in that layer's workspace.
+Inference (``predict``, ``evaluate``) holds the same caches (layers cache in either
+mode) but no gradients and no backward workspace.
+
+The model is an estimate in bytes of array data: the allocator's rounding (CuPy pools
+round to 512 bytes), BLAS workspaces and Python objects come on top. ``tests/test_memory.py``
+compares it with traced host allocations.
+
+Running out
+-----------
+:func:`translate_out_of_memory` wraps the batch loops of ``fit``, ``evaluate`` and
+``predict``: an allocator error there (NumPy's ``MemoryError``, CuPy's
+``OutOfMemoryError`` or a CUDA/cuBLAS allocation failure) becomes
+:class:`OutOfMemoryError`, which names the batch size, the estimate, the free memory
+and a batch size that fits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import traceback
+import tracemalloc
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MemoryEstimate",
+    "OutOfMemoryError",
+    "estimate_memory",
+    "format_bytes",
+    "is_out_of_memory",
+    "max_batch_size",
+    "measure_peak_bytes",
+    "training_step_peak",
+    "translate_out_of_memory",
+]
+
+# Bytes per element of arrays whose dtype does not follow the model's.
+_ARGMAX_BYTES = 4  # int32 window-local indices of max pooling
+_MASK_BYTES = 1  # ReLU's boolean mask
+_LABEL_BYTES = 8  # integer labels as NumPy reads them (int64 after indexing)
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` → ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # the loop always returns
+
+
+@dataclass
+class LayerMemory:
+    """One step of the model (a layer, or a fused Convolution-ReLU-MaxPooling) at batch N.
+
+    Attributes:
+        name: the layer's name (``"convolution1+relu1+max_pooling1"`` for a fused step).
+        activations: bytes kept from forward to backward (im2col columns included).
+        im2col: the part of ``activations`` that is im2col's columns.
+        workspace: bytes alive only while this step runs (peak of its forward or backward).
+    """
+
+    name: str
+    activations: int
+    im2col: int
+    workspace: int
+
+
+@dataclass
+class MemoryEstimate:
+    """The memory model's answer for one model, batch size and mode (bytes).
+
+    ``total`` is the peak of one step: every fixed term, the inputs, every layer's
+    activations and the largest single workspace.
+    """
+
+    batch_size: int
+    training: bool
+    params: int
+    grads: int
+    optimizer_state: int
+    inputs: int
+    layers: list[LayerMemory] = field(default_factory=list)
+
+    @property
+    def activations(self) -> int:
+        return sum(layer.activations for layer in self.layers)
+
+    @property
+    def im2col(self) -> int:
+        return sum(layer.im2col for layer in self.layers)
+
+    @property
+    def workspace(self) -> int:
+        return max((layer.workspace for layer in self.layers), default=0)
+
+    @property
+    def fixed(self) -> int:
+        """Bytes that do not depend on the batch size."""
+        return self.params + self.grads + self.optimizer_state
+
+    @property
+    def total(self) -> int:
+        return self.fixed + self.inputs + self.activations + self.workspace
+
+    def table(self) -> str:
+        """A readable breakdown, one line per layer."""
+        mode = "training step" if self.training else "inference"
+        lines = [
+            f"{mode} at batch {self.batch_size}: {format_bytes(self.total)}",
+            f"  parameters {format_bytes(self.params)}, gradients {format_bytes(self.grads)}, "
+            f"optimizer state {format_bytes(self.optimizer_state)}, inputs {format_bytes(self.inputs)}",
+            f"  {'layer':<40} {'activations':>12} {'(im2col)':>12} {'workspace':>12}",
+        ]
+        for layer in self.layers:
+            lines.append(
+                f"  {layer.name:<40} {format_bytes(layer.activations):>12} "
+                f"{format_bytes(layer.im2col):>12} {format_bytes(layer.workspace):>12}"
+            )
+        return "\n".join(lines)
+
+
+def _optimizer_slots(optimizer: Any) -> int:
+    """Arrays of state per parameter (0 for SGD or no optimizer, 2 for Adam)."""
+    return len(getattr(optimizer, "state_names", ())) if optimizer is not None else 0
+
+
+def _parts(step: Any) -> list:
+    """The layers a step runs: the layer itself, or a fused step's layers in order."""
+    from .layers import Layer
+
+    if isinstance(step, Layer):
+        return [step]
+    return [value for value in vars(step).values() if isinstance(value, Layer)]
+
+
+def _step_memory(step: Any, n: int, itemsize: int, keeps_output: bool, training: bool) -> tuple[LayerMemory, bool]:
+    """Memory of one step at batch ``n`` and whether the step keeps its *input* alive.
+
+    ``keeps_output``: whether a later step holds on to this step's output array.
+    Workspaces follow the NumPy kernel set, the most generous one.
+    """
+    from .layers import Affine, BatchNormalization, Convolution, Dropout, Flatten, MaxPooling, ReLU, Sigmoid
+
+    parts = _parts(step)
+    first, last = parts[0], parts[-1]
+    name = "+".join(str(layer.name) for layer in parts)
+    in_b = n * math.prod(first.input_shape) * itemsize
+    out_size = n * math.prod(last.output_shape)
+    out_b = out_size * itemsize
+    fused = len(parts) > 1
+    pooled = fused and isinstance(last, MaxPooling)
+
+    im2col = pre = 0  # im2col's columns; the GEMM's rows (N*OH*OW, FN) or (N, units)
+    if isinstance(first, Convolution):
+        fh, fw = first.filter_size
+        oh_ow = math.prod(first.output_shape[1:])
+        im2col = n * oh_ow * first.input_shape[0] * fh * fw * itemsize
+        pre = n * math.prod(first.output_shape) * itemsize
+    elif isinstance(first, Affine):
+        pre = n * first.units * itemsize
+    # Backward of a GEMM layer: the rows' gradient, then dcol (conv) and dx, if wanted.
+    dx = (im2col + in_b) if first.needs_input_grad else 0
+
+    keeps_input = isinstance(first, Affine)  # Affine keeps x reshaped to 2-D: a view of its input
+    output_is_kept = False  # the step's own cache is its output array
+    if pooled:  # Convolution, ReLU, MaxPooling: columns, pooled output and its argmax
+        kept = im2col + out_size * (itemsize + _ARGMAX_BYTES)
+        output_is_kept = True
+        work_forward = 3 * pre  # GEMM rows, the biased rows, one more in the NumPy set's pooling
+        work_backward = pre + dx
+    elif fused:  # Affine or Convolution, then ReLU: the ReLU output kept as GEMM rows
+        kept = im2col + pre
+        output_is_kept = isinstance(first, Affine)
+        work_forward = pre + (0 if output_is_kept else out_b)  # GEMM rows, then the NCHW copy
+        work_backward = 2 * pre + dx  # the rows' gradient, masked
+    elif isinstance(first, Convolution):
+        kept = im2col
+        work_forward = 2 * pre + out_b  # GEMM rows, + bias, the NCHW copy
+        work_backward = pre + dx
+    elif isinstance(first, Affine):
+        kept = 0
+        work_forward = pre + out_b  # x @ W, then + b
+        work_backward = in_b
+    elif isinstance(first, MaxPooling):
+        kept = out_size * _ARGMAX_BYTES
+        work_forward, work_backward = out_b, in_b
+    elif isinstance(first, ReLU):
+        kept = in_b // itemsize * _MASK_BYTES
+        work_forward, work_backward = out_b, in_b
+    elif isinstance(first, Dropout):
+        active = training and first.rate > 0
+        kept = in_b if active else 0  # the scale array
+        work_forward = 2 * out_b if active else 0  # random draws, then x * scale
+        work_backward = in_b
+    elif isinstance(first, Flatten):
+        kept = work_forward = work_backward = 0  # a view: it keeps alive what its input is
+        keeps_input, keeps_output = keeps_output, False
+    elif isinstance(first, BatchNormalization):
+        kept = in_b  # x-hat
+        work_forward, work_backward = 2 * out_b, 3 * in_b
+    elif isinstance(first, Sigmoid):
+        kept, output_is_kept = out_b, True
+        work_forward, work_backward = out_b, in_b
+    else:  # a layer without a cache (average pooling) or one this model does not know
+        kept = 0
+        work_forward, work_backward = out_b, in_b
+    # A layer replaces its caches only after computing new ones, so in a loop of steps the
+    # previous step's cache of the running step is alive during its forward.
+    work_forward += kept
+    if keeps_output and not output_is_kept:  # a later step holds the output: count it as kept
+        kept += out_b
+        work_forward = max(work_forward - out_b, 0)
+    # Backward holds the incoming gradient (output-sized) while it builds its own arrays.
+    workspace = max(work_forward, out_b + work_backward) if training else work_forward
+    return LayerMemory(name, kept, im2col, workspace), keeps_input
+
+
+def estimate_memory(
+    model: Any,
+    batch_size: int,
+    *,
+    training: bool = True,
+    optimizer: Any = None,
+    input_shape: Sequence[int] | None = None,
+) -> MemoryEstimate:
+    """The memory model (module docstring) for ``model`` at ``batch_size``.
+
+    Args:
+        model: a :class:`gpucnn.Sequential`; built from ``input_shape`` if it is not yet.
+        batch_size: samples per step.
+        training: a training step (True) or inference (False).
+        optimizer: the optimizer whose state counts (default: the model's, else none).
+        input_shape: one sample's shape, for an unbuilt model.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    _ensure_built(model, input_shape)
+    n = int(batch_size)
+    itemsize = np.dtype(model._np_dtype()).itemsize
+    param_bytes = sum(layer.count_params() for layer in model.layers) * itemsize
+    optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+    steps = model._steps()
+    rows: list[LayerMemory] = []
+    keeps_output = True  # the scores stay referenced until the step ends
+    for step in reversed(steps):
+        row, keeps_input = _step_memory(step, n, itemsize, keeps_output, training)
+        rows.append(row)
+        keeps_output = keeps_input
+    rows.reverse()
+    classes = math.prod(model.layers[-1].output_shape)
+    loss_bytes = 2 * n * classes * itemsize  # softmax probabilities and one-hot targets
+    rows.append(LayerMemory(model.loss_layer.name or "loss", loss_bytes, 0, 2 * n * classes * itemsize))
+    if training:  # the update's temporaries (the NumPy set: about two of the largest parameter)
+        largest = max((math.prod(p.shape) for layer in model.layers for p in layer.params.values()), default=0)
+        rows.append(LayerMemory("optimizer update", 0, 0, 2 * largest * itemsize))
+    inputs = n * (math.prod(model.input_shape) * itemsize + _LABEL_BYTES)
+    return MemoryEstimate(
+        batch_size=n,
+        training=training,
+        params=param_bytes,
+        grads=param_bytes if training else 0,
+        optimizer_state=param_bytes * _optimizer_slots(optimizer) if training else 0,
+        inputs=inputs,
+        layers=rows,
+    )
+
+
+def _ensure_built(model: Any, input_shape: Sequence[int] | None) -> None:
+    if model.built:
+        if input_shape is not None and tuple(input_shape) != tuple(model.input_shape):
+            raise ValueError(f"input_shape {tuple(input_shape)} differs from the model's {tuple(model.input_shape)}")
+        return
+    if input_shape is None:
+        raise ValueError("the model is not built yet: pass input_shape (one sample's shape, e.g. (1, 28, 28))")
+    model.build(tuple(input_shape))
+
+
+def max_batch_size(
+    model: Any,
+    budget_bytes: float,
+    input_shape: Sequence[int] | None = None,
+    *,
+    training: bool = True,
+    optimizer: Any = None,
+) -> int:
+    """The largest batch size whose estimated peak (:func:`estimate_memory`) fits ``budget_bytes``.
+
+    Returns 0 when not even one sample fits beside the parameters, gradients and
+    optimizer state. The estimate is linear in the batch size, so this is exact for
+    the model, not a search.
+    """
+    if not budget_bytes >= 0:
+        raise ValueError(f"budget_bytes must be >= 0, got {budget_bytes!r}")
+    one = estimate_memory(model, 1, training=training, optimizer=optimizer, input_shape=input_shape).total
+    two = estimate_memory(model, 2, training=training, optimizer=optimizer).total
+    per_sample = two - one
+    fixed = one - per_sample
+    if budget_bytes < one:
+        return 0
+    return int((budget_bytes - fixed) // per_sample)
+
+
+# -- measuring ---------------------------------------------------------------------
+
+
+def measure_peak_bytes(backend: Any, fn: Callable[[], Any]) -> int:
+    """Peak bytes allocated while ``fn()`` runs, above what was allocated before it.
+
+    Host backends: ``tracemalloc`` (NumPy reports its array buffers to it). CuPy: the
+    default memory pool, emptied of cached blocks first, so that its size after ``fn``
+    is the high-water mark of ``fn``'s arrays (blocks freed during ``fn`` stay cached).
+    """
+    if backend.is_gpu:
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        backend.synchronize()
+        pool.free_all_blocks()
+        before = pool.used_bytes()
+        fn()
+        backend.synchronize()
+        return int(pool.total_bytes() - before)
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        if started:
+            tracemalloc.stop()
+    return int(peak - before)
+
+
+def training_step_peak(build: Callable[[], Any], x: np.ndarray, t: np.ndarray) -> int:
+    """Peak bytes of a short training loop at ``len(x)`` samples per batch, from nothing.
+
+    ``build()`` returns a model with its optimizer set, on the current backend; the
+    model, the batch on the device and two training steps (the second one replaces the
+    first one's caches, which is the steady state of ``fit``) all run while traced, so
+    the result compares with :func:`estimate_memory`'s ``total``.
+    """
+    from .backend import get_backend
+
+    def run() -> None:
+        model = build()
+        xb, tb = model._as_input(x), model._as_target(t)
+        for _ in range(2):
+            model._train_step(xb, tb)
+
+    return measure_peak_bytes(get_backend(), run)
+
+
+# -- running out of memory ------------------------------------------------------------
+
+
+class OutOfMemoryError(MemoryError):
+    """A batch did not fit in memory; the message suggests a batch size that does.
+
+    Attributes:
+        batch_size: the batch size that failed.
+        suggested_batch_size: one that fits by the memory model and the free memory
+            (0 when not even one sample does).
+        needed_bytes: the memory model's estimate at ``batch_size``.
+        available_bytes: the memory free for this model's batches when the error was raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        batch_size: int,
+        suggested_batch_size: int,
+        needed_bytes: int,
+        available_bytes: int | None,
+    ) -> None:
+        super().__init__(message)
+        self.batch_size = batch_size
+        self.suggested_batch_size = suggested_batch_size
+        self.needed_bytes = needed_bytes
+        self.available_bytes = available_bytes
+
+
+# Allocation failures that CUDA libraries report with their own exception types.
+_CUDA_ERROR_TYPES = {"CUDARuntimeError", "CUDADriverError", "CUBLASError", "CUDNNError", "CUSOLVERError"}
+_CUDA_OOM_WORDS = ("out of memory", "OUT_OF_MEMORY", "MemoryAllocation", "ALLOC_FAILED")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator's out-of-memory error (host or device)."""
+    if isinstance(exc, OutOfMemoryError):
+        return False  # already translated
+    if isinstance(exc, MemoryError):  # NumPy, and CuPy's OutOfMemoryError subclasses it
+        return True
+    return type(exc).__name__ in _CUDA_ERROR_TYPES and any(word in str(exc) for word in _CUDA_OOM_WORDS)
+
+
+def _host_available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else free physical pages, else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _available_bytes(backend: Any) -> int | None:
+    """Memory this process could still allocate on the backend's device."""
+    info = backend.memory_info()
+    if "device_free" in info:
+        return int(info["device_free"] + info.get("pool_total", 0) - info.get("used", 0))
+    return _host_available_bytes()
+
+
+def _free_failed_step(model: Any, exc: BaseException) -> None:
+    """Drop what the failed batch left behind (layer caches, locals of finished frames)
+    so that the free memory measured next is what the next attempt will find."""
+    traceback.clear_frames(exc.__traceback__)
+    for layer in [*model.layers, model.loss_layer]:
+        layer._clear_cache()
+    for step in model._steps():  # fused steps keep arrays of their own
+        for key, value in vars(step).items():
+            if key.startswith("_") and hasattr(value, "shape"):
+                setattr(step, key, None)
+    gc.collect()
+
+
+@contextlib.contextmanager
+def translate_out_of_memory(model: Any, batch_size: int, what: str, *, training: bool = True) -> Iterator[None]:
+    """Turn an allocator's out-of-memory error inside the block into :class:`OutOfMemoryError`.
+
+    Args:
+        model: the model running the batches.
+        batch_size: the batch size in use (named in the message).
+        what: ``"fit"``, ``"evaluate"`` or ``"predict"`` (named in the message).
+        training: whether the batches are training steps (for the memory model).
+    """
+    try:
+        yield
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        _free_failed_step(model, exc)
+        raise _explain(model, batch_size, what, training, exc) from exc
+
+
+def _explain(model: Any, batch_size: int, what: str, training: bool, exc: BaseException) -> OutOfMemoryError:
+    backend = model.backend
+    where = f"{what} with batch_size={batch_size} on backend {backend.name!r}"
+    needed, suggestion, available = 0, 0, None
+    try:
+        estimate = estimate_memory(model, batch_size, training=training)
+        needed = estimate.total
+        available = _available_bytes(backend)
+    except Exception:  # an unbuilt or unusual model: still give the plain message
+        estimate = None
+
+    def option(size: int) -> str:
+        return f"predict(x, batch_size={size})" if what == "predict" else f"batch_size={size}"
+
+    if estimate is None or available is None:
+        suggestion = max(batch_size // 2, 0)
+        advice = f"try {option(suggestion)}" if suggestion else "reduce the model or free memory"
+        message = f"out of memory in {where}; {advice}"
+    else:
+        # The parameters, gradients and optimizer state are already allocated: the budget
+        # of a whole step is what is free plus them, less a margin for the allocator.
+        budget = 0.9 * available + estimate.fixed
+        suggestion = max_batch_size(model, budget, training=training)
+        if suggestion >= batch_size:  # the estimate thought it fits: halve instead
+            suggestion = batch_size // 2
+        head = (
+            f"out of memory in {where}: the memory model puts one "
+            f"{'training step' if training else 'inference batch'} at {format_bytes(needed)} "
+            f"and {format_bytes(available)} is free"
+        )
+        if suggestion >= 1:
+            message = (
+                f"{head}; {option(suggestion)} should fit "
+                f"(gpucnn.max_batch_size(model, budget_bytes) estimates it for any budget)"
+            )
+        else:
+            message = (
+                f"{head}; not even batch_size=1 fits: the parameters, gradients and optimizer state "
+                f"alone need {format_bytes(estimate.fixed)}"
+            )
+    message += f". The allocator said: {type(exc).__name__}: {exc}"
+    return OutOfMemoryError(
+        message, batch_size=batch_size, suggested_batch_size=suggestion, needed_bytes=needed, available_bytes=available
+    )
