@@ -60,16 +60,19 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--backend", choices=known_backends(), help="default: $GPUCNN_BACKEND or numpy")
 
+    def training_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adagrad")
+        p.add_argument("--lr", type=_positive_float, default=0.06)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+        p.add_argument("--limit", type=_positive_int, help="train on the first N training images only")
+
     train = sub.add_parser("train", help="train a model, saving it every epoch")
     train.add_argument("--model", choices=sorted(MODELS), default="simple_convnet")
     data_options(train)
     train.add_argument("--batch-size", type=_positive_int, default=100)
     train.add_argument("--epochs", type=_positive_int, default=10)
-    train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adagrad")
-    train.add_argument("--lr", type=_positive_float, default=0.06)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    train.add_argument("--limit", type=_positive_int, help="train on the first N training images only")
+    training_options(train)
     train.add_argument("--sampling", choices=["epoch", "random"], default="epoch")
     train.add_argument("--out", metavar="DIR", help="output folder (default: runs/MODEL-DATASET)")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -96,11 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--model", choices=sorted(MODELS), default="simple_convnet")
     data_options(sweep)
     sweep.add_argument("--epochs", type=_positive_int, default=5)
-    sweep.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adagrad")
-    sweep.add_argument("--lr", type=_positive_float, default=0.06)
-    sweep.add_argument("--seed", type=int, default=0)
-    sweep.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    sweep.add_argument("--limit", type=_positive_int, help="train on the first N training images only")
+    training_options(sweep)
     sweep.add_argument("--out", metavar="DIR", help="output folder (default: runs/sweep-MODEL-DATASET)")
     return parser
 

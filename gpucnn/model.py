@@ -100,7 +100,8 @@ class ParamView(Mapping):
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """``MaxPooling`` → ``max_pooling``, ``ReLU`` → ``relu``."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 class Sequential(TrainingMixin):

@@ -27,60 +27,31 @@ def simple_convnet(
     )
 
 
+def _conv_block(filters: int, first_pad: int) -> list:
+    """Conv 3x3 - ReLU - conv 3x3 - ReLU - max pool 2 - dropout .25, the Keras examples' block."""
+    return [Convolution(filters, 3, pad=first_pad), ReLU(), Convolution(filters, 3), ReLU(), MaxPooling(2),
+            Dropout(0.25)]
+
+
+def _dense_head(units: int, num_classes: int) -> list:
+    """Flatten - dense - ReLU - dropout .5 - dense to the classes."""
+    return [Flatten(), Affine(units), ReLU(), Dropout(0.5), Affine(num_classes)]
+
+
 def mnist_cnn(
     input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, dtype: Any = "float32", seed: int | None = None
 ) -> Sequential:
     """The classic Keras MNIST example: conv 32 3x3 - conv 64 3x3 - pool - dropout - dense 128 - dense."""
-    return Sequential(
-        [
-            Convolution(32, 3),
-            ReLU(),
-            Convolution(64, 3),
-            ReLU(),
-            MaxPooling(2),
-            Dropout(0.25),
-            Flatten(),
-            Affine(128),
-            ReLU(),
-            Dropout(0.5),
-            Affine(num_classes),
-        ],
-        SoftmaxWithLoss(),
-        input_shape=tuple(input_shape),
-        dtype=dtype,
-        seed=seed,
-    )
+    layers = [Convolution(32, 3), ReLU(), *_conv_block(64, 0)[2:], *_dense_head(128, num_classes)]
+    return Sequential(layers, SoftmaxWithLoss(), input_shape=tuple(input_shape), dtype=dtype, seed=seed)
 
 
 def cifar_cnn(
     input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, dtype: Any = "float32", seed: int | None = None
 ) -> Sequential:
     """The Keras CIFAR-10 example: two conv-conv-pool-dropout blocks (32 then 64 filters), dense 512."""
-    return Sequential(
-        [
-            Convolution(32, 3, pad=1),
-            ReLU(),
-            Convolution(32, 3),
-            ReLU(),
-            MaxPooling(2),
-            Dropout(0.25),
-            Convolution(64, 3, pad=1),
-            ReLU(),
-            Convolution(64, 3),
-            ReLU(),
-            MaxPooling(2),
-            Dropout(0.25),
-            Flatten(),
-            Affine(512),
-            ReLU(),
-            Dropout(0.5),
-            Affine(num_classes),
-        ],
-        SoftmaxWithLoss(),
-        input_shape=tuple(input_shape),
-        dtype=dtype,
-        seed=seed,
-    )
+    layers = [*_conv_block(32, 1), *_conv_block(64, 1), *_dense_head(512, num_classes)]
+    return Sequential(layers, SoftmaxWithLoss(), input_shape=tuple(input_shape), dtype=dtype, seed=seed)
 
 
 def two_layer_net(
