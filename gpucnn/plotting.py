@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -33,6 +34,11 @@ def plot_history(history: Any, path: str | os.PathLike, title: str | None = None
     epochs = [e + 1 for e in data["epoch"]]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(range(1, len(losses) + 1), losses, linewidth=0.6, color="tab:blue")
+    finite = [v for v in losses if math.isfinite(v)]
+    if finite:
+        # A spike in the first iterations would flatten the rest of the curve: clip the axis.
+        top = min(max(finite), 1.5 * sorted(finite)[int(0.99 * (len(finite) - 1))])
+        ax_loss.set_ylim(0, top * 1.05)
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("training loss (cross-entropy)")
     ax_loss.set_title("loss per iteration")
