@@ -101,6 +101,20 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["f.bin"]  # no temporary file left behind
 
 
+def test_atomic_write_gives_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "new.txt", "w") as f:
+            f.write("x")
+        assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o644
+        os.chmod(tmp_path / "new.txt", 0o600)
+        with atomic_write(tmp_path / "new.txt", "w") as f:
+            f.write("y")
+        assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o600  # an existing file keeps its mode
+    finally:
+        os.umask(umask)
+
+
 def test_save_failure_keeps_the_previous_model(tmp_path, monkeypatch):
     net = tiny_net()
     path = tmp_path / "m.npz"
