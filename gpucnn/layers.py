@@ -269,7 +269,7 @@ class Convolution(_WeightBias):
         """Gradients from the gradient of the GEMM rows (N*OH*OW, FN); returns dx or None."""
         xp = self.xp
         fn, c, fh, fw = self.W.shape
-        self.grads["b"] = xp.sum(rows, axis=0)
+        self.grads["b"] = self.backend.kernels.bias_grad(rows)
         self.grads["W"] = xp.reshape(xp.matrix_transpose(rows) @ self._col, (fn, c, fh, fw))
         if not self.needs_input_grad:
             return None
@@ -316,12 +316,13 @@ class ConvReluMaxPool:
         )
 
     def forward(self, x, train=True):
-        conv, pool = self.conv, self.pool
+        conv, pool, k = self.conv, self.pool, self.conv.backend.kernels
         rows, self._conv_shape = conv._rows(x)
         ph, pw = pool.pool_size
-        self._out, self._argmax = conv.backend.kernels.bias_relu_maxpool(
-            rows, conv.b, *self._conv_shape, ph, pw, pool.stride, pool.pad
-        )
+        if not train:  # no gradient will flow back: skip tracking the argmax
+            self._out = self._argmax = None
+            return k.bias_relu_maxpool_infer(rows, conv.b, *self._conv_shape, ph, pw, pool.stride, pool.pad)
+        self._out, self._argmax = k.bias_relu_maxpool(rows, conv.b, *self._conv_shape, ph, pw, pool.stride, pool.pad)
         return self._out
 
     def backward(self, dout):
@@ -478,7 +479,7 @@ class Affine(_WeightBias):
     def _backward_rows(self, dout: Array) -> Array | None:
         xp = self.xp
         self.grads["W"] = xp.matrix_transpose(self._x2d) @ dout
-        self.grads["b"] = xp.sum(dout, axis=0)
+        self.grads["b"] = self.backend.kernels.bias_grad(dout)
         if not self.needs_input_grad:
             return None
         return xp.reshape(dout @ xp.matrix_transpose(self.W), self._x_shape)

@@ -58,6 +58,9 @@ Fused operations (a kernel set may override them; the generic set composes them)
     ``y = rows + b`` seen as (N, FN, OH, OW): ``argmax`` is ``maxpool_forward(y)``'s
     argmax and ``out = maximum(maxpool_forward(y)[0], 0)``, both (N, FN, PH, PW).
     Equal to ReLU followed by max pooling wherever a gradient can flow.
+``bias_relu_maxpool_infer(rows, b, n, oh, ow, kh, kw, stride, pad) -> out``
+    ``bias_relu_maxpool``'s ``out`` alone, for inference: no argmax is kept, since no
+    gradient will flow back (tracking it costs about a third of the pooling's time).
 ``maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad) -> drows``
     The gradient with respect to ``rows``, (N*OH*OW, FN): ``dout`` where ``out > 0``,
     routed through ``argmax`` and laid out as GEMM rows, ready for ``dW = drows.T @ col``.
@@ -73,6 +76,8 @@ Fused operations (a kernel set may override them; the generic set composes them)
 ``softmax_cross_entropy_backward(probs, t, scale) -> dx``
     ``(probs - onehot(t)) * scale`` (or ``probs - t`` for (N, K) targets), (N, K);
     ``scale`` is ``dout / N`` for a mean loss.
+``bias_grad(drows) -> db``
+    The gradient of a bias added to every row: the column sums of (M, F) → (F,).
 ``rows_to_nchw(y, n, oh, ow) -> out``  and  ``nchw_to_rows(dout) -> rows``
     The layout changes between a GEMM's (N*OH*OW, FN) rows and NCHW.
 ``sgd_update``, ``momentum_update``, ``adagrad_update``, ``rmsprop_update``,
@@ -99,10 +104,12 @@ KERNEL_OPERATIONS = (
     "avgpool_forward",
     "avgpool_backward",
     "bias_relu_maxpool",
+    "bias_relu_maxpool_infer",
     "maxpool_relu_backward",
     "bias_relu",
     "softmax_cross_entropy",
     "softmax_cross_entropy_backward",
+    "bias_grad",
     "rows_to_nchw",
     "nchw_to_rows",
     "sgd_update",

@@ -126,6 +126,12 @@ class GenericKernels:
         pooled, argmax = self.maxpool_forward(self.rows_to_nchw(rows + b, n, oh, ow), kh, kw, stride, pad)
         return xp.maximum(pooled, 0), argmax
 
+    def bias_relu_maxpool_infer(
+        self, rows: Array, b: Array, n: int, oh: int, ow: int, kh: int, kw: int, stride: int, pad: int = 0
+    ) -> Array:
+        """:meth:`bias_relu_maxpool` without the argmax: ``out`` (N, FN, PH, PW) only."""
+        return self.bias_relu_maxpool(rows, b, n, oh, ow, kh, kw, stride, pad)[0]
+
     def maxpool_relu_backward(
         self,
         dout: Array,
@@ -169,6 +175,10 @@ class GenericKernels:
     def softmax_cross_entropy_backward(self, probs: Array, t: Array, scale: float) -> Array:
         """``(probs - targets) * scale``, (N, K)."""
         return (probs - self._targets(t, probs.shape[1], probs.dtype)) * scale
+
+    def bias_grad(self, drows: Array) -> Array:
+        """Column sums of (M, F) rows → (F,): the gradient of a bias added to every row."""
+        return self.xp.sum(drows, axis=0)
 
     def rows_to_nchw(self, y: Array, n: int, oh: int, ow: int) -> Array:
         """(N*OH*OW, FN) GEMM rows → (N, FN, OH, OW)."""

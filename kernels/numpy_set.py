@@ -160,6 +160,11 @@ class NumpyKernels(GenericKernels):
                 dxp[:, :, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride] += share
         return np.ascontiguousarray(dxp[:, :, pad : pad + h, pad : pad + w]) if pad else dxp
 
+    def bias_grad(self, drows):
+        # A matrix-vector product through BLAS: about 4x faster than sum(axis=0) down a
+        # tall, narrow array such as a convolution's (N*OH*OW, FN) gradient.
+        return np.ones(drows.shape[0], dtype=drows.dtype) @ drows
+
     def rows_to_nchw(self, y, n, oh, ow):
         return np.ascontiguousarray(y.reshape(n, oh, ow, y.shape[1]).transpose(0, 3, 1, 2))
 

@@ -206,6 +206,7 @@ def test_bias_relu_and_softmax_cross_entropy(n, k, dtype, seed):
     t = rng.integers(0, k, n)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for kernels in (NP, GEN):
+        np.testing.assert_allclose(kernels.bias_grad(rows), rows.sum(axis=0, dtype=np.float64), rtol=tol, atol=tol)
         out = kernels.bias_relu(rows, b)
         assert out.dtype == dtype
         np.testing.assert_array_equal(out, np.maximum(rows + b, 0))

@@ -1,0 +1,579 @@
+"""The Numba kernel set: the interface as ``@njit`` loops, compiled once and cached.
+
+Every kernel is one loop nest over its output, where the NumPy set makes several
+whole-array passes through strided views and temporaries. Layouts and conventions:
+see :mod:`gpucnn.kernels`. GEMMs stay on BLAS (NumPy ``matmul``), and so do the layout
+changes ``rows_to_nchw`` / ``nchw_to_rows``: NumPy's strided copy was as fast as any
+loop tried here.
+
+Values
+------
+Equal to the NumPy set bit for bit: ``im2col``, ``col2im``, max pooling forward and
+backward (values and ``argmax``, NaN windows included), ``bias_relu_maxpool`` and
+``bias_relu_maxpool_infer``, ``maxpool_relu_backward``, ``avgpool_backward`` and the
+optimizer steps. Sums run in the NumPy set's order: where windows overlap, a backward
+kernel visits them last to first, so that every pixel receives its taps in ascending
+``(ky, kx)`` order starting from zero, as the NumPy set's loop over taps adds them; the
+optimizer steps do the same float operations in the same dtype (Python scalars are cast
+to the array's dtype first, as NumPy does). ``avgpool_forward`` sums a window row by row, which may differ from
+NumPy's reduction order: equal to float rounding.
+
+Threads
+-------
+Kernels over whole activations run ``parallel=True``, split over the batch (and rows),
+with Numba's thread count (``NUMBA_NUM_THREADS`` or :func:`numba.set_num_threads`);
+the optimizer steps run on one thread, where a parallel launch would cost more than the
+work. Numba and BLAS never run at the same time: each kernel sits between two GEMMs.
+What remains is how each pool waits when idle, measured on 2 cores with SimpleConvNet:
+
+- Unless ``NUMBA_THREADING_LAYER`` says otherwise, Numba's own ``workqueue`` pool is
+  used: its idle threads sleep. The default OpenMP layer (GNU libgomp) keeps them
+  spinning after every parallel region, right when the next GEMM wants both cores: the
+  GEMM of the layer after a kernel took 6.7 ms instead of 0.65 ms.
+- OpenBLAS's idle worker spins (yielding) for 2**28 cycles, about 0.1 s, after each
+  GEMM, so on 2 cores Numba's second thread shares a core with it: at batch 100 the
+  parallel kernels gain little over ``NUMBA_NUM_THREADS=1`` (7,609 against 7,767
+  training images/s). ``OPENBLAS_THREAD_TIMEOUT=4`` in the environment (read when NumPy
+  loads OpenBLAS) makes that worker sleep at once and gave inference 16,809 → 18,959
+  images/s (medians of 3 alternating runs); BLAS's own thread count is left to the user (``OPENBLAS_NUM_THREADS``,
+  threadpoolctl), since the GEMMs need both cores more than the kernels do.
+
+Parallel launches are serialised by a lock: the workqueue pool must not be entered by
+two threads at once.
+
+Compilation
+-----------
+``cache=True``: the machine code is written to Numba's cache on the first call with
+a given dtype and loaded from it by later processes. When this package's directory is
+read-only (a system-wide install) and ``NUMBA_CACHE_DIR`` is unset, the cache goes to
+``$XDG_CACHE_HOME/gpucnn/numba`` (``~/.cache/gpucnn/numba``). Inputs are made
+C-contiguous first, so each kernel compiles once per dtype.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import check_pool_pad, conv_output_size
+from .numpy_set import NumpyKernels
+
+
+def _use_per_user_cache_if_needed() -> None:
+    """Point Numba's cache at a per-user directory when it cannot write beside this file."""
+    if os.environ.get("NUMBA_CACHE_DIR") or os.access(Path(__file__).parent, os.W_OK):
+        return
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpucnn" / "numba"
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["NUMBA_CACHE_DIR"] = str(cache)  # for child processes
+    numba.config.CACHE_DIR = str(cache)  # Numba read the environment when it was imported
+
+
+def _prefer_workqueue_threads() -> None:
+    """Numba's own thread pool unless the user picked a threading layer (see Threads above)."""
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+# Both must happen before the first kernel is compiled or launched.
+_use_per_user_cache_if_needed()
+_prefer_workqueue_threads()
+
+# The workqueue layer aborts the process when two threads launch parallel kernels at once;
+# this lock makes concurrent callers wait their turn instead.
+_LAUNCH = threading.Lock()
+
+# error_model="numpy": a division by zero gives inf or nan, as in NumPy, instead of raising
+# ZeroDivisionError; the check Python semantics need would also keep loops from vectorizing.
+jit = numba.njit(cache=True, fastmath=False, error_model="numpy")
+pjit = numba.njit(cache=True, fastmath=False, error_model="numpy", parallel=True)
+
+
+# -- convolution ------------------------------------------------------------------
+# Hot loops hold no integer division (tens of cycles each): indices are stepped instead.
+
+
+@jit
+def _split(i, m):
+    """(i // m, i % m) in signed integers (a prange index is unsigned, and unsigned mixed
+    with signed arithmetic would give floats)."""
+    t = np.int64(i)
+    return t // m, t % m
+
+
+@pjit
+def _im2col(x, kh, kw, stride, pad, oh, ow, col):
+    """x (N, C, H, W) → col (N*OH*OW, C*KH*KW); one task per output row (n, oh)."""
+    n, c, h, w = x.shape
+    for i in prange(n * oh):
+        b, y = _split(i, oh)
+        r0 = (b * oh + y) * ow
+        for ch in range(c):
+            for ky in range(kh):
+                j = (ch * kh + ky) * kw
+                iy = y * stride - pad + ky
+                if iy < 0 or iy >= h:
+                    for xo in range(ow):
+                        for kx in range(kw):
+                            col[r0 + xo, j + kx] = 0
+                    continue
+                for xo in range(ow):
+                    x0 = xo * stride - pad
+                    if x0 >= 0 and x0 + kw <= w:  # the window row lies inside the image
+                        for kx in range(kw):
+                            col[r0 + xo, j + kx] = x[b, ch, iy, x0 + kx]
+                    else:
+                        for kx in range(kw):
+                            ix = x0 + kx
+                            col[r0 + xo, j + kx] = x[b, ch, iy, ix] if 0 <= ix < w else 0
+
+
+@pjit
+def _col2im(col, kh, kw, stride, pad, oh, ow, dx):
+    """Adjoint of _im2col; one task per plane (n, c).
+
+    Windows are visited last to first, so that every pixel receives its taps in
+    ascending (ky, kx) order, the order in which the NumPy set adds them.
+    """
+    n, c, h, w = dx.shape
+    for i in prange(n * c):
+        b, ch = _split(i, c)
+        dx[b, ch] = 0
+        for y in range(oh - 1, -1, -1):
+            for xo in range(ow - 1, -1, -1):
+                r = (b * oh + y) * ow + xo
+                for ky in range(kh):
+                    iy = y * stride - pad + ky
+                    if iy < 0 or iy >= h:
+                        continue
+                    for kx in range(kw):
+                        ix = xo * stride - pad + kx
+                        if 0 <= ix < w:
+                            dx[b, ch, iy, ix] += col[r, (ch * kh + ky) * kw + kx]
+
+
+# -- pooling ----------------------------------------------------------------------
+
+
+@jit
+def _last_nan_tap(plane, y0, x0, kh, kw, bias):
+    """The last tap (ky*KW + kx) of the window at (y0, x0) of a 2-D plane where
+    ``plane + bias`` is NaN: the argmax of a window that holds a NaN."""
+    h, w = plane.shape
+    last = 0
+    for ky in range(kh):
+        for kx in range(kw):
+            y, x = y0 + ky, x0 + kx
+            if 0 <= y < h and 0 <= x < w:
+                v = plane[y, x] + bias
+                if v != v:
+                    last = ky * kw + kx
+    return last
+
+
+@pjit
+def _maxpool(x, kh, kw, stride, pad, out, argmax):
+    """Window maximum and the first argmax; pad cells count as -inf, as in NumPy's set.
+
+    One task per output row (n, c, oh). The row's running maximum is updated tap by
+    tap with the ``max`` forms of :func:`_bias_relu_maxpool`, which vectorize.
+    """
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for i in prange(n * c * oh):
+        plane, y = _split(i, oh)
+        b, ch = _split(plane, c)
+        for xo in range(ow):
+            out[b, ch, y, xo] = -np.inf
+            argmax[b, ch, y, xo] = 0
+        for ky in range(kh):
+            iy = y * stride - pad + ky
+            if iy < 0 or iy >= h:
+                continue  # a pad row: -inf never wins
+            for kx in range(kw):
+                k = np.int32(ky * kw + kx)
+                # the windows whose tap kx falls inside the image: xo_lo <= xo < xo_hi
+                xo_lo = (pad - kx + stride - 1) // stride if pad > kx else 0
+                xo_hi = min(ow, (w - 1 + pad - kx) // stride + 1)
+                for xo in range(xo_lo, xo_hi):
+                    v = x[b, ch, iy, xo * stride - pad + kx]
+                    top = out[b, ch, y, xo]
+                    out[b, ch, y, xo] = np.maximum(top, v)
+                    argmax[b, ch, y, xo] = max(argmax[b, ch, y, xo], k if v > top else np.int32(0))
+        for xo in range(ow):
+            if out[b, ch, y, xo] != out[b, ch, y, xo]:  # a NaN wins, the last one does
+                argmax[b, ch, y, xo] = _last_nan_tap(x[b, ch], y * stride - pad, xo * stride - pad, kh, kw, 0)
+
+
+@pjit
+def _maxpool_backward(dout, argmax, kh, kw, stride, pad, dx):
+    """Each window adds its ``dout`` to the pixel its argmax names; windows are visited
+    last to first, which is the NumPy set's order of addition (ascending tap index)."""
+    n, c, h, w = dx.shape
+    oh, ow = dout.shape[2], dout.shape[3]
+    for i in prange(n * c):
+        b, ch = _split(i, c)
+        dx[b, ch] = 0
+        for y in range(oh - 1, -1, -1):
+            for xo in range(ow - 1, -1, -1):
+                k = argmax[b, ch, y, xo]
+                ky = k // kw  # once per window: cheap next to the pixels it touches
+                iy = y * stride - pad + ky
+                ix = xo * stride - pad + k - ky * kw
+                if 0 <= iy < h and 0 <= ix < w:
+                    dx[b, ch, iy, ix] += dout[b, ch, y, xo]
+
+
+@pjit
+def _avgpool(x, kh, kw, stride, pad, out):
+    """Window sum (row by row, pad cells as zeros) divided by KH*KW."""
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    count = x.dtype.type(kh * kw)
+    for i in prange(n * c):
+        b, ch = _split(i, c)
+        for y in range(oh):
+            for xo in range(ow):
+                acc = x.dtype.type(0)
+                for ky in range(kh):
+                    iy = y * stride - pad + ky
+                    if iy < 0 or iy >= h:
+                        continue
+                    for kx in range(kw):
+                        ix = xo * stride - pad + kx
+                        if 0 <= ix < w:
+                            acc += x[b, ch, iy, ix]
+                out[b, ch, y, xo] = acc / count
+
+
+@pjit
+def _avgpool_backward(share, kh, kw, stride, pad, dx):
+    """Each window adds ``share = dout / (KH*KW)`` to its pixels, last window first."""
+    n, c, h, w = dx.shape
+    oh, ow = share.shape[2], share.shape[3]
+    for i in prange(n * c):
+        b, ch = _split(i, c)
+        dx[b, ch] = 0
+        for y in range(oh - 1, -1, -1):
+            for xo in range(ow - 1, -1, -1):
+                s = share[b, ch, y, xo]
+                for ky in range(kh):
+                    iy = y * stride - pad + ky
+                    if iy < 0 or iy >= h:
+                        continue
+                    for kx in range(kw):
+                        ix = xo * stride - pad + kx
+                        if 0 <= ix < w:
+                            dx[b, ch, iy, ix] += s
+
+
+# -- fused operations -----------------------------------------------------------------
+
+
+@pjit
+def _bias_relu_maxpool(rows, bias, oh, ow, kh, kw, stride, pad, out, argmax, with_argmax):
+    """rows (N*OH*OW, FN) + bias → max pooling (pad = -inf) → ReLU; out, and argmax if
+    ``with_argmax`` (inference skips it), both (N, FN, PH, PW).
+
+    One task per pooled row (n, py). The running maximum of the row lives in a
+    (PW, FN) scratch so that the filter axis, contiguous in ``rows``, is the inner
+    loop; both are updated with ``max`` forms, which LLVM turns into vector code (a
+    conditional store stays scalar).
+    """
+    n, fn, ph, pw = out.shape
+    for i in prange(n * ph):
+        b, py = _split(i, ph)
+        best = np.full((pw, fn), -np.inf, dtype=rows.dtype)
+        arg = np.zeros((pw, fn) if with_argmax else (0, 0), dtype=np.int32)
+        k = np.int32(0)
+        for ky in range(kh):
+            y = py * stride - pad + ky
+            for kx in range(kw):
+                for px in range(pw):
+                    x = px * stride - pad + kx
+                    if y < 0 or y >= oh or x < 0 or x >= ow:
+                        continue  # a pad cell: -inf never wins
+                    r = (b * oh + y) * ow + x
+                    if with_argmax:
+                        for f in range(fn):
+                            v = rows[r, f] + bias[f]
+                            top = best[px, f]
+                            best[px, f] = np.maximum(top, v)
+                            # Taps come in increasing k, so "the last k that was strictly
+                            # better" is a running maximum: the first maximum wins.
+                            arg[px, f] = max(arg[px, f], k if v > top else np.int32(0))
+                    else:
+                        for f in range(fn):
+                            best[px, f] = np.maximum(best[px, f], rows[r, f] + bias[f])
+                k += np.int32(1)
+        for f in range(fn):
+            for px in range(pw):
+                v = best[px, f]
+                out[b, f, py, px] = 0 if v < 0 else v
+                if not with_argmax:
+                    continue
+                if v != v:  # np.maximum let a NaN through; it wins, the last one does
+                    plane = rows.reshape(n, oh, ow, fn)[b, :, :, f]
+                    arg[px, f] = _last_nan_tap(plane, py * stride - pad, px * stride - pad, kh, kw, bias[f])
+                argmax[b, f, py, px] = arg[px, f]
+
+
+@jit
+def _window_of(length, pooled, k, stride, pad):
+    """For each pixel along one axis of a pooling with disjoint windows (stride >= k):
+    its window (or -1 if no window holds it) and its tap within that window."""
+    window = np.full(length, -1, dtype=np.int64)
+    tap = np.zeros(length, dtype=np.int64)
+    for p in range(pooled):
+        for t in range(k):
+            i = p * stride - pad + t
+            if 0 <= i < length:
+                window[i] = p
+                tap[i] = t
+    return window, tap
+
+
+@pjit
+def _maxpool_relu_backward_disjoint(dout, argmax, out, kh, kw, stride, pad, oh, ow, drows):
+    """drows (N*OH*OW, FN) when windows do not overlap: each conv output pixel takes the
+    ``dout`` of its window if the window's argmax names it and its output passed the
+    ReLU, else 0. One task per image; the image's window values are first laid out
+    (window, FN) so that the inner loop runs along contiguous filters."""
+    n, fn, ph, pw = dout.shape
+    win_y, tap_y = _window_of(oh, ph, kh, stride, pad)
+    win_x, tap_x = _window_of(ow, pw, kw, stride, pad)
+    zero = drows.dtype.type(0)
+    for b in prange(n):
+        grad = np.empty((ph * pw, fn), dtype=dout.dtype)
+        arg = np.empty((ph * pw, fn), dtype=np.int32)
+        for f in range(fn):
+            for py in range(ph):
+                for px in range(pw):
+                    q = py * pw + px
+                    d = dout[b, f, py, px]  # loaded before the test: a select, not a branch
+                    grad[q, f] = d if out[b, f, py, px] > 0 else zero
+                    arg[q, f] = argmax[b, f, py, px]
+        for y in range(oh):
+            for x in range(ow):
+                r = (b * oh + y) * ow + x
+                if win_y[y] < 0 or win_x[x] < 0:
+                    for f in range(fn):
+                        drows[r, f] = zero
+                    continue
+                q = win_y[y] * pw + win_x[x]
+                k = tap_y[y] * kw + tap_x[x]
+                for f in range(fn):
+                    g = grad[q, f]
+                    drows[r, f] = g if arg[q, f] == k else zero
+
+
+@pjit
+def _maxpool_relu_backward(dout, argmax, out, kh, kw, stride, pad, oh, ow, drows):
+    """drows (N*OH*OW, FN) for overlapping windows: each window whose pooled output
+    passed the ReLU adds its ``dout`` to the row its argmax names; one task per image,
+    windows last to first (the NumPy set's order of addition)."""
+    n, fn, ph, pw = dout.shape
+    rows_per_image = oh * ow
+    for b in prange(n):
+        r0 = np.int64(b) * rows_per_image
+        drows[r0 : r0 + rows_per_image] = 0
+        for py in range(ph - 1, -1, -1):
+            for px in range(pw - 1, -1, -1):
+                for f in range(fn):
+                    if not out[b, f, py, px] > 0:
+                        continue
+                    k = argmax[b, f, py, px]
+                    ky = k // kw
+                    y = py * stride - pad + ky
+                    x = px * stride - pad + k - ky * kw
+                    if 0 <= y < oh and 0 <= x < ow:
+                        drows[r0 + y * ow + x, f] += dout[b, f, py, px]
+
+
+# -- optimizer steps: one pass over flat, contiguous arrays --------------------------
+# The scalars arrive cast to the arrays' dtype, so each step does NumPy's float operations.
+
+
+@jit
+def _sgd(param, grad, lr):
+    for i in range(param.size):
+        param[i] -= lr * grad[i]
+
+
+@jit
+def _momentum(param, grad, velocity, lr, momentum):
+    for i in range(param.size):
+        velocity[i] = velocity[i] * momentum - lr * grad[i]
+        param[i] += velocity[i]
+
+
+@jit
+def _adagrad(param, grad, h, lr, eps):
+    for i in range(param.size):
+        g = grad[i]
+        h[i] += g * g
+        param[i] -= lr * g / (np.sqrt(h[i]) + eps)
+
+
+@jit
+def _rmsprop(param, grad, h, lr, decay, one_minus_decay, eps):
+    for i in range(param.size):
+        g = grad[i]
+        h[i] = h[i] * decay + one_minus_decay * g * g
+        param[i] -= lr * g / (np.sqrt(h[i]) + eps)
+
+
+@jit
+def _adam(param, grad, m, v, lr_t, one_minus_beta1, one_minus_beta2, eps):
+    for i in range(param.size):
+        g = grad[i]
+        m[i] += one_minus_beta1 * (g - m[i])
+        v[i] += one_minus_beta2 * (g * g - v[i])
+        param[i] -= lr_t * m[i] / (np.sqrt(v[i]) + eps)
+
+
+# -- the kernel set -------------------------------------------------------------------
+
+
+def _c(a: np.ndarray) -> np.ndarray:
+    """C-contiguous (a no-op for the arrays layers pass), so each kernel compiles once per dtype."""
+    return np.ascontiguousarray(a)
+
+
+def _launch(kernel, *args) -> None:
+    """Run a parallel kernel, one caller at a time (see ``_LAUNCH``)."""
+    with _LAUNCH:
+        kernel(*args)
+
+
+def _flat(*arrays: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """1-D views of C-contiguous arrays of one shape and dtype, or None (then NumPy steps)."""
+    first = arrays[0]
+    for a in arrays:
+        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.shape == first.shape
+                and a.dtype == first.dtype and a.dtype.kind == "f"):
+            return None
+    return tuple(a.reshape(-1) for a in arrays)
+
+
+class NumbaKernels(NumpyKernels):
+    """Kernel set for NumPy arrays, with the hot loops compiled by Numba."""
+
+    name = "numba"
+
+    # -- convolution -----------------------------------------------------------
+
+    def im2col(self, x, kh, kw, stride=1, pad=0):
+        n, c, h, w = x.shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        col = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
+        _launch(_im2col, _c(x), kh, kw, stride, pad, oh, ow, col)
+        return col
+
+    def col2im(self, col, x_shape, kh, kw, stride=1, pad=0):
+        n, c, h, w = x_shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        dx = np.empty((n, c, h, w), dtype=col.dtype)
+        _launch(_col2im, _c(col), kh, kw, stride, pad, oh, ow, dx)
+        return dx
+
+    # -- pooling ---------------------------------------------------------------
+
+    def maxpool_forward(self, x, kh, kw, stride, pad=0):
+        check_pool_pad(kh, kw, pad)
+        n, c, h, w = x.shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        out = np.empty((n, c, oh, ow), dtype=x.dtype)
+        argmax = np.empty((n, c, oh, ow), dtype=np.int32)
+        _launch(_maxpool, _c(x), kh, kw, stride, pad, out, argmax)
+        return out, argmax
+
+    def maxpool_backward(self, dout, argmax, x_shape, kh, kw, stride, pad=0):
+        dx = np.empty(x_shape, dtype=dout.dtype)
+        _launch(_maxpool_backward, _c(dout), _c(argmax), kh, kw, stride, pad, dx)
+        return dx
+
+    def avgpool_forward(self, x, kh, kw, stride, pad=0):
+        check_pool_pad(kh, kw, pad)
+        n, c, h, w = x.shape
+        oh = conv_output_size(h, kh, stride, pad)
+        ow = conv_output_size(w, kw, stride, pad)
+        out = np.empty((n, c, oh, ow), dtype=x.dtype)
+        _launch(_avgpool, _c(x), kh, kw, stride, pad, out)
+        return out
+
+    def avgpool_backward(self, dout, x_shape, kh, kw, stride, pad=0):
+        share = dout / dout.dtype.type(kh * kw)
+        dx = np.empty(x_shape, dtype=dout.dtype)
+        _launch(_avgpool_backward, _c(share), kh, kw, stride, pad, dx)
+        return dx
+
+    # -- fused operations ----------------------------------------------------------
+
+    def _pool_rows(self, rows, b, n, oh, ow, kh, kw, stride, pad, with_argmax):
+        check_pool_pad(kh, kw, pad)
+        fn = rows.shape[1]
+        ph = conv_output_size(oh, kh, stride, pad)
+        pw = conv_output_size(ow, kw, stride, pad)
+        out = np.empty((n, fn, ph, pw), dtype=rows.dtype)
+        argmax = np.empty((n, fn, ph, pw) if with_argmax else (0, 0, 0, 0), dtype=np.int32)
+        bias = _c(b).astype(rows.dtype, copy=False)
+        _launch(_bias_relu_maxpool, _c(rows), bias, oh, ow, kh, kw, stride, pad, out, argmax, with_argmax)
+        return out, argmax
+
+    def bias_relu_maxpool(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
+        return self._pool_rows(rows, b, n, oh, ow, kh, kw, stride, pad, True)
+
+    def bias_relu_maxpool_infer(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
+        return self._pool_rows(rows, b, n, oh, ow, kh, kw, stride, pad, False)[0]
+
+    def maxpool_relu_backward(self, dout, argmax, out, n, oh, ow, kh, kw, stride, pad=0):
+        drows = np.empty((n * oh * ow, dout.shape[1]), dtype=dout.dtype)
+        disjoint = stride >= kh and stride >= kw
+        kernel = _maxpool_relu_backward_disjoint if disjoint else _maxpool_relu_backward
+        _launch(kernel, _c(dout), _c(argmax), _c(out), kh, kw, stride, pad, oh, ow, drows)
+        return drows
+
+    # -- optimizer steps (in place) ----------------------------------------------------
+
+    def sgd_update(self, param, grad, lr):
+        flat = _flat(param, grad)
+        if flat is None:
+            return super().sgd_update(param, grad, lr)
+        _sgd(*flat, param.dtype.type(lr))
+
+    def momentum_update(self, param, grad, velocity, lr, momentum):
+        flat = _flat(param, grad, velocity)
+        if flat is None:
+            return super().momentum_update(param, grad, velocity, lr, momentum)
+        t = param.dtype.type
+        _momentum(*flat, t(lr), t(momentum))
+
+    def adagrad_update(self, param, grad, h, lr, eps):
+        flat = _flat(param, grad, h)
+        if flat is None:
+            return super().adagrad_update(param, grad, h, lr, eps)
+        t = param.dtype.type
+        _adagrad(*flat, t(lr), t(eps))
+
+    def rmsprop_update(self, param, grad, h, lr, decay, eps):
+        flat = _flat(param, grad, h)
+        if flat is None:
+            return super().rmsprop_update(param, grad, h, lr, decay, eps)
+        t = param.dtype.type
+        _rmsprop(*flat, t(lr), t(decay), t(1 - decay), t(eps))
+
+    def adam_update(self, param, grad, m, v, lr_t, beta1, beta2, eps):
+        flat = _flat(param, grad, m, v)
+        if flat is None:
+            return super().adam_update(param, grad, m, v, lr_t, beta1, beta2, eps)
+        t = param.dtype.type
+        _adam(*flat, t(lr_t), t(1 - beta1), t(1 - beta2), t(eps))

@@ -1,0 +1,198 @@
+"""The Numba kernel set against the NumPy set (the oracle) on random shapes and data.
+
+Exact equality wherever the Numba set promises it (see :mod:`gpucnn.kernels.numba_set`);
+``avgpool_forward`` to float rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba", reason="the numba kernel set needs Numba (pip install 'gpucnn[numba]')")
+
+import gpucnn  # noqa: E402
+from gpucnn.kernels import KERNEL_OPERATIONS, conv_output_size  # noqa: E402
+from gpucnn.kernels.numba_set import NumbaKernels  # noqa: E402
+from gpucnn.kernels.numpy_set import NumpyKernels  # noqa: E402
+
+NP = NumpyKernels()
+NB = NumbaKernels(gpucnn.get_backend("numpy").xp)
+EQUAL = np.testing.assert_array_equal
+
+
+def _data(rng: np.random.Generator, shape, dtype, ties: bool) -> np.ndarray:
+    """Normal values, or small integers when ``ties`` (so that windows hold equal maxima)."""
+    if ties:
+        return rng.integers(-2, 3, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@st.composite
+def case(draw, pool: bool = False):
+    """(x, kh, kw, stride, pad, rng) with an output of at least 1x1; odd batches, non-square images."""
+    n = draw(st.sampled_from([1, 2, 3, 5]))
+    c = draw(st.integers(1, 16))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = draw(st.integers(1, 3))
+    pad = draw(st.integers(0, min(kh, kw) // 2)) if pool else draw(st.integers(0, 3))
+    h = draw(st.integers(max(1, kh - 2 * pad), 11))
+    w = draw(st.integers(max(1, kw - 2 * pad), 11))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = _data(rng, (n, c, h, w), dtype, ties=draw(st.booleans()))
+    return x, kh, kw, stride, pad, rng
+
+
+def test_the_set_answers_every_operation():
+    for name in KERNEL_OPERATIONS:
+        assert callable(getattr(NB, name)), name
+
+
+@settings(max_examples=50, deadline=None)
+@given(case())
+def test_im2col_and_col2im_equal_numpy(args):
+    x, kh, kw, stride, pad, rng = args
+    col = NB.im2col(x, kh, kw, stride, pad)
+    assert col.dtype == x.dtype and col.flags.c_contiguous
+    EQUAL(col, NP.im2col(x, kh, kw, stride, pad))
+    dcol = rng.standard_normal(col.shape).astype(x.dtype)
+    dx = NB.col2im(dcol, x.shape, kh, kw, stride, pad)
+    assert dx.shape == x.shape and dx.dtype == x.dtype
+    EQUAL(dx, NP.col2im(dcol, x.shape, kh, kw, stride, pad))
+
+
+def test_im2col_accepts_strided_views():
+    x = np.random.default_rng(0).standard_normal((3, 4, 9, 8))[:, ::2, :, 1:]
+    EQUAL(NB.im2col(x, 3, 2, 2, 1), NP.im2col(x, 3, 2, 2, 1))
+
+
+@settings(max_examples=50, deadline=None)
+@given(case(pool=True))
+def test_pooling_equals_numpy(args):
+    x, kh, kw, stride, pad, rng = args
+    out, argmax = NB.maxpool_forward(x, kh, kw, stride, pad)
+    ref_out, ref_argmax = NP.maxpool_forward(x, kh, kw, stride, pad)
+    assert out.dtype == x.dtype and argmax.dtype == np.int32
+    EQUAL(out, ref_out)
+    EQUAL(argmax, ref_argmax)
+    dout = rng.standard_normal(out.shape).astype(x.dtype)
+    EQUAL(NB.maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad),
+          NP.maxpool_backward(dout, ref_argmax, x.shape, kh, kw, stride, pad))
+
+    tol = 1e-6 if x.dtype == np.float32 else 1e-14
+    avg = NB.avgpool_forward(x, kh, kw, stride, pad)
+    assert avg.dtype == x.dtype
+    np.testing.assert_allclose(avg, NP.avgpool_forward(x, kh, kw, stride, pad), rtol=tol, atol=tol)
+    EQUAL(NB.avgpool_backward(dout, x.shape, kh, kw, stride, pad),
+          NP.avgpool_backward(dout, x.shape, kh, kw, stride, pad))
+
+
+@settings(max_examples=60, deadline=None)
+@given(case(pool=True), st.integers(1, 16), st.booleans())
+def test_fused_conv_relu_pool_ops_equal_numpy(args, fn, ties):
+    """Both paths of the backward: disjoint windows (stride >= window) and overlapping ones."""
+    x, kh, kw, stride, pad, rng = args
+    n, _, oh, ow = x.shape  # x only sets the geometry: the conv output is (n, fn, oh, ow)
+    rows = _data(rng, (n * oh * ow, fn), x.dtype, ties)
+    b = _data(rng, (fn,), x.dtype, ties)
+    out, argmax = NB.bias_relu_maxpool(rows, b, n, oh, ow, kh, kw, stride, pad)
+    ref_out, ref_argmax = NP.bias_relu_maxpool(rows, b, n, oh, ow, kh, kw, stride, pad)
+    ph, pw = conv_output_size(oh, kh, stride, pad), conv_output_size(ow, kw, stride, pad)
+    assert out.shape == argmax.shape == (n, fn, ph, pw) and out.dtype == x.dtype
+    EQUAL(out, ref_out)
+    EQUAL(argmax, ref_argmax)
+    EQUAL(NB.bias_relu_maxpool_infer(rows, b, n, oh, ow, kh, kw, stride, pad), ref_out)
+    dout = rng.standard_normal(out.shape).astype(x.dtype)
+    drows = NB.maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad)
+    assert drows.shape == rows.shape and drows.dtype == x.dtype
+    EQUAL(drows, NP.maxpool_relu_backward(dout, ref_argmax, ref_out, n, oh, ow, kh, kw, stride, pad))
+
+
+@pytest.mark.parametrize("where", [0, 1, 3])
+def test_nan_wins_the_window_as_in_numpy(where):
+    """A NaN anywhere in a window makes the pooled value NaN; the last NaN is the argmax."""
+    x = np.arange(16.0, dtype=np.float32).reshape(1, 1, 4, 4)
+    x[0, 0, where // 2, where % 2] = np.nan
+    x[0, 0, 3, 3] = np.nan
+    x[0, 0, 2, 2] = np.nan
+    ref = NP.maxpool_forward(x, 2, 2, 2, 0)
+    for got, want in zip(NB.maxpool_forward(x, 2, 2, 2, 0), ref):
+        EQUAL(got, want)
+    rows = NP.nchw_to_rows(x)
+    ref = NP.bias_relu_maxpool(rows, np.zeros(1, np.float32), 1, 4, 4, 2, 2, 2, 0)
+    for got, want in zip(NB.bias_relu_maxpool(rows, np.zeros(1, np.float32), 1, 4, 4, 2, 2, 2, 0), ref):
+        EQUAL(got, want)
+    EQUAL(NB.bias_relu_maxpool_infer(rows, np.zeros(1, np.float32), 1, 4, 4, 2, 2, 2, 0), ref[0])
+
+
+OPTIMIZER_STEPS = {
+    "sgd_update": ((), (0.05,)),
+    "momentum_update": (("velocity",), (0.05, 0.9)),
+    "adagrad_update": (("h",), (0.06, 1e-7)),
+    "rmsprop_update": (("h",), (0.01, 0.99, 1e-7)),
+    "adam_update": (("m", "v"), (0.003, 0.9, 0.999, 1e-7)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZER_STEPS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7,), (5, 3), (2, 3, 4, 5)])
+def test_optimizer_steps_equal_numpy_in_place(name, dtype, shape):
+    states, scalars = OPTIMIZER_STEPS[name]
+    rng = np.random.default_rng(5)
+    param = rng.standard_normal(shape).astype(dtype)
+    slots = [np.abs(rng.standard_normal(shape)).astype(dtype) for _ in states]
+    ref_param, ref_slots = param.copy(), [s.copy() for s in slots]
+    for _ in range(3):  # several steps, so that the state feeds back
+        grad = rng.standard_normal(shape).astype(dtype)
+        same = param
+        getattr(NB, name)(param, grad, *slots, *scalars)
+        getattr(NP, name)(ref_param, grad, *ref_slots, *scalars)
+        assert param is same and param.dtype == dtype
+        EQUAL(param, ref_param)
+        for s, r in zip(slots, ref_slots):
+            EQUAL(s, r)
+
+
+def test_optimizer_step_on_a_strided_parameter_updates_it_in_place():
+    base = np.ones((4, 6))
+    param = base[:, ::2]
+    NB.sgd_update(param, np.ones_like(param), 0.5)
+    EQUAL(base[:, ::2], 0.5)
+    EQUAL(base[:, 1::2], 1.0)
+
+
+def _losses(backend: str, steps: int = 5) -> list[float]:
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((9, 1, 12, 10))
+    t = rng.integers(0, 10, size=9)
+    with gpucnn.use_backend(backend):
+        net = gpucnn.SimpleConvNet(input_dim=(1, 12, 10),
+                                   conv_param={"filter_num": 4, "filter_size": 3, "pad": 1, "stride": 1},
+                                   hidden_size=16, dtype="float64", seed=0)
+        opt = gpucnn.optimizers.AdaGrad(lr=0.06)
+        losses = []
+        for _ in range(steps):
+            grads = net.gradient(x, t)
+            opt.update(net.params, grads)
+            losses.append(net.loss(x, t))
+    return losses
+
+
+def test_seeded_simple_convnet_trains_to_the_same_losses_as_numpy():
+    numba_losses = _losses("numba")
+    np.testing.assert_allclose(numba_losses, _losses("numpy"), rtol=0, atol=1e-10)
+    assert numba_losses[-1] < numba_losses[0]
+
+
+def test_parallel_kernels_can_be_called_from_several_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = np.random.default_rng(3).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    want = NP.im2col(x, 3, 3, 1, 1)
+    with ThreadPoolExecutor(4) as pool:
+        for col in pool.map(lambda _: NB.im2col(x, 3, 3, 1, 1), range(16)):
+            EQUAL(col, want)
