@@ -63,26 +63,36 @@ class NumpyKernels(GenericKernels):
         """Running maximum over the window taps ``tap(k)``, k = ky*KW + kx, with its argmax.
 
         Strict '>' keeps the first maximum in row-major order. A NaN always wins, so a
-        window holding one gives NaN, as the generic set's max does.
+        window holding one gives NaN, as the generic set's max does. Everything is
+        branch-free whole-array arithmetic: masked copies (``copyto(where=)``, boolean
+        indexing) cost ten times as much on these unpredictable masks.
         """
         out = np.array(tap(0), order="C")
         argmax = np.zeros(out.shape, dtype=np.int32)
+        better = np.empty(out.shape, dtype=bool)
+        step = np.empty(out.shape, dtype=np.int32)
         for k in range(1, count):
             t = tap(k)
-            better = (t > out) | (t != t)
-            np.copyto(out, t, where=better)
-            argmax[better] = k
+            np.greater(t, out, out=better)
+            better |= np.isnan(t)
+            # k grows with each tap, so the last tap that won is the largest k that won.
+            np.maximum(argmax, np.multiply(better, k, out=step), out=argmax)
+            np.maximum(out, t, out=out)  # the same values, NaN included
         return out, argmax
 
     @staticmethod
     def _route_to_taps(grad, argmax, target, count: int, disjoint: bool) -> None:
-        """Add ``grad`` into the tap views ``target(k)`` where ``argmax == k``."""
+        """Add ``grad`` into the tap views ``target(k)`` where ``argmax == k``.
+
+        ``grad * hit`` rather than a masked copy, for speed (see :meth:`_max_over_taps`);
+        a non-finite ``grad`` therefore spreads over its whole window.
+        """
         for k in range(count):
             hit = argmax == k
             if disjoint:  # windows do not overlap: each input cell gets one value at most
-                np.copyto(target(k), grad, where=hit)
+                np.multiply(grad, hit, out=target(k))
             else:
-                target(k)[...] += np.where(hit, grad, 0)
+                target(k)[...] += grad * hit
 
     @staticmethod
     def _tap_slices(k: int, kw: int, stride: int, oh: int, ow: int) -> tuple[slice, slice]:
@@ -110,28 +120,45 @@ class NumpyKernels(GenericKernels):
         )
         return np.ascontiguousarray(dxp[:, :, pad : pad + h, pad : pad + w]) if pad else dxp
 
+    @staticmethod
+    def _nhwc(y, n, oh, ow, pad):
+        """GEMM rows (N*OH*OW, FN) as (N, OH, OW, FN), padded with -inf for max pooling."""
+        y = y.reshape(n, oh, ow, y.shape[1])
+        if pad:
+            y = np.pad(y, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-np.inf)
+        return y
+
     def bias_relu_maxpool(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
         # Pool straight in the GEMM's (N, OH, OW, FN) layout: only the pooled result, 1/(KH*KW)
         # of the activation, is transposed to NCHW.
         check_pool_pad(kh, kw, pad)
-        fn = rows.shape[1]
         ph = conv_output_size(oh, kh, stride, pad)
         pw = conv_output_size(ow, kw, stride, pad)
-        y = (rows + b).reshape(n, oh, ow, fn)
-        if pad:
-            y = np.pad(y, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-np.inf)
+        y = self._nhwc(rows + b, n, oh, ow, pad)
         out, argmax = self._max_over_taps(lambda k: y[(slice(None), *self._tap_slices(k, kw, stride, ph, pw))], kh * kw)
         np.maximum(out, 0, out=out)
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2)), np.ascontiguousarray(argmax.transpose(0, 3, 1, 2))
 
+    def bias_relu_maxpool_infer(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
+        check_pool_pad(kh, kw, pad)
+        ph = conv_output_size(oh, kh, stride, pad)
+        pw = conv_output_size(ow, kw, stride, pad)
+        y = self._nhwc(rows + b, n, oh, ow, pad)
+        out = np.array(y[(slice(None), *self._tap_slices(0, kw, stride, ph, pw))], order="C")
+        for k in range(1, kh * kw):
+            np.maximum(out, y[(slice(None), *self._tap_slices(k, kw, stride, ph, pw))], out=out)
+        np.maximum(out, 0, out=out)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
     def maxpool_relu_backward(self, dout, argmax, out, n, oh, ow, kh, kw, stride, pad=0):
         fn, ph, pw = dout.shape[1], dout.shape[2], dout.shape[3]
         to_nhwc = (0, 2, 3, 1)
-        passed = np.where(out > 0, dout, 0).transpose(to_nhwc)
+        # Contiguous NHWC copies: the per-tap passes below then read memory in order.
+        passed = np.ascontiguousarray((dout * (out > 0)).transpose(to_nhwc))
         dy = np.zeros((n, oh + 2 * pad, ow + 2 * pad, fn), dtype=dout.dtype)
         self._route_to_taps(
             passed,
-            argmax.transpose(to_nhwc),
+            np.ascontiguousarray(argmax.transpose(to_nhwc)),
             lambda k: dy[(slice(None), *self._tap_slices(k, kw, stride, ph, pw))],
             kh * kw,
             disjoint=stride >= kh and stride >= kw,
