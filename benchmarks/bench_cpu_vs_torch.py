@@ -92,8 +92,13 @@ def _thread_info() -> dict:
     try:
         from threadpoolctl import threadpool_info
 
-        info["pools"] = [{k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture",
-                                                  "threading_layer", "prefix")} for p in threadpool_info()]
+        info["pools"] = [
+            {
+                k: p.get(k)
+                for k in ("internal_api", "version", "num_threads", "architecture", "threading_layer", "prefix")
+            }
+            for p in threadpool_info()
+        ]
     except ImportError:
         info["pools"] = "threadpoolctl is not installed"
     if "numba" in sys.modules:
@@ -134,8 +139,13 @@ def worker_throughput(library: str, backend: str, batch: int, min_time: float) -
         infer()
     train_times = _timed(train, min_time)
     infer_times = _timed(infer, min_time)
-    return {"train_ips": batch / statistics.median(train_times), "infer_ips": batch / statistics.median(infer_times),
-            "train_steps": len(train_times), "infer_steps": len(infer_times), "threads": _thread_info()}
+    return {
+        "train_ips": batch / statistics.median(train_times),
+        "infer_ips": batch / statistics.median(infer_times),
+        "train_steps": len(train_times),
+        "infer_steps": len(infer_times),
+        "threads": _thread_info(),
+    }
 
 
 def worker_compile(backend: str, batch: int) -> dict:
@@ -154,8 +164,13 @@ def worker_compile(backend: str, batch: int) -> dict:
     first_train = _timed(train, 0.0, min_steps=1)[0]
     first_infer = _timed(lambda: net.predict(x), 0.0, min_steps=1)[0]
     steady = statistics.median(_timed(train, 0.5))
-    return {"import_s": imported, "first_train_s": first_train, "first_infer_s": first_infer,
-            "steady_train_s": steady, "threads": _thread_info()}
+    return {
+        "import_s": imported,
+        "first_train_s": first_train,
+        "first_infer_s": first_infer,
+        "steady_train_s": steady,
+        "threads": _thread_info(),
+    }
 
 
 def worker_epoch(library: str, backend: str, batch: int) -> dict:
@@ -296,9 +311,12 @@ def measure(args: argparse.Namespace) -> dict:
             for lib in libraries:  # A B A B ...: each round alternates the libraries
                 result = _run_worker(["throughput", lib, args.backend, str(batch), str(args.min_time)], env, args)
                 runs[lib, batch].append(result)
-                print(f"round {r + 1}/{args.rounds} batch {batch:5d} {lib:6s} "
-                      f"train {result['train_ips']:9,.0f} img/s  infer {result['infer_ips']:9,.0f} img/s  "
-                      f"(others' CPU share: {_pct(result['others_cpu'])}, attempts {result['attempts']})", flush=True)
+                print(
+                    f"round {r + 1}/{args.rounds} batch {batch:5d} {lib:6s} "
+                    f"train {result['train_ips']:9,.0f} img/s  infer {result['infer_ips']:9,.0f} img/s  "
+                    f"(others' CPU share: {_pct(result['others_cpu'])}, attempts {result['attempts']})",
+                    flush=True,
+                )
     report = {"libraries": libraries, "runs": runs, "compile": None, "epoch": {}}
     if not args.no_compile and args.backend == "numba":
         with tempfile.TemporaryDirectory(prefix="gpucnn-numba-cache-") as cache:
@@ -306,8 +324,10 @@ def measure(args: argparse.Namespace) -> dict:
             cold = _run_worker(["compile", "gpucnn", args.backend, "100"], compile_env, args)
             warm = _run_worker(["compile", "gpucnn", args.backend, "100"], compile_env, args)
         report["compile"] = {"cold": cold, "warm": warm}
-        print(f"first training step: cold cache {cold['first_train_s']:.2f} s, "
-              f"warm cache {warm['first_train_s']:.3f} s", flush=True)
+        print(
+            f"first training step: cold cache {cold['first_train_s']:.2f} s, warm cache {warm['first_train_s']:.3f} s",
+            flush=True,
+        )
     if args.epoch:
         names = [args.backend, "numpy"] if args.backend != "numpy" else ["numpy"]
         for r in range(args.rounds if args.epoch_rounds is None else args.epoch_rounds):
@@ -352,14 +372,28 @@ def render(report: dict, args: argparse.Namespace) -> str:
         f"- BLAS and OpenMP pools in the gpucnn process (threadpoolctl): {json.dumps(first['pools'])}",
     ]
     if torch_threads is not None:
-        lines.append(f"- torch process: {torch_threads.get('torch_threads')} threads; pools "
-                     f"{json.dumps(torch_threads['pools'])}")
+        lines.append(
+            f"- torch process: {torch_threads.get('torch_threads')} threads; pools {json.dumps(torch_threads['pools'])}"
+        )
     lines += [
-        "- environment: " + ", ".join(f"{k}={env.get(k, '(unset)')}" for k in
-                                      (*BLAS_ENV, "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS",
-                                       "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER")),
-        "- " + ("`--native-blas`: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from the children"
-                if args.native_blas else "children inherit the environment as it is"),
+        "- environment: "
+        + ", ".join(
+            f"{k}={env.get(k, '(unset)')}"
+            for k in (
+                *BLAS_ENV,
+                "OPENBLAS_NUM_THREADS",
+                "OPENBLAS_THREAD_TIMEOUT",
+                "OMP_NUM_THREADS",
+                "NUMBA_NUM_THREADS",
+                "NUMBA_THREADING_LAYER",
+            )
+        ),
+        "- "
+        + (
+            "`--native-blas`: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from the children"
+            if args.native_blas
+            else "children inherit the environment as it is"
+        ),
         "",
         f"Each cell: median over {args.rounds} rounds of one subprocess each (min–max); a subprocess's figure is "
         f"batch / median step time over ≥ {args.min_time} s of steps, after warm-up. Libraries alternate A B A B.",
@@ -379,8 +413,11 @@ def render(report: dict, args: argparse.Namespace) -> str:
         best = max(_median([r[key] for r in runs["gpucnn", b]]) for b in args.batch_sizes)
         if 1024 in args.batch_sizes:
             at_1024 = _median([r[key] for r in runs["gpucnn", 1024]])
-            lines += ["", f"gpucnn at batch 1024: {at_1024 / best:.2f} of its best batch size "
-                          f"(target ≥ {targets['large_batch']:.2f})."]
+            lines += [
+                "",
+                f"gpucnn at batch 1024: {at_1024 / best:.2f} of its best batch size "
+                f"(target ≥ {targets['large_batch']:.2f}).",
+            ]
         if "torch" in libs and 100 in args.batch_sizes:
             ratio = _median([r[key] for r in runs["gpucnn", 100]]) / _median([r[key] for r in runs["torch", 100]])
             lines.append(f"Batch 100: gpucnn / torch = {ratio:.2f}× (target ≥ {targets[mode]:.1f}×).")
@@ -388,22 +425,32 @@ def render(report: dict, args: argparse.Namespace) -> str:
     others = [r["others_cpu"] for rs in runs.values() for r in rs if r["others_cpu"] is not None]
     if others:
         retried = sum(r["attempts"] - 1 for rs in runs.values() for r in rs)
-        lines += [f"Share of the CPUs used by other processes during each measurement: median {_median(others):.0%}, "
-                  f"max {max(others):.0%} ({retried} runs above {args.max_others:.0%} were repeated).", ""]
+        lines += [
+            f"Share of the CPUs used by other processes during each measurement: median {_median(others):.0%}, "
+            f"max {max(others):.0%} ({retried} runs above {args.max_others:.0%} were repeated).",
+            "",
+        ]
     if report["compile"]:
         cold, warm = report["compile"]["cold"], report["compile"]["warm"]
         lines += [
-            "### One-time JIT compilation (batch 100, fresh process)", "",
+            "### One-time JIT compilation (batch 100, fresh process)",
+            "",
             "| Numba cache | import gpucnn + backend | first training step | first inference | steady training step |",
             "|---|---|---|---|---|",
         ]
         for name, c in (("cold (empty)", cold), ("warm (filled by the cold run)", warm)):
-            lines.append(f"| {name} | {c['import_s']:.2f} s | {c['first_train_s']:.3f} s | {c['first_infer_s']:.3f} s "
-                         f"| {c['steady_train_s'] * 1e3:.1f} ms |")
+            lines.append(
+                f"| {name} | {c['import_s']:.2f} s | {c['first_train_s']:.3f} s | {c['first_infer_s']:.3f} s "
+                f"| {c['steady_train_s'] * 1e3:.1f} ms |"
+            )
         lines.append("")
     if report["epoch"]:
-        lines += ["### One epoch: 60,000 images (random, Fashion-MNIST-shaped), batch 100, AdaGrad 0.06", "",
-                  "| library | epoch training time, s (median; min–max) |", "|---|---|"]
+        lines += [
+            "### One epoch: 60,000 images (random, Fashion-MNIST-shaped), batch 100, AdaGrad 0.06",
+            "",
+            "| library | epoch training time, s (median; min–max) |",
+            "|---|---|",
+        ]
         for name, results in report["epoch"].items():
             values = [r["epoch_s"] for r in results]
             label = "torch" if name == "torch" else f"gpucnn {name}"
@@ -419,17 +466,33 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="A B rounds (at least 3 for a median)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed steps per subprocess and mode")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"markdown report (default: {DEFAULT_OUT})")
-    p.add_argument("--native-blas", action="store_true",
-                   help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE from the children's environment")
-    p.add_argument("--openblas-thread-timeout", type=int, default=None, metavar="N",
-                   help="set OPENBLAS_THREAD_TIMEOUT=N in the children (both libraries): OpenBLAS's idle "
-                        "threads then sleep after 2**N cycles instead of spinning for 2**28 (about 0.1 s)")
+    p.add_argument(
+        "--native-blas",
+        action="store_true",
+        help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE from the children's environment",
+    )
+    p.add_argument(
+        "--openblas-thread-timeout",
+        type=int,
+        default=None,
+        metavar="N",
+        help="set OPENBLAS_THREAD_TIMEOUT=N in the children (both libraries): OpenBLAS's idle "
+        "threads then sleep after 2**N cycles instead of spinning for 2**28 (about 0.1 s)",
+    )
     p.add_argument("--epoch", action="store_true", help="also time one 60,000-image epoch per library")
     p.add_argument("--epoch-rounds", type=int, default=None, help="rounds of the epoch timing (default: --rounds)")
-    p.add_argument("--idle-wait", type=float, default=30.0,
-                   help="before each subprocess, wait up to this many seconds for other processes to go quiet")
-    p.add_argument("--max-others", type=float, default=0.1,
-                   help="repeat a run during which other processes used more than this share of the CPUs")
+    p.add_argument(
+        "--idle-wait",
+        type=float,
+        default=30.0,
+        help="before each subprocess, wait up to this many seconds for other processes to go quiet",
+    )
+    p.add_argument(
+        "--max-others",
+        type=float,
+        default=0.1,
+        help="repeat a run during which other processes used more than this share of the CPUs",
+    )
     p.add_argument("--retries", type=int, default=3, help="repeats of a disturbed run (default 3)")
     p.add_argument("--no-torch", action="store_true", help="measure gpucnn only")
     p.add_argument("--no-compile", action="store_true", help="skip the JIT compile-time figure")

@@ -23,16 +23,40 @@ from pathlib import Path
 
 from gpucnn.io import atomic_write
 
-RECIPE = ["--model", "simple_convnet", "--dataset", "fashion-mnist", "--batch-size", "100", "--epochs", "10",
-          "--optimizer", "adagrad", "--lr", "0.06"]
+RECIPE = [
+    "--model",
+    "simple_convnet",
+    "--dataset",
+    "fashion-mnist",
+    "--batch-size",
+    "100",
+    "--epochs",
+    "10",
+    "--optimizer",
+    "adagrad",
+    "--lr",
+    "0.06",
+]
 
 
 def train(seeds: list[int], backend: str, runs: str) -> list[Path]:
     folders = []
     for seed in seeds:
         folder = Path(f"{runs}-seed{seed}")
-        cmd = [sys.executable, "-m", "gpucnn", "train", *RECIPE, "--backend", backend, "--seed", str(seed),
-               "--out", str(folder), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gpucnn",
+            "train",
+            *RECIPE,
+            "--backend",
+            backend,
+            "--seed",
+            str(seed),
+            "--out",
+            str(folder),
+            "--quiet",
+        ]
         print(" ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, check=True)
         folders.append(folder)

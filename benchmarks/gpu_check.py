@@ -68,8 +68,10 @@ def format_report(meta: dict[str, str], copy_gbs: float, timings: list[Timing]) 
     lines += [f"- device-to-device copy bandwidth (measured): {copy_gbs:.0f} GB/s", ""]
     lines += ["| kernel | shape | time (ms) | moved (MB) | GB/s | % of copy |", "|---|---|---:|---:|---:|---:|"]
     for t in timings:
-        lines.append(f"| {t.kernel} | {t.shape} | {t.seconds * 1e3:.3f} | {t.bytes_moved / 1e6:.1f} | "
-                     f"{t.bandwidth:.0f} | {100 * t.bandwidth / copy_gbs:.0f}% |")
+        lines.append(
+            f"| {t.kernel} | {t.shape} | {t.seconds * 1e3:.3f} | {t.bytes_moved / 1e6:.1f} | "
+            f"{t.bandwidth:.0f} | {100 * t.bandwidth / copy_gbs:.0f}% |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -142,13 +144,25 @@ def _pooling_cases(rng, kernels, n: int) -> list[Case]:
     out, argmax = kernels.maxpool_forward(x, 2, 2, 2, 0)
     avg = kernels.avgpool_forward(x, 3, 3, 2, 1)
     return [
-        ("maxpool_forward 2x2 s2", x.shape, x.nbytes + out.nbytes + argmax.nbytes,
-         lambda: kernels.maxpool_forward(x, 2, 2, 2, 0)),
-        ("maxpool_backward 2x2 s2", x.shape, out.nbytes + argmax.nbytes + x.nbytes,
-         lambda: kernels.maxpool_backward(out, argmax, x.shape, 2, 2, 2, 0)),
+        (
+            "maxpool_forward 2x2 s2",
+            x.shape,
+            x.nbytes + out.nbytes + argmax.nbytes,
+            lambda: kernels.maxpool_forward(x, 2, 2, 2, 0),
+        ),
+        (
+            "maxpool_backward 2x2 s2",
+            x.shape,
+            out.nbytes + argmax.nbytes + x.nbytes,
+            lambda: kernels.maxpool_backward(out, argmax, x.shape, 2, 2, 2, 0),
+        ),
         ("avgpool_forward 3x3 s2 p1", x.shape, x.nbytes + avg.nbytes, lambda: kernels.avgpool_forward(x, 3, 3, 2, 1)),
-        ("avgpool_backward 3x3 s2 p1", x.shape, avg.nbytes + x.nbytes,
-         lambda: kernels.avgpool_backward(avg, x.shape, 3, 3, 2, 1)),
+        (
+            "avgpool_backward 3x3 s2 p1",
+            x.shape,
+            avg.nbytes + x.nbytes,
+            lambda: kernels.avgpool_backward(avg, x.shape, 3, 3, 2, 1),
+        ),
     ]
 
 
@@ -158,10 +172,18 @@ def _fused_cases(rng, kernels, n: int) -> list[Case]:
     b = rng.standard_normal(64, dtype="float32")
     pooled, argmax = kernels.bias_relu_maxpool(rows, b, n, 56, 56, 2, 2, 2, 0)
     return [
-        ("bias_relu_maxpool 2x2 s2", rows.shape, rows.nbytes + pooled.nbytes + argmax.nbytes,
-         lambda: kernels.bias_relu_maxpool(rows, b, n, 56, 56, 2, 2, 2, 0)),
-        ("maxpool_relu_backward 2x2 s2", rows.shape, 2 * pooled.nbytes + argmax.nbytes + rows.nbytes,
-         lambda: kernels.maxpool_relu_backward(pooled, argmax, pooled, n, 56, 56, 2, 2, 2, 0)),
+        (
+            "bias_relu_maxpool 2x2 s2",
+            rows.shape,
+            rows.nbytes + pooled.nbytes + argmax.nbytes,
+            lambda: kernels.bias_relu_maxpool(rows, b, n, 56, 56, 2, 2, 2, 0),
+        ),
+        (
+            "maxpool_relu_backward 2x2 s2",
+            rows.shape,
+            2 * pooled.nbytes + argmax.nbytes + rows.nbytes,
+            lambda: kernels.maxpool_relu_backward(pooled, argmax, pooled, n, 56, 56, 2, 2, 2, 0),
+        ),
         ("rows_to_nchw", rows.shape, 2 * rows.nbytes, lambda: kernels.rows_to_nchw(rows, n, 56, 56)),
     ]
 
@@ -170,8 +192,14 @@ def _optimizer_cases(rng, kernels, n: int) -> list[Case]:
     """An Adam step: it reads param, grad, m, v and writes param, m, v."""
     size = n * 2**20
     param, grad, m, v = (rng.standard_normal(size, dtype="float32") for _ in range(4))
-    return [("adam_update", (size,), 7 * param.nbytes,
-             lambda: kernels.adam_update(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-7))]
+    return [
+        (
+            "adam_update",
+            (size,),
+            7 * param.nbytes,
+            lambda: kernels.adam_update(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-7),
+        )
+    ]
 
 
 def device_meta(cupy) -> dict[str, str]:
@@ -193,8 +221,12 @@ def _cuda_version(code: int) -> str:
 
 def _nvidia_smi_driver() -> str | None:
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.splitlines()[0].strip() if done.returncode == 0 and done.stdout.strip() else None
@@ -227,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import gpucnn
     except ImportError as exc:
-        print(f"cannot import gpucnn ({exc}): install its wheel and run from outside the source tree, "
-              "or put the install first on PYTHONPATH (see CONTRIBUTING.md)", file=sys.stderr)
+        print(
+            f"cannot import gpucnn ({exc}): install its wheel and run from outside the source tree, "
+            "or put the install first on PYTHONPATH (see CONTRIBUTING.md)",
+            file=sys.stderr,
+        )
         return 2
     try:
         backend = gpucnn.get_backend("cupy")

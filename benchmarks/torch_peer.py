@@ -11,9 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 
-def simple_convnet(input_dim: tuple[int, int, int] = (1, 28, 28), filter_num: int = 30, filter_size: int = 5,
-                   hidden_size: int = 100, output_size: int = 10, weight_init_std: float = 0.01,
-                   seed: int = 0) -> Any:
+def simple_convnet(
+    input_dim: tuple[int, int, int] = (1, 28, 28),
+    filter_num: int = 30,
+    filter_size: int = 5,
+    hidden_size: int = 100,
+    output_size: int = 10,
+    weight_init_std: float = 0.01,
+    seed: int = 0,
+) -> Any:
     """A ``torch.nn.Sequential`` with SimpleConvNet's layers and its N(0, std²) initial weights."""
     import torch
     from torch import nn
@@ -22,8 +28,13 @@ def simple_convnet(input_dim: tuple[int, int, int] = (1, 28, 28), filter_num: in
     pooled = filter_num * ((h - filter_size + 1) // 2) * ((w - filter_size + 1) // 2)
     torch.manual_seed(seed)
     net = nn.Sequential(
-        nn.Conv2d(c, filter_num, filter_size), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(pooled, hidden_size), nn.ReLU(), nn.Linear(hidden_size, output_size),
+        nn.Conv2d(c, filter_num, filter_size),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(pooled, hidden_size),
+        nn.ReLU(),
+        nn.Linear(hidden_size, output_size),
     )
     with torch.no_grad():
         for module in net:

@@ -86,16 +86,28 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="backends usable here, devices and library versions")
 
     bench = sub.add_parser("bench", help="run the benchmark suite (or read its JSON) and write the report")
-    bench.add_argument("--from", dest="from_json", metavar="FILE",
-                       help="a pytest-benchmark JSON to report on, instead of running the suite")
+    bench.add_argument(
+        "--from",
+        dest="from_json",
+        metavar="FILE",
+        help="a pytest-benchmark JSON to report on, instead of running the suite",
+    )
     bench.add_argument("--out", metavar="DIR", default="bench-report", help="output folder (default: bench-report)")
     bench.add_argument("--suite", metavar="DIR", default="benchmarks", help="the source tree's benchmarks/ folder")
-    bench.add_argument("--sizes", metavar="SPEC", help="batch sizes: default, small or a list like 1,32,256 "
-                       "(sets $GPUCNN_BENCH_SIZES for the run)")
+    bench.add_argument(
+        "--sizes",
+        metavar="SPEC",
+        help="batch sizes: default, small or a list like 1,32,256 (sets $GPUCNN_BENCH_SIZES for the run)",
+    )
 
     sweep = sub.add_parser("sweep", help="train once per batch size and compare accuracy, time and memory")
-    sweep.add_argument("--batch-sizes", type=_batch_sizes, default=[16, 32, 64, 128, 256], metavar="B1,B2,...",
-                       help="comma-separated batch sizes (default: 16,32,64,128,256)")
+    sweep.add_argument(
+        "--batch-sizes",
+        type=_batch_sizes,
+        default=[16, 32, 64, 128, 256],
+        metavar="B1,B2,...",
+        help="comma-separated batch sizes (default: 16,32,64,128,256)",
+    )
     sweep.add_argument("--model", choices=sorted(MODELS), default="simple_convnet")
     data_options(sweep)
     sweep.add_argument("--epochs", type=_positive_int, default=5)
@@ -259,10 +271,22 @@ def _sweep(args: argparse.Namespace) -> int:
     (x_train, t_train), test = _load_data(args)
     if args.limit:
         x_train, t_train = x_train[: args.limit], t_train[: args.limit]
-    print(f"{args.model} on {args.dataset}: {len(x_train):,} training images, batch sizes "
-          f"{', '.join(map(str, args.batch_sizes))}, {args.epochs} epochs each")
-    result = run_sweep(args.model, (x_train, t_train), test, args.batch_sizes, args.epochs, optimizer=args.optimizer,
-                       lr=args.lr, seed=args.seed, dtype=args.dtype, dataset=args.dataset)
+    print(
+        f"{args.model} on {args.dataset}: {len(x_train):,} training images, batch sizes "
+        f"{', '.join(map(str, args.batch_sizes))}, {args.epochs} epochs each"
+    )
+    result = run_sweep(
+        args.model,
+        (x_train, t_train),
+        test,
+        args.batch_sizes,
+        args.epochs,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        seed=args.seed,
+        dtype=args.dtype,
+        dataset=args.dataset,
+    )
     written = write_sweep(result, args.out or f"runs/sweep-{args.model}-{args.dataset}")
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

@@ -386,8 +386,10 @@ class Sequential(TrainingMixin):
         return xp.sum(xp.astype(predicted == truth, xp.int64))
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({len(self.layers)} layers, backend={self.backend.name!r}, "
-                f"dtype={dtype_name(self.dtype)})")
+        return (
+            f"{type(self).__name__}({len(self.layers)} layers, backend={self.backend.name!r}, "
+            f"dtype={dtype_name(self.dtype)})"
+        )
 
     # -- saving ---------------------------------------------------------------------------
 

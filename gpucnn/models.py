@@ -29,8 +29,14 @@ def simple_convnet(
 
 def _conv_block(filters: int, first_pad: int) -> list:
     """Conv 3x3 - ReLU - conv 3x3 - ReLU - max pool 2 - dropout .25, the Keras examples' block."""
-    return [Convolution(filters, 3, pad=first_pad), ReLU(), Convolution(filters, 3), ReLU(), MaxPooling(2),
-            Dropout(0.25)]
+    return [
+        Convolution(filters, 3, pad=first_pad),
+        ReLU(),
+        Convolution(filters, 3),
+        ReLU(),
+        MaxPooling(2),
+        Dropout(0.25),
+    ]
 
 
 def _dense_head(units: int, num_classes: int) -> list:

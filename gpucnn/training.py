@@ -68,8 +68,12 @@ class History:
         return out
 
     def to_dict(self) -> dict:
-        return {"history": self.history, "epoch": self.epoch, "iteration_loss": self.iteration_loss,
-                "params": self.params}
+        return {
+            "history": self.history,
+            "epoch": self.epoch,
+            "iteration_loss": self.iteration_loss,
+            "params": self.params,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> History:
@@ -92,14 +96,20 @@ def check_batch_size(batch_size: Any, n: int | None = None) -> int:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batch_size = int(batch_size)
     if n is not None and batch_size > n:
-        warnings.warn(f"batch_size {batch_size} is larger than the {n} samples; using batch_size={n}",
-                      stacklevel=3)
+        warnings.warn(f"batch_size {batch_size} is larger than the {n} samples; using batch_size={n}", stacklevel=3)
         batch_size = n
     return batch_size
 
 
-def epoch_batches(n: int, batch_size: int, rng: np.random.Generator, *, shuffle: bool = True,
-                  sampling: str = "epoch", drop_last: bool = False) -> list[np.ndarray]:
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    *,
+    shuffle: bool = True,
+    sampling: str = "epoch",
+    drop_last: bool = False,
+) -> list[np.ndarray]:
     """The index arrays of one epoch's batches (see the module docstring for the rules)."""
     if sampling == "random":
         return [rng.choice(n, size=batch_size, replace=False) for _ in range(max(n // batch_size, 1))]
@@ -139,8 +149,9 @@ class TrainingMixin:
         if t.ndim == 1 and t.dtype.kind in "iu" and classes and classes > 1 and n:
             lo, hi = int(t.min()), int(t.max())
             if lo < 0 or hi >= classes:
-                raise ValueError(f"labels must lie in [0, {classes - 1}] for {classes} classes, "
-                                 f"got values from {lo} to {hi}")
+                raise ValueError(
+                    f"labels must lie in [0, {classes - 1}] for {classes} classes, got values from {lo} to {hi}"
+                )
         elif t.ndim == 2 and classes and t.shape[1] != classes and classes > 1:
             raise ValueError(f"one-hot targets have {t.shape[1]} columns but the model has {classes} outputs")
         return t
@@ -185,12 +196,29 @@ class TrainingMixin:
         self.optimizer.update(self.params, self.grads, backend=self.backend)
         return loss, correct
 
-    def fit(self, x: Any, t: Any, batch_size: int = 32, epochs: int = 1, optimizer: Any = None,
-            validation_data: tuple[Any, Any] | None = None, shuffle: bool = True, seed: int | None = None,
-            verbose: int = 1, *, sampling: str = "epoch", drop_last: bool = False, initial_epoch: int | None = None,
-            loss_every: int | None = None, on_nonfinite: str = "raise", checkpoint: str | None = None,
-            eval_batch_size: int = 500, data_on_device: bool = False, prefetch: bool = False,
-            callbacks: list | None = None) -> History:
+    def fit(
+        self,
+        x: Any,
+        t: Any,
+        batch_size: int = 32,
+        epochs: int = 1,
+        optimizer: Any = None,
+        validation_data: tuple[Any, Any] | None = None,
+        shuffle: bool = True,
+        seed: int | None = None,
+        verbose: int = 1,
+        *,
+        sampling: str = "epoch",
+        drop_last: bool = False,
+        initial_epoch: int | None = None,
+        loss_every: int | None = None,
+        on_nonfinite: str = "raise",
+        checkpoint: str | None = None,
+        eval_batch_size: int = 500,
+        data_on_device: bool = False,
+        prefetch: bool = False,
+        callbacks: list | None = None,
+    ) -> History:
         """Train for ``epochs`` epochs; returns a :class:`History`.
 
         Args:
@@ -237,9 +265,16 @@ class TrainingMixin:
         loss_every = loss_every or (20 if self.backend.is_gpu else 1)
         source = _BatchSource(self, x, t, data_on_device=data_on_device, prefetch=prefetch)
         history = self.history = History()
-        history.params = {"batch_size": batch_size, "epochs": epochs, "initial_epoch": start, "samples": n,
-                          "seed": self.train_seed, "sampling": sampling, "optimizer": repr(self.optimizer),
-                          "backend": self.backend.name}
+        history.params = {
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "initial_epoch": start,
+            "samples": n,
+            "seed": self.train_seed,
+            "sampling": sampling,
+            "optimizer": repr(self.optimizer),
+            "backend": self.backend.name,
+        }
 
         for epoch in range(start, epochs):
             rng = _epoch_rng(self.train_seed, epoch)
@@ -273,8 +308,14 @@ class TrainingMixin:
         from tqdm.auto import tqdm
 
         xp = self.backend.xp
-        bar = tqdm(total=len(batches), desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-                   disable=verbose != 1, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(batches),
+            desc=f"Epoch {epoch + 1}/{epochs}",
+            unit="batch",
+            leave=False,
+            disable=verbose != 1,
+            dynamic_ncols=True,
+        )
         pending: list[tuple[int, Array, Array, int]] = []  # (iteration, loss, correct, batch size)
         sums = {"loss": 0.0, "correct": 0.0, "seen": 0}
         t0 = time.perf_counter()
@@ -289,8 +330,10 @@ class TrainingMixin:
                     where = f"iteration {it + 1}"
                     if last > first:
                         where += f" (loss fetched for iterations {first}-{last})"
-                    message = (f"loss is {value} at epoch {epoch + 1}, {where}; "
-                               f"lower the learning rate or check the inputs (fit(on_nonfinite='ignore') keeps going)")
+                    message = (
+                        f"loss is {value} at epoch {epoch + 1}, {where}; "
+                        f"lower the learning rate or check the inputs (fit(on_nonfinite='ignore') keeps going)"
+                    )
                     if on_nonfinite == "raise":
                         raise NonFiniteLossError(message)
                     if on_nonfinite == "warn":
@@ -300,8 +343,11 @@ class TrainingMixin:
                 sums["correct"] += float(right)
                 sums["seen"] += size
             elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{sums['loss'] / max(sums['seen'], 1):.4f}",
-                            img_s=f"{sums['seen'] / max(elapsed, 1e-9):,.0f}", refresh=False)
+            bar.set_postfix(
+                loss=f"{sums['loss'] / max(sums['seen'], 1):.4f}",
+                img_s=f"{sums['seen'] / max(elapsed, 1e-9):,.0f}",
+                refresh=False,
+            )
             bar.update(len(pending))
             pending.clear()
 
@@ -318,8 +364,12 @@ class TrainingMixin:
             bar.close()
         elapsed = time.perf_counter() - t0
         seen = max(sums["seen"], 1)
-        return {"loss": sums["loss"] / seen, "accuracy": sums["correct"] / seen, "epoch_time": elapsed,
-                "images_per_s": sums["seen"] / elapsed if elapsed > 0 else float("inf")}
+        return {
+            "loss": sums["loss"] / seen,
+            "accuracy": sums["correct"] / seen,
+            "epoch_time": elapsed,
+            "images_per_s": sums["seen"] / elapsed if elapsed > 0 else float("inf"),
+        }
 
     def evaluate(self, x: Any, t: Any, batch_size: int = 100) -> tuple[float, float]:
         """Mean loss and accuracy over (x, t), ``batch_size`` samples at a time: ``(loss, accuracy)``."""

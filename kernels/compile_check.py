@@ -80,8 +80,9 @@ def find_compiler(choice: str | None = None) -> str:
     )
 
 
-def check(compiler: str | None = None, archs: tuple[str, ...] = ARCHS,
-          sources: tuple[CudaSource, ...] = CUDA_SOURCES) -> list[KernelUsage]:
+def check(
+    compiler: str | None = None, archs: tuple[str, ...] = ARCHS, sources: tuple[CudaSource, ...] = CUDA_SOURCES
+) -> list[KernelUsage]:
     """Compile every source for every arch; one :class:`KernelUsage` per kernel instance.
 
     Raises :class:`CompileError` when a source does not compile or a kernel instance is
@@ -111,8 +112,9 @@ def format_table(usages: list[KernelUsage]) -> str:
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for u in usages:
-        lines.append(f"| {u.source} | {u.kernel} | {u.arch} | {u.registers} | {u.spill_stores} | "
-                     f"{u.spill_loads} | {u.stack} |")
+        lines.append(
+            f"| {u.source} | {u.kernel} | {u.arch} | {u.registers} | {u.spill_stores} | {u.spill_loads} | {u.stack} |"
+        )
     return "\n".join(lines)
 
 
@@ -128,8 +130,17 @@ def _parse_usage(log: str, source: CudaSource) -> list[KernelUsage]:
         elif entry and (match := _REGISTERS.search(line)):
             mangled = entry["mangled"]
             kernel = next((name for prefix, name in names.items() if mangled.startswith(prefix)), mangled)
-            usages.append(KernelUsage(source.file, kernel, entry["arch"], int(match.group(1)),
-                                      entry.get("stores", 0), entry.get("loads", 0), entry.get("stack", 0)))
+            usages.append(
+                KernelUsage(
+                    source.file,
+                    kernel,
+                    entry["arch"],
+                    int(match.group(1)),
+                    entry.get("stores", 0),
+                    entry.get("loads", 0),
+                    entry.get("stack", 0),
+                )
+            )
             entry = None
     return usages
 
@@ -163,9 +174,17 @@ def _compile_nvcc(source: CudaSource, arch: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / source.file
         path.write_text(unit)
-        command = [_nvcc(), f"-arch={arch}", "-std=c++17", "-cubin", "--resource-usage",
-                   "-diag-suppress=177",  # gpucnn_instances is never read: that is its point
-                   "-o", str(Path(tmp) / "out.cubin"), str(path)]
+        command = [
+            _nvcc(),
+            f"-arch={arch}",
+            "-std=c++17",
+            "-cubin",
+            "--resource-usage",
+            "-diag-suppress=177",  # gpucnn_instances is never read: that is its point
+            "-o",
+            str(Path(tmp) / "out.cubin"),
+            str(path),
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
     log = done.stdout + done.stderr
     if done.returncode != 0:
@@ -202,7 +221,7 @@ def _compile_nvrtc(source: CudaSource, arch: str) -> str:
         for name in source.name_expressions:
             call(nvrtc.nvrtcAddNameExpression(program, name.encode()))
         options = [f"-arch={arch}".encode(), b"-std=c++17", b"--ptxas-options=--verbose"]
-        status, = nvrtc.nvrtcCompileProgram(program, len(options), options)
+        (status,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
         size = call(nvrtc.nvrtcGetProgramLogSize(program))
         log = b" " * size
         call(nvrtc.nvrtcGetProgramLog(program, log))
@@ -216,8 +235,12 @@ def _compile_nvrtc(source: CudaSource, arch: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpucnn.kernels.compile_check", description=__doc__.split("\n")[0])
-    parser.add_argument("--compiler", choices=("auto", "nvcc", "nvrtc"), default=None,
-                        help=f"default: ${ENV_VAR}, else auto (nvcc, then NVRTC)")
+    parser.add_argument(
+        "--compiler",
+        choices=("auto", "nvcc", "nvrtc"),
+        default=None,
+        help=f"default: ${ENV_VAR}, else auto (nvcc, then NVRTC)",
+    )
     parser.add_argument("--arch", action="append", help="target architecture (repeatable); default: sm_75, sm_90")
     args = parser.parse_args(argv)
     try:
@@ -230,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(usages))
     spilled = [u for u in usages if u.spills]
     if spilled:
-        print(f"\nFAILED: {len(spilled)} kernel instances spill registers: "
-              + ", ".join(f"{u.kernel} ({u.arch})" for u in spilled), file=sys.stderr)
+        print(
+            f"\nFAILED: {len(spilled)} kernel instances spill registers: "
+            + ", ".join(f"{u.kernel} ({u.arch})" for u in spilled),
+            file=sys.stderr,
+        )
         return 1
     print(f"\n{len(usages)} kernel instances, no spills")
     return 0

@@ -132,8 +132,7 @@ CUDA_SOURCES = (IM2COL, POOL, LAYOUT, OPTIMIZERS, ELEMENTWISE, LOSS)
 class Launcher(Protocol):
     """Compiles :class:`CudaSource` files and launches their kernels on its arrays."""
 
-    def launch(self, source: CudaSource, name: str, grid: tuple[int, ...], block: tuple[int, ...],
-               args: tuple) -> None:
+    def launch(self, source: CudaSource, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
         """Run kernel instance ``name`` (a name expression) of ``source``."""
 
 
@@ -160,8 +159,15 @@ class CudaKernels(GenericKernels):
         grid = ((total + BLOCK_SIZE - 1) // BLOCK_SIZE,)
         self._launch_grid(source, kernel, dtype, grid, (BLOCK_SIZE,), args)
 
-    def _launch_grid(self, source: CudaSource, kernel: str, dtype: np.dtype, grid: tuple[int, ...],
-                     block: tuple[int, ...], args: tuple) -> None:
+    def _launch_grid(
+        self,
+        source: CudaSource,
+        kernel: str,
+        dtype: np.dtype,
+        grid: tuple[int, ...],
+        block: tuple[int, ...],
+        args: tuple,
+    ) -> None:
         """Launch the ``dtype`` instance of ``kernel``; ``args`` in the kernel's parameter order."""
         for size in (a.size for a in args if not isinstance(a, np.generic)):  # the arrays
             if size > MAX_ELEMENTS:
@@ -194,10 +200,17 @@ class CudaKernels(GenericKernels):
         block = min(BLOCK_SIZE, -(-columns // 32) * 32)
         grid = (rows, -(-columns // block))
         if grid[1] > MAX_GRID_Y:
-            raise ValueError(f"im2col: {columns} columns per row is more than a CUDA grid holds "
-                             f"({MAX_GRID_Y} blocks of {block})")
-        self._launch_grid(IM2COL, "im2col", dtype, grid, (block,),
-                          (self._contiguous(x), col, *_ints(columns, c, h, w, kh, kw, stride, pad, oh, ow)))
+            raise ValueError(
+                f"im2col: {columns} columns per row is more than a CUDA grid holds ({MAX_GRID_Y} blocks of {block})"
+            )
+        self._launch_grid(
+            IM2COL,
+            "im2col",
+            dtype,
+            grid,
+            (block,),
+            (self._contiguous(x), col, *_ints(columns, c, h, w, kh, kw, stride, pad, oh, ow)),
+        )
         return col
 
     def col2im(self, col, x_shape, kh, kw, stride=1, pad=0):
@@ -207,8 +220,15 @@ class CudaKernels(GenericKernels):
         ow = conv_output_size(w, kw, stride, pad)
         _check_shape("col2im", "col", col.shape, (n * oh * ow, c * kh * kw))
         dx = self._empty((n, c, h, w), dtype)
-        self._launch(IM2COL, "col2im", dtype, dx.size, self._contiguous(col), dx,
-                     *_ints(dx.size, c, h, w, kh, kw, stride, pad, oh, ow))
+        self._launch(
+            IM2COL,
+            "col2im",
+            dtype,
+            dx.size,
+            self._contiguous(col),
+            dx,
+            *_ints(dx.size, c, h, w, kh, kw, stride, pad, oh, ow),
+        )
         return dx
 
     # -- pooling ---------------------------------------------------------------
@@ -221,8 +241,16 @@ class CudaKernels(GenericKernels):
         ow = conv_output_size(w, kw, stride, pad)
         out = self._empty((n, c, oh, ow), dtype)
         argmax = self._empty((n, c, oh, ow), self.xp.int32)
-        self._launch(POOL, "maxpool_forward", dtype, out.size, self._contiguous(x), out, argmax,
-                     *_ints(out.size, h, w, kh, kw, stride, pad, oh, ow))
+        self._launch(
+            POOL,
+            "maxpool_forward",
+            dtype,
+            out.size,
+            self._contiguous(x),
+            out,
+            argmax,
+            *_ints(out.size, h, w, kh, kw, stride, pad, oh, ow),
+        )
         return out, argmax
 
     def maxpool_backward(self, dout, argmax, x_shape, kh, kw, stride, pad=0):
@@ -233,8 +261,16 @@ class CudaKernels(GenericKernels):
         _check_shape("maxpool_backward", "dout", dout.shape, (n, c, oh, ow))
         _check_shape("maxpool_backward", "argmax", argmax.shape, (n, c, oh, ow))
         dx = self._empty((n, c, h, w), dtype)
-        self._launch(POOL, "maxpool_backward", dtype, dx.size, self._contiguous(dout), self._index(argmax), dx,
-                     *_ints(dx.size, h, w, kh, kw, stride, pad, oh, ow))
+        self._launch(
+            POOL,
+            "maxpool_backward",
+            dtype,
+            dx.size,
+            self._contiguous(dout),
+            self._index(argmax),
+            dx,
+            *_ints(dx.size, h, w, kh, kw, stride, pad, oh, ow),
+        )
         return dx
 
     def avgpool_forward(self, x, kh, kw, stride, pad=0):
@@ -244,8 +280,15 @@ class CudaKernels(GenericKernels):
         oh = conv_output_size(h, kh, stride, pad)
         ow = conv_output_size(w, kw, stride, pad)
         out = self._empty((n, c, oh, ow), dtype)
-        self._launch(POOL, "avgpool_forward", dtype, out.size, self._contiguous(x), out,
-                     *_ints(out.size, h, w, kh, kw, stride, pad, oh, ow))
+        self._launch(
+            POOL,
+            "avgpool_forward",
+            dtype,
+            out.size,
+            self._contiguous(x),
+            out,
+            *_ints(out.size, h, w, kh, kw, stride, pad, oh, ow),
+        )
         return out
 
     def avgpool_backward(self, dout, x_shape, kh, kw, stride, pad=0):
@@ -255,8 +298,15 @@ class CudaKernels(GenericKernels):
         ow = conv_output_size(w, kw, stride, pad)
         _check_shape("avgpool_backward", "dout", dout.shape, (n, c, oh, ow))
         dx = self._empty((n, c, h, w), dtype)
-        self._launch(POOL, "avgpool_backward", dtype, dx.size, self._contiguous(dout), dx,
-                     *_ints(dx.size, h, w, kh, kw, stride, pad, oh, ow))
+        self._launch(
+            POOL,
+            "avgpool_backward",
+            dtype,
+            dx.size,
+            self._contiguous(dout),
+            dx,
+            *_ints(dx.size, h, w, kh, kw, stride, pad, oh, ow),
+        )
         return dx
 
     def _index(self, argmax: Array) -> Array:
@@ -277,8 +327,17 @@ class CudaKernels(GenericKernels):
         pw = conv_output_size(ow, kw, stride, pad)
         out = self._empty((n, fn, ph, pw), dtype)
         argmax = self._empty((n, fn, ph, pw), self.xp.int32)
-        self._launch(POOL, "bias_relu_maxpool", dtype, out.size, self._contiguous(rows), self._contiguous(b),
-                     out, argmax, *_ints(out.size, fn, oh, ow, kh, kw, stride, pad, ph, pw))
+        self._launch(
+            POOL,
+            "bias_relu_maxpool",
+            dtype,
+            out.size,
+            self._contiguous(rows),
+            self._contiguous(b),
+            out,
+            argmax,
+            *_ints(out.size, fn, oh, ow, kh, kw, stride, pad, ph, pw),
+        )
         return out, argmax
 
     def maxpool_relu_backward(self, dout, argmax, out, n, oh, ow, kh, kw, stride, pad=0):
@@ -289,9 +348,17 @@ class CudaKernels(GenericKernels):
         for what, a in (("dout", dout), ("argmax", argmax), ("out", out)):
             _check_shape("maxpool_relu_backward", what, a.shape, (n, fn, ph, pw))
         drows = self._empty((n * oh * ow, fn), dtype)
-        self._launch(POOL, "maxpool_relu_backward", dtype, drows.size, self._contiguous(dout),
-                     self._index(argmax), self._contiguous(out), drows,
-                     *_ints(drows.size, fn, oh, ow, kh, kw, stride, pad, ph, pw))
+        self._launch(
+            POOL,
+            "maxpool_relu_backward",
+            dtype,
+            drows.size,
+            self._contiguous(dout),
+            self._index(argmax),
+            self._contiguous(out),
+            drows,
+            *_ints(drows.size, fn, oh, ow, kh, kw, stride, pad, ph, pw),
+        )
         return drows
 
     def bias_relu(self, rows, b):
@@ -299,8 +366,16 @@ class CudaKernels(GenericKernels):
         m, columns = _matrix_shape("bias_relu", "rows", rows, "(M, F)")
         _check_shape("bias_relu", "b", b.shape, (columns,))
         out = self._empty((m, columns), dtype)
-        self._launch(ELEMENTWISE, "bias_relu", dtype, out.size, self._contiguous(rows), self._contiguous(b), out,
-                     *_ints(out.size, columns))
+        self._launch(
+            ELEMENTWISE,
+            "bias_relu",
+            dtype,
+            out.size,
+            self._contiguous(rows),
+            self._contiguous(b),
+            out,
+            *_ints(out.size, columns),
+        )
         return out
 
     def rows_to_nchw(self, y, n, oh, ow):
@@ -315,8 +390,9 @@ class CudaKernels(GenericKernels):
         dtype = _float_dtype("nchw_to_rows", dout)
         n, fn, oh, ow = dout.shape
         rows = self._empty((n * oh * ow, fn), dtype)
-        self._launch(LAYOUT, "nchw_to_rows", dtype, rows.size, self._contiguous(dout), rows,
-                     *_ints(rows.size, fn, oh, ow))
+        self._launch(
+            LAYOUT, "nchw_to_rows", dtype, rows.size, self._contiguous(dout), rows, *_ints(rows.size, fn, oh, ow)
+        )
         return rows
 
     # -- softmax cross-entropy ----------------------------------------------------------
@@ -333,8 +409,9 @@ class CudaKernels(GenericKernels):
             raise ValueError(f"softmax_cross_entropy: x has shape {tuple(x.shape)}: no classes to take a softmax over")
         probs = self._empty((n, k), dtype)
         row_loss = self._empty((n,), dtype)
-        self._launch(LOSS, "softmax_cross_entropy", dtype, n, self._contiguous(x), labels, probs, row_loss,
-                     *_ints(n, k))
+        self._launch(
+            LOSS, "softmax_cross_entropy", dtype, n, self._contiguous(x), labels, probs, row_loss, *_ints(n, k)
+        )
         # The mean on the device, as a 0-d array (no host sync): xp.sum is a fixed-order tree
         # sum, so the loss is the same from run to run, and closer to exact than a serial sum.
         return self.xp.asarray(self.xp.sum(row_loss) / n), probs
@@ -346,8 +423,17 @@ class CudaKernels(GenericKernels):
         n, k = _matrix_shape("softmax_cross_entropy_backward", "probs", probs, "(N, K)")
         labels = self._labels("softmax_cross_entropy_backward", t, n)
         dx = self._empty((n, k), dtype)
-        self._launch(LOSS, "softmax_cross_entropy_backward", dtype, dx.size, self._contiguous(probs), labels, dx,
-                     *_ints(dx.size, k), dtype.type(scale))
+        self._launch(
+            LOSS,
+            "softmax_cross_entropy_backward",
+            dtype,
+            dx.size,
+            self._contiguous(probs),
+            labels,
+            dx,
+            *_ints(dx.size, k),
+            dtype.type(scale),
+        )
         return dx
 
     def _labels(self, op: str, t: Array, n: int) -> Array:
@@ -371,8 +457,9 @@ class CudaKernels(GenericKernels):
         if grad.dtype != dtype or grad.shape != param.shape:
             return False
         scalars = tuple(dtype.type(s) for s in scalars)
-        self._launch(OPTIMIZERS, kernel, dtype, param.size, param, self._contiguous(grad), *state,
-                     np.int32(param.size), *scalars)
+        self._launch(
+            OPTIMIZERS, kernel, dtype, param.size, param, self._contiguous(grad), *state, np.int32(param.size), *scalars
+        )
         return True
 
     def sgd_update(self, param, grad, lr):

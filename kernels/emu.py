@@ -93,8 +93,7 @@ class EmuLauncher:
                 module = self._modules[source.path] = _EmuModule(library, source.name_expressions)
             return module
 
-    def launch(self, source: CudaSource, name: str, grid: tuple[int, ...], block: tuple[int, ...],
-               args: tuple) -> None:
+    def launch(self, source: CudaSource, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
         """Run kernel instance ``name`` of ``source`` over ``grid`` x ``block`` threads."""
         self.module(source).launch(name, _dims(grid, "grid"), _dims(block, "block"), args)
 
@@ -128,8 +127,11 @@ class _EmuModule:
         for k, name in enumerate(names):
             launch = getattr(self._lib, f"gpucnn_emu_launch_{k}")
             launch.restype = None
-            launch.argtypes = (ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
-                               ctypes.POINTER(ctypes.c_void_p))
+            launch.argtypes = (
+                ctypes.POINTER(ctypes.c_uint),
+                ctypes.POINTER(ctypes.c_uint),
+                ctypes.POINTER(ctypes.c_void_p),
+            )
             signature = getattr(self._lib, f"gpucnn_emu_signature_{k}")
             signature.restype = ctypes.c_char_p
             self._kernels[name] = (launch, signature().decode())
@@ -170,8 +172,7 @@ def _pack(name: str, signature: str, args: tuple) -> list:
 
 # A one-line kernel: tells at start-up whether the compiler can build the emulation.
 _PROBE = (
-    "template <typename T> __global__ void probe(T* x) { x[threadIdx.x] = T(1); }\n"
-    "GPUCNN_EMU_EXPORT(0, probe<float>)\n"
+    "template <typename T> __global__ void probe(T* x) { x[threadIdx.x] = T(1); }\nGPUCNN_EMU_EXPORT(0, probe<float>)\n"
 )
 
 
@@ -200,8 +201,7 @@ def _find_compiler(compiler: str | None) -> str:
             return found
     looked = ", ".join(filter(None, candidates))
     raise EmulationUnavailable(
-        f"no C++ compiler found (looked for {looked}); install one (Debian: apt-get install g++) "
-        f"or point $CXX at it"
+        f"no C++ compiler found (looked for {looked}); install one (Debian: apt-get install g++) or point $CXX at it"
     )
 
 

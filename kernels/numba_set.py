@@ -455,8 +455,13 @@ def _flat(*arrays: np.ndarray) -> tuple[np.ndarray, ...] | None:
     """1-D views of C-contiguous arrays of one shape and dtype, or None (then NumPy steps)."""
     first = arrays[0]
     for a in arrays:
-        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.shape == first.shape
-                and a.dtype == first.dtype and a.dtype.kind == "f"):
+        if not (
+            isinstance(a, np.ndarray)
+            and a.flags.c_contiguous
+            and a.shape == first.shape
+            and a.dtype == first.dtype
+            and a.dtype.kind == "f"
+        ):
             return None
     return tuple(a.reshape(-1) for a in arrays)
 

@@ -15,8 +15,9 @@ def test_every_kernel_compiles_for_every_arch_without_spills():
         pytest.skip(str(exc))
     usages = compile_check.check(compiler)
     print(f"compiled with {compiler}\n" + compile_check.format_table(usages))
-    instances = {(name, arch) for source in CUDA_SOURCES for name in source.name_expressions
-                 for arch in compile_check.ARCHS}
+    instances = {
+        (name, arch) for source in CUDA_SOURCES for name in source.name_expressions for arch in compile_check.ARCHS
+    }
     assert {(u.kernel, u.arch) for u in usages} == instances
     assert [u for u in usages if u.spills] == []
 

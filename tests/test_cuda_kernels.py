@@ -89,12 +89,19 @@ def test_pooling_matches_numpy(emu, case):
     np.testing.assert_array_equal(argmax, ref_argmax)
 
     dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
-    np.testing.assert_allclose(emu.maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad),
-                               NP.maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad), **_tol(x.dtype))
-    np.testing.assert_allclose(emu.avgpool_forward(x, kh, kw, stride, pad),
-                               NP.avgpool_forward(x, kh, kw, stride, pad), **_tol(x.dtype))
-    np.testing.assert_allclose(emu.avgpool_backward(dout, x.shape, kh, kw, stride, pad),
-                               NP.avgpool_backward(dout, x.shape, kh, kw, stride, pad), **_tol(x.dtype))
+    np.testing.assert_allclose(
+        emu.maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad),
+        NP.maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad),
+        **_tol(x.dtype),
+    )
+    np.testing.assert_allclose(
+        emu.avgpool_forward(x, kh, kw, stride, pad), NP.avgpool_forward(x, kh, kw, stride, pad), **_tol(x.dtype)
+    )
+    np.testing.assert_allclose(
+        emu.avgpool_backward(dout, x.shape, kh, kw, stride, pad),
+        NP.avgpool_backward(dout, x.shape, kh, kw, stride, pad),
+        **_tol(x.dtype),
+    )
 
 
 @settings(max_examples=25, deadline=None)
@@ -115,9 +122,11 @@ def test_fused_and_layout_kernels_match_numpy(emu, case, fn):
     np.testing.assert_array_equal(out, ref_out)
     np.testing.assert_array_equal(argmax, ref_argmax)
     dout = rng.standard_normal(out.shape).astype(x.dtype)
-    np.testing.assert_allclose(emu.maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad),
-                               NP.maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad),
-                               **_tol(x.dtype))
+    np.testing.assert_allclose(
+        emu.maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad),
+        NP.maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad),
+        **_tol(x.dtype),
+    )
 
 
 @st.composite
@@ -165,8 +174,9 @@ def test_softmax_cross_entropy_rows_in_several_blocks(emu):
     ref_loss, ref_probs = NP.softmax_cross_entropy(x, t)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
     np.testing.assert_allclose(probs, ref_probs, rtol=1e-12, atol=1e-15)
-    np.testing.assert_array_equal(emu.softmax_cross_entropy_backward(probs, t, 0.5),
-                                  NP.softmax_cross_entropy_backward(probs, t, 0.5))
+    np.testing.assert_array_equal(
+        emu.softmax_cross_entropy_backward(probs, t, 0.5), NP.softmax_cross_entropy_backward(probs, t, 0.5)
+    )
 
 
 def test_labels_outside_the_classes_match_no_class_as_in_numpy(emu):
@@ -176,8 +186,9 @@ def test_labels_outside_the_classes_match_no_class_as_in_numpy(emu):
     loss, probs = emu.softmax_cross_entropy(x, t)
     ref_loss, ref_probs = NP.softmax_cross_entropy(x, t)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
-    np.testing.assert_array_equal(emu.softmax_cross_entropy_backward(probs, t, 1.0),
-                                  NP.softmax_cross_entropy_backward(probs, t, 1.0))
+    np.testing.assert_array_equal(
+        emu.softmax_cross_entropy_backward(probs, t, 1.0), NP.softmax_cross_entropy_backward(probs, t, 1.0)
+    )
 
 
 def test_nan_propagates_through_bias_relu_and_the_softmax(emu):
@@ -273,9 +284,13 @@ def seeded_losses(backend: str, steps: int = 4) -> list[float]:
     x = rng.standard_normal((6, 1, 12, 10))
     t = rng.integers(0, 10, 6)
     with gpucnn.use_backend(backend):
-        net = gpucnn.SimpleConvNet(input_dim=(1, 12, 10),
-                                   conv_param={"filter_num": 4, "filter_size": 3, "pad": 1, "stride": 1},
-                                   hidden_size=16, dtype="float64", seed=0)
+        net = gpucnn.SimpleConvNet(
+            input_dim=(1, 12, 10),
+            conv_param={"filter_num": 4, "filter_size": 3, "pad": 1, "stride": 1},
+            hidden_size=16,
+            dtype="float64",
+            seed=0,
+        )
         opt = gpucnn.optimizers.AdaGrad(lr=0.06)
         losses = []
         for _ in range(steps):
@@ -372,20 +387,30 @@ def test_gpu_kernels_match_numpy(gpu, case, dtype):
     col = gpu.im2col(x_gpu, kh, kw, stride, pad)
     np.testing.assert_array_equal(col.get(), NP.im2col(x, kh, kw, stride, pad))
     dcol = rng.standard_normal(col.shape).astype(dtype)
-    np.testing.assert_allclose(gpu.col2im(cupy.asarray(dcol), x.shape, kh, kw, stride, pad).get(),
-                               NP.col2im(dcol, x.shape, kh, kw, stride, pad), **_tol(dtype))
+    np.testing.assert_allclose(
+        gpu.col2im(cupy.asarray(dcol), x.shape, kh, kw, stride, pad).get(),
+        NP.col2im(dcol, x.shape, kh, kw, stride, pad),
+        **_tol(dtype),
+    )
 
     out, argmax = gpu.maxpool_forward(x_gpu, kh, kw, stride, pad)
     ref_out, ref_argmax = NP.maxpool_forward(x, kh, kw, stride, pad)
     np.testing.assert_array_equal(out.get(), ref_out)
     np.testing.assert_array_equal(argmax.get(), ref_argmax)
     dout = rng.standard_normal(out.shape).astype(dtype)
-    np.testing.assert_allclose(gpu.maxpool_backward(cupy.asarray(dout), argmax, x.shape, kh, kw, stride, pad).get(),
-                               NP.maxpool_backward(dout, ref_argmax, x.shape, kh, kw, stride, pad), **_tol(dtype))
-    np.testing.assert_allclose(gpu.avgpool_forward(x_gpu, kh, kw, stride, pad).get(),
-                               NP.avgpool_forward(x, kh, kw, stride, pad), **_tol(dtype))
-    np.testing.assert_allclose(gpu.avgpool_backward(cupy.asarray(dout), x.shape, kh, kw, stride, pad).get(),
-                               NP.avgpool_backward(dout, x.shape, kh, kw, stride, pad), **_tol(dtype))
+    np.testing.assert_allclose(
+        gpu.maxpool_backward(cupy.asarray(dout), argmax, x.shape, kh, kw, stride, pad).get(),
+        NP.maxpool_backward(dout, ref_argmax, x.shape, kh, kw, stride, pad),
+        **_tol(dtype),
+    )
+    np.testing.assert_allclose(
+        gpu.avgpool_forward(x_gpu, kh, kw, stride, pad).get(), NP.avgpool_forward(x, kh, kw, stride, pad), **_tol(dtype)
+    )
+    np.testing.assert_allclose(
+        gpu.avgpool_backward(cupy.asarray(dout), x.shape, kh, kw, stride, pad).get(),
+        NP.avgpool_backward(dout, x.shape, kh, kw, stride, pad),
+        **_tol(dtype),
+    )
 
     fn = 3
     rows = rng.standard_normal((n * h * w, fn)).astype(dtype)
@@ -396,8 +421,11 @@ def test_gpu_kernels_match_numpy(gpu, case, dtype):
     np.testing.assert_array_equal(fused_argmax.get(), ref_fused_argmax)
     dfused = rng.standard_normal(fused.shape).astype(dtype)
     drows = gpu.maxpool_relu_backward(cupy.asarray(dfused), fused_argmax, fused, n, h, w, kh, kw, stride, pad)
-    np.testing.assert_allclose(drows.get(), NP.maxpool_relu_backward(dfused, ref_fused_argmax, ref_fused, n, h, w,
-                                                                     kh, kw, stride, pad), **_tol(dtype))
+    np.testing.assert_allclose(
+        drows.get(),
+        NP.maxpool_relu_backward(dfused, ref_fused_argmax, ref_fused, n, h, w, kh, kw, stride, pad),
+        **_tol(dtype),
+    )
     np.testing.assert_array_equal(gpu.rows_to_nchw(cupy.asarray(rows), n, h, w).get(), NP.rows_to_nchw(rows, n, h, w))
 
 
@@ -448,9 +476,14 @@ def test_gpu_gradient_matches_numerical_gradient(gpu):
     rng = np.random.default_rng(7)
     x, t = rng.standard_normal((3, 1, 12, 10)), rng.integers(0, 10, 3)
     with gpucnn.use_backend("cupy"):
-        net = gpucnn.SimpleConvNet(input_dim=(1, 12, 10),
-                                   conv_param={"filter_num": 4, "filter_size": 3, "pad": 1, "stride": 1},
-                                   hidden_size=16, weight_init_std=0.3, dtype="float64", seed=1)
+        net = gpucnn.SimpleConvNet(
+            input_dim=(1, 12, 10),
+            conv_param={"filter_num": 4, "filter_size": 3, "pad": 1, "stride": 1},
+            hidden_size=16,
+            weight_init_std=0.3,
+            dtype="float64",
+            seed=1,
+        )
         grads = {key: g.get() for key, g in net.gradient(x, t).items()}
         for key, param in net.params.items():
             for flat in rng.choice(param.size, size=min(5, param.size), replace=False):
@@ -461,8 +494,9 @@ def test_gpu_gradient_matches_numerical_gradient(gpu):
                 param[index] = saved - 1e-5
                 down = net.loss(x, t)
                 param[index] = saved
-                np.testing.assert_allclose(grads[key][index], (up - down) / 2e-5, rtol=1e-5, atol=1e-8,
-                                           err_msg=f"{key}{index}")
+                np.testing.assert_allclose(
+                    grads[key][index], (up - down) / 2e-5, rtol=1e-5, atol=1e-8, err_msg=f"{key}{index}"
+                )
 
 
 @pytest.mark.gpu
@@ -487,4 +521,3 @@ def test_gpu_memory_pool_is_steady_across_steps(gpu):
         steps(10)
         assert pool.total_bytes() == held  # every step reuses the pool's blocks
         assert all(isinstance(p, cupy.ndarray) for p in net.params.values())
-

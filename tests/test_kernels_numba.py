@@ -79,15 +79,18 @@ def test_pooling_equals_numpy(args):
     EQUAL(out, ref_out)
     EQUAL(argmax, ref_argmax)
     dout = rng.standard_normal(out.shape).astype(x.dtype)
-    EQUAL(NB.maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad),
-          NP.maxpool_backward(dout, ref_argmax, x.shape, kh, kw, stride, pad))
+    EQUAL(
+        NB.maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad),
+        NP.maxpool_backward(dout, ref_argmax, x.shape, kh, kw, stride, pad),
+    )
 
     tol = 1e-6 if x.dtype == np.float32 else 1e-14
     avg = NB.avgpool_forward(x, kh, kw, stride, pad)
     assert avg.dtype == x.dtype
     np.testing.assert_allclose(avg, NP.avgpool_forward(x, kh, kw, stride, pad), rtol=tol, atol=tol)
-    EQUAL(NB.avgpool_backward(dout, x.shape, kh, kw, stride, pad),
-          NP.avgpool_backward(dout, x.shape, kh, kw, stride, pad))
+    EQUAL(
+        NB.avgpool_backward(dout, x.shape, kh, kw, stride, pad), NP.avgpool_backward(dout, x.shape, kh, kw, stride, pad)
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -170,9 +173,13 @@ def _losses(backend: str, steps: int = 5) -> list[float]:
     x = rng.standard_normal((9, 1, 12, 10))
     t = rng.integers(0, 10, size=9)
     with gpucnn.use_backend(backend):
-        net = gpucnn.SimpleConvNet(input_dim=(1, 12, 10),
-                                   conv_param={"filter_num": 4, "filter_size": 3, "pad": 1, "stride": 1},
-                                   hidden_size=16, dtype="float64", seed=0)
+        net = gpucnn.SimpleConvNet(
+            input_dim=(1, 12, 10),
+            conv_param={"filter_num": 4, "filter_size": 3, "pad": 1, "stride": 1},
+            hidden_size=16,
+            dtype="float64",
+            seed=0,
+        )
         opt = gpucnn.optimizers.AdaGrad(lr=0.06)
         losses = []
         for _ in range(steps):
