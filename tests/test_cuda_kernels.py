@@ -278,35 +278,6 @@ def test_bad_arguments_raise_clear_errors(emu):
 # -- a whole network: same losses on numpy and cuda-emu ---------------------------------------
 
 
-def seeded_losses(backend: str, steps: int = 4) -> list[float]:
-    """Losses of a seeded float64 SimpleConvNet trained with AdaGrad on fixed data."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((6, 1, 12, 10))
-    t = rng.integers(0, 10, 6)
-    with gpucnn.use_backend(backend):
-        net = gpucnn.SimpleConvNet(
-            input_dim=(1, 12, 10),
-            conv_param={"filter_num": 4, "filter_size": 3, "pad": 1, "stride": 1},
-            hidden_size=16,
-            dtype="float64",
-            seed=0,
-        )
-        opt = gpucnn.optimizers.AdaGrad(lr=0.06)
-        losses = []
-        for _ in range(steps):
-            grads = net.gradient(x, t)
-            opt.update(net.params, grads)
-            losses.append(net.loss(x, t))
-    return losses
-
-
-def test_simple_convnet_losses_equal_numpy(emu):
-    want = seeded_losses("numpy")
-    got = seeded_losses("cuda-emu")
-    assert want[-1] < want[0]  # it learns, so the comparison means something
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
-
-
 # -- the emulation harness ----------------------------------------------------------------------
 
 
@@ -468,6 +439,8 @@ def test_gpu_bias_relu_and_softmax_cross_entropy_match_numpy(gpu, n, k, dtype):
 @pytest.mark.gpu
 def test_gpu_training_follows_numpy(gpu):
     # cuBLAS sums in another order than NumPy's BLAS: equal to rounding, not to the bit.
+    from .test_model import seeded_losses
+
     np.testing.assert_allclose(seeded_losses("cupy", steps=6), seeded_losses("numpy", steps=6), rtol=1e-9)
 
 

@@ -168,33 +168,6 @@ def test_optimizer_step_on_a_strided_parameter_updates_it_in_place():
     EQUAL(base[:, 1::2], 1.0)
 
 
-def _losses(backend: str, steps: int = 5) -> list[float]:
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((9, 1, 12, 10))
-    t = rng.integers(0, 10, size=9)
-    with gpucnn.use_backend(backend):
-        net = gpucnn.SimpleConvNet(
-            input_dim=(1, 12, 10),
-            conv_param={"filter_num": 4, "filter_size": 3, "pad": 1, "stride": 1},
-            hidden_size=16,
-            dtype="float64",
-            seed=0,
-        )
-        opt = gpucnn.optimizers.AdaGrad(lr=0.06)
-        losses = []
-        for _ in range(steps):
-            grads = net.gradient(x, t)
-            opt.update(net.params, grads)
-            losses.append(net.loss(x, t))
-    return losses
-
-
-def test_seeded_simple_convnet_trains_to_the_same_losses_as_numpy():
-    numba_losses = _losses("numba")
-    np.testing.assert_allclose(numba_losses, _losses("numpy"), rtol=0, atol=1e-10)
-    assert numba_losses[-1] < numba_losses[0]
-
-
 def test_parallel_kernels_can_be_called_from_several_threads():
     from concurrent.futures import ThreadPoolExecutor
 
