@@ -14,25 +14,10 @@ from gpucnn.kernels.generic import GenericKernels
 from gpucnn.kernels.numpy_set import NumpyKernels
 
 from .reference import im2col_loops, pool_loops
+from .strategies import window_case
 
 NP = NumpyKernels()
 GEN = GenericKernels(gpucnn.get_backend("numpy").xp)
-
-
-@st.composite
-def conv_case(draw, pool=False):
-    """A random (x, kh, kw, stride, pad) whose output is at least 1x1."""
-    n = draw(st.sampled_from([1, 2, 3]))
-    c = draw(st.integers(1, 16))
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    stride = draw(st.integers(1, 3))
-    pad = draw(st.integers(0, min(kh, kw) // 2)) if pool else draw(st.integers(0, 3))
-    h = draw(st.integers(max(1, kh - 2 * pad), 11))
-    w = draw(st.integers(max(1, kw - 2 * pad), 11))
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
-    seed = draw(st.integers(0, 2**16))
-    x = np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(dtype)
-    return x, kh, kw, stride, pad
 
 
 def test_every_set_answers_every_operation():
@@ -42,9 +27,9 @@ def test_every_set_answers_every_operation():
 
 
 @settings(max_examples=60, deadline=None)
-@given(conv_case())
+@given(window_case())
 def test_im2col_matches_loops_and_generic(case):
-    x, kh, kw, stride, pad = case
+    x, kh, kw, stride, pad, _ = case
     col = NP.im2col(x, kh, kw, stride, pad)
     assert col.dtype == x.dtype and col.flags.c_contiguous
     np.testing.assert_array_equal(col, im2col_loops(x, kh, kw, stride, pad))
@@ -52,9 +37,9 @@ def test_im2col_matches_loops_and_generic(case):
 
 
 @settings(max_examples=60, deadline=None)
-@given(conv_case())
+@given(window_case())
 def test_col2im_is_the_adjoint_of_im2col(case):
-    x, kh, kw, stride, pad = case
+    x, kh, kw, stride, pad, _ = case
     col = NP.im2col(x, kh, kw, stride, pad)
     c = np.random.default_rng(0).standard_normal(col.shape).astype(x.dtype)
     dx = NP.col2im(c, x.shape, kh, kw, stride, pad)
@@ -67,9 +52,9 @@ def test_col2im_is_the_adjoint_of_im2col(case):
 
 
 @settings(max_examples=60, deadline=None)
-@given(conv_case(pool=True))
+@given(window_case(pool=True))
 def test_pooling_matches_loops_and_generic(case):
-    x, kh, kw, stride, pad = case
+    x, kh, kw, stride, pad, _ = case
     out, arg = NP.maxpool_forward(x, kh, kw, stride, pad)
     ref_out, ref_arg = pool_loops(x, kh, kw, stride, pad, "max")
     np.testing.assert_array_equal(out, ref_out)
@@ -95,9 +80,9 @@ def test_pooling_matches_loops_and_generic(case):
 
 
 @settings(max_examples=40, deadline=None)
-@given(conv_case(pool=True), st.integers(1, 5))
+@given(window_case(pool=True), st.integers(1, 5))
 def test_fused_bias_relu_maxpool_equals_its_composition(case, fn):
-    x, kh, kw, stride, pad = case
+    x, kh, kw, stride, pad, _ = case
     n, _, h, w = x.shape
     rng = np.random.default_rng(2)
     rows = rng.standard_normal((n * h * w, fn)).astype(x.dtype)

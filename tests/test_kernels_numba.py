@@ -18,32 +18,11 @@ from gpucnn.kernels import KERNEL_OPERATIONS, conv_output_size  # noqa: E402
 from gpucnn.kernels.numba_set import NumbaKernels  # noqa: E402
 from gpucnn.kernels.numpy_set import NumpyKernels  # noqa: E402
 
+from .strategies import data, window_case  # noqa: E402
+
 NP = NumpyKernels()
 NB = NumbaKernels(gpucnn.get_backend("numpy").xp)
 EQUAL = np.testing.assert_array_equal
-
-
-def _data(rng: np.random.Generator, shape, dtype, ties: bool) -> np.ndarray:
-    """Normal values, or small integers when ``ties`` (so that windows hold equal maxima)."""
-    if ties:
-        return rng.integers(-2, 3, size=shape).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
-
-
-@st.composite
-def case(draw, pool: bool = False):
-    """(x, kh, kw, stride, pad, rng) with an output of at least 1x1; odd batches, non-square images."""
-    n = draw(st.sampled_from([1, 2, 3, 5]))
-    c = draw(st.integers(1, 16))
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    stride = draw(st.integers(1, 3))
-    pad = draw(st.integers(0, min(kh, kw) // 2)) if pool else draw(st.integers(0, 3))
-    h = draw(st.integers(max(1, kh - 2 * pad), 11))
-    w = draw(st.integers(max(1, kw - 2 * pad), 11))
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    x = _data(rng, (n, c, h, w), dtype, ties=draw(st.booleans()))
-    return x, kh, kw, stride, pad, rng
 
 
 def test_the_set_answers_every_operation():
@@ -52,7 +31,7 @@ def test_the_set_answers_every_operation():
 
 
 @settings(max_examples=50, deadline=None)
-@given(case())
+@given(window_case())
 def test_im2col_and_col2im_equal_numpy(args):
     x, kh, kw, stride, pad, rng = args
     col = NB.im2col(x, kh, kw, stride, pad)
@@ -70,7 +49,7 @@ def test_im2col_accepts_strided_views():
 
 
 @settings(max_examples=50, deadline=None)
-@given(case(pool=True))
+@given(window_case(pool=True))
 def test_pooling_equals_numpy(args):
     x, kh, kw, stride, pad, rng = args
     out, argmax = NB.maxpool_forward(x, kh, kw, stride, pad)
@@ -94,13 +73,13 @@ def test_pooling_equals_numpy(args):
 
 
 @settings(max_examples=60, deadline=None)
-@given(case(pool=True), st.integers(1, 16), st.booleans())
+@given(window_case(pool=True), st.integers(1, 16), st.booleans())
 def test_fused_conv_relu_pool_ops_equal_numpy(args, fn, ties):
     """Both paths of the backward: disjoint windows (stride >= window) and overlapping ones."""
     x, kh, kw, stride, pad, rng = args
     n, _, oh, ow = x.shape  # x only sets the geometry: the conv output is (n, fn, oh, ow)
-    rows = _data(rng, (n * oh * ow, fn), x.dtype, ties)
-    b = _data(rng, (fn,), x.dtype, ties)
+    rows = data(rng, (n * oh * ow, fn), x.dtype, ties)
+    b = data(rng, (fn,), x.dtype, ties)
     out, argmax = NB.bias_relu_maxpool(rows, b, n, oh, ow, kh, kw, stride, pad)
     ref_out, ref_argmax = NP.bias_relu_maxpool(rows, b, n, oh, ow, kh, kw, stride, pad)
     ph, pw = conv_output_size(oh, kh, stride, pad), conv_output_size(ow, kw, stride, pad)
