@@ -206,3 +206,15 @@ def test_bias_relu_and_softmax_cross_entropy(n, k, dtype, seed):
         dx = kernels.softmax_cross_entropy_backward(probs, t, 0.5)
         np.testing.assert_allclose(dx, (probs - onehot) * 0.5, rtol=tol, atol=tol)
         np.testing.assert_allclose(kernels.softmax_cross_entropy_backward(probs, onehot, 0.5), dx, rtol=tol, atol=tol)
+
+
+def test_a_nan_in_a_window_gives_nan_on_every_backend(backend):
+    x = np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4)
+    x[0, 0, 1, 2] = np.nan  # window (0, 1) of channel 0
+    k = backend.kernels
+    out, _ = k.maxpool_forward(backend.asarray(x), 2, 2, 2, 0)
+    out = backend.to_numpy(out)
+    assert np.isnan(out[0, 0, 0, 1]) and np.isnan(out).sum() == 1
+    rows = backend.asarray(x.transpose(0, 2, 3, 1).reshape(16, 2))  # the same values as GEMM rows
+    fused = backend.to_numpy(k.bias_relu_maxpool(rows, backend.asarray(np.zeros(2, np.float32)), 1, 4, 4, 2, 2, 2)[0])
+    assert np.isnan(fused[0, 0, 0, 1]) and np.isnan(fused).sum() == 1

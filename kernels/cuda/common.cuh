@@ -17,4 +17,33 @@ __device__ __forceinline__ int thread_index() {
     return static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
 }
 
+// The first maximum of one pooling window: the KH x KW cells (out_y*stride - pad + ky,
+// out_x*stride - pad + kx) of an H x W plane whose values read(y, x) returns. Cells outside
+// the plane (the padding) are never picked. A NaN always wins, so that a window holding one
+// gives NaN as in the NumPy kernels. best_tap is the window-local index ky*KW + kx.
+template <typename T, typename Read>
+__device__ __forceinline__ void window_max(const Read& read, const int out_y, const int out_x, const int h,
+                                           const int w, const int kh, const int kw, const int stride,
+                                           const int pad, T& best, int& best_tap) {
+    best = T(0);
+    best_tap = -1;
+    for (int ky = 0; ky < kh; ++ky) {
+        const int y = out_y * stride - pad + ky;
+        if (y < 0 || y >= h) {
+            continue;
+        }
+        for (int kx = 0; kx < kw; ++kx) {
+            const int x = out_x * stride - pad + kx;
+            if (x < 0 || x >= w) {
+                continue;
+            }
+            const T v = read(y, x);
+            if (best_tap < 0 || v > best || v != v) {  // strict '>': the first maximum wins
+                best = v;
+                best_tap = ky * kw + kx;
+            }
+        }
+    }
+}
+
 #endif  // GPUCNN_COMMON_CUH

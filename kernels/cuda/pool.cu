@@ -17,25 +17,10 @@ __global__ void maxpool_forward(const T* __restrict__ x, T* __restrict__ out, in
     const int out_y = (i / ow) % oh;
     const T* plane = x + (i / (ow * oh)) * (h * w);  // the (n, c) image plane
 
-    T best = T(0);
-    int best_tap = -1;
-    for (int ky = 0; ky < kh; ++ky) {
-        const int in_y = out_y * stride - pad + ky;
-        if (in_y < 0 || in_y >= h) {
-            continue;
-        }
-        for (int kx = 0; kx < kw; ++kx) {
-            const int in_x = out_x * stride - pad + kx;
-            if (in_x < 0 || in_x >= w) {
-                continue;
-            }
-            const T v = plane[in_y * w + in_x];
-            if (best_tap < 0 || v > best) {  // strict: the first maximum wins
-                best = v;
-                best_tap = ky * kw + kx;
-            }
-        }
-    }
+    T best;
+    int best_tap;
+    window_max([plane, w](int y, int x) { return plane[y * w + x]; }, out_y, out_x, h, w, kh, kw, stride, pad,
+               best, best_tap);
     out[i] = best;
     argmax[i] = best_tap;
 }
@@ -148,26 +133,11 @@ __global__ void bias_relu_maxpool(const T* __restrict__ rows, const T* __restric
     const int img = i / (pw * ph * fn);
     const T bias = b[f];
 
-    T best = T(0);
-    int best_tap = -1;
-    for (int ky = 0; ky < kh; ++ky) {
-        const int y = pool_y * stride - pad + ky;
-        if (y < 0 || y >= oh) {
-            continue;
-        }
-        for (int kx = 0; kx < kw; ++kx) {
-            const int x = pool_x * stride - pad + kx;
-            if (x < 0 || x >= ow) {
-                continue;
-            }
-            const T v = rows[((img * oh + y) * ow + x) * fn + f] + bias;
-            if (best_tap < 0 || v > best) {
-                best = v;
-                best_tap = ky * kw + kx;
-            }
-        }
-    }
-    out[i] = best > T(0) ? best : T(0);
+    T best;
+    int best_tap;
+    window_max([rows, bias, img, oh, ow, fn, f](int y, int x) { return rows[((img * oh + y) * ow + x) * fn + f] + bias; },
+               pool_y, pool_x, oh, ow, kh, kw, stride, pad, best, best_tap);
+    out[i] = best < T(0) ? T(0) : best;  // not 'best > 0 ? best : 0', which would turn NaN into 0
     argmax[i] = best_tap;
 }
 
