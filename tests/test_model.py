@@ -275,3 +275,13 @@ def test_seeded_training_gives_numpys_losses(backend):
     losses = seeded_losses(backend.name)
     assert losses[-1] < losses[0]  # it learns, so the comparison means something
     np.testing.assert_allclose(losses, seeded_losses("numpy"), rtol=0, atol=1e-10)
+
+
+def test_large_inference_batches_run_in_blocks_with_the_same_scores(backend):
+    from gpucnn.layers import ConvReluMaxPool
+
+    net = small_net(dtype="float64")
+    x = np.random.default_rng(3).random((ConvReluMaxPool.infer_block * 2 + 5, 1, 7, 9))
+    whole = backend.to_numpy(net.predict(x))
+    assert whole.shape == (len(x), 4)
+    np.testing.assert_allclose(whole, backend.to_numpy(net.predict(x, batch_size=50)), rtol=1e-12, atol=1e-14)
