@@ -63,6 +63,16 @@ def train(seeds: list[int], backend: str, runs: str) -> list[Path]:
     return folders
 
 
+def _per_epoch(runs: list, epochs: int, key: str, fmt: str, with_backend: bool) -> list[str]:
+    """A markdown table: one row per epoch, one column per run, the history's ``key``."""
+    names = [f"seed {p.get('seed')}" + (f" ({p.get('backend')})" if with_backend else "") for _, p, _ in runs]
+    rows = ["| epoch | " + " | ".join(names) + " |", "|---|" + "---|" * len(runs)]
+    for e in range(epochs):
+        cells = [fmt.format(h[key][e]) if e < len(h[key]) else "" for _, _, h in runs]
+        rows.append(f"| {e + 1} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def summarise(folders: list[Path], note: str = "") -> str:
     runs = []
     for folder in folders:
@@ -81,24 +91,14 @@ def summarise(folders: list[Path], note: str = "") -> str:
         "",
         "## Test accuracy after each epoch",
         "",
-        "| epoch | " + " | ".join(f"seed {p.get('seed')} ({p.get('backend')})" for _, p, _ in runs) + " |",
-        "|---|" + "---|" * len(runs),
-    ]
-    for e in range(epochs):
-        cells = [f"{h['val_accuracy'][e]:.2%}" if e < len(h["val_accuracy"]) else "" for _, _, h in runs]
-        lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
-    lines += [
+        *_per_epoch(runs, epochs, "val_accuracy", "{:.2%}", with_backend=True),
         "",
         f"Final test accuracy: {', '.join(f'{a:.2%}' for a in finals)}; median **{statistics.median(finals):.2%}**.",
         "",
         "## Training time per epoch (seconds; evaluation excluded)",
         "",
-        "| epoch | " + " | ".join(f"seed {p.get('seed')}" for _, p, _ in runs) + " |",
-        "|---|" + "---|" * len(runs),
+        *_per_epoch(runs, epochs, "epoch_time", "{:.1f}", with_backend=False),
     ]
-    for e in range(epochs):
-        cells = [f"{h['epoch_time'][e]:.1f}" if e < len(h["epoch_time"]) else "" for _, _, h in runs]
-        lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
     if note:
         lines += ["", "## Notes", "", note]
     return "\n".join(lines) + "\n"
