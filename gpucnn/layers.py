@@ -20,7 +20,7 @@ import numpy as np
 
 from .backend import Backend, get_backend
 from .initializers import get_initializer
-from .kernels import check_pool_pad, conv_output_size
+from .kernels import check_pool_pad, output_hw
 
 __all__ = [
     "Affine",
@@ -248,8 +248,7 @@ class Convolution(_WeightBias):
             init = get_initializer(self.weight_init)
             self.params["W"] = self._param(init(rng, (self.filter_num, c, fh, fw), fan_in, fan_out))
             self.params["b"] = self._param(np.zeros(self.filter_num))
-        oh = conv_output_size(h, fh, self.stride, self.pad)
-        ow = conv_output_size(w, fw, self.stride, self.pad)
+        oh, ow = output_hw(h, w, fh, fw, self.stride, self.pad)
         return (self.filter_num, oh, ow)
 
     def _rows(self, x: Array) -> tuple[Array, tuple[int, int, int]]:
@@ -259,8 +258,7 @@ class Convolution(_WeightBias):
         fn, wc, fh, fw = self.W.shape
         if c != wc:
             raise ValueError(f"Convolution: input has {c} channels but W expects {wc} (W shape {tuple(self.W.shape)})")
-        oh = conv_output_size(h, fh, self.stride, self.pad)
-        ow = conv_output_size(w, fw, self.stride, self.pad)
+        oh, ow = output_hw(h, w, fh, fw, self.stride, self.pad)
         col = self.backend.kernels.im2col(x, fh, fw, self.stride, self.pad)
         self._x_shape, self._col = tuple(x.shape), col
         return col @ self.xp.matrix_transpose(self.xp.reshape(self.W, (fn, wc * fh * fw))), (n, oh, ow)
@@ -390,7 +388,7 @@ class _Pooling(Layer):
             raise ValueError(f"{type(self).__name__} expects (C, H, W) samples, got shape {input_shape}")
         c, h, w = input_shape
         ph, pw = self.pool_size
-        return (c, conv_output_size(h, ph, self.stride, self.pad), conv_output_size(w, pw, self.stride, self.pad))
+        return (c, *output_hw(h, w, ph, pw, self.stride, self.pad))
 
     def config(self):
         return {"pool_size": self.pool_size, "stride": self.stride, "pad": self.pad}

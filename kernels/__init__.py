@@ -93,6 +93,7 @@ __all__ = [
     "KERNEL_OPERATIONS",
     "conv_output_size",
     "check_pool_pad",
+    "output_hw",
 ]
 
 # The names every kernel set answers to. Tests iterate over this tuple.
@@ -139,6 +140,11 @@ def conv_output_size(in_size: int, kernel_size: int, stride: int = 1, pad: int =
             f"(output size (in + 2*pad - window) // stride + 1 = {out}, below 1)"
         )
     return out
+
+
+def output_hw(h: int, w: int, kh: int, kw: int, stride: int = 1, pad: int = 0) -> tuple[int, int]:
+    """``(OH, OW)`` of a KH x KW window over an H x W image: :func:`conv_output_size` on each axis."""
+    return conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
 
 
 def check_pool_pad(kh: int, kw: int, pad: int) -> None:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import check_pool_pad, conv_output_size
+from . import check_pool_pad, output_hw
 from .generic import GenericKernels
 
 __all__ = ["CUDA_SOURCES", "CudaKernels", "CudaSource", "CupyLauncher", "Launcher"]
@@ -189,8 +189,7 @@ class CudaKernels(GenericKernels):
     def im2col(self, x, kh, kw, stride=1, pad=0):
         dtype = _float_dtype("im2col", x)
         n, c, h, w = x.shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         rows, columns = n * oh * ow, c * kh * kw
         col = self._empty((rows, columns), dtype)
         if col.size == 0:
@@ -216,8 +215,7 @@ class CudaKernels(GenericKernels):
     def col2im(self, col, x_shape, kh, kw, stride=1, pad=0):
         dtype = _float_dtype("col2im", col)
         n, c, h, w = x_shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         _check_shape("col2im", "col", col.shape, (n * oh * ow, c * kh * kw))
         dx = self._empty((n, c, h, w), dtype)
         self._launch(
@@ -237,8 +235,7 @@ class CudaKernels(GenericKernels):
         dtype = _float_dtype("maxpool_forward", x)
         check_pool_pad(kh, kw, pad)
         n, c, h, w = x.shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         out = self._empty((n, c, oh, ow), dtype)
         argmax = self._empty((n, c, oh, ow), self.xp.int32)
         self._launch(
@@ -256,8 +253,7 @@ class CudaKernels(GenericKernels):
     def maxpool_backward(self, dout, argmax, x_shape, kh, kw, stride, pad=0):
         dtype = _float_dtype("maxpool_backward", dout)
         n, c, h, w = x_shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         _check_shape("maxpool_backward", "dout", dout.shape, (n, c, oh, ow))
         _check_shape("maxpool_backward", "argmax", argmax.shape, (n, c, oh, ow))
         dx = self._empty((n, c, h, w), dtype)
@@ -277,8 +273,7 @@ class CudaKernels(GenericKernels):
         dtype = _float_dtype("avgpool_forward", x)
         check_pool_pad(kh, kw, pad)
         n, c, h, w = x.shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         out = self._empty((n, c, oh, ow), dtype)
         self._launch(
             POOL,
@@ -294,8 +289,7 @@ class CudaKernels(GenericKernels):
     def avgpool_backward(self, dout, x_shape, kh, kw, stride, pad=0):
         dtype = _float_dtype("avgpool_backward", dout)
         n, c, h, w = x_shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         _check_shape("avgpool_backward", "dout", dout.shape, (n, c, oh, ow))
         dx = self._empty((n, c, h, w), dtype)
         self._launch(
@@ -323,8 +317,7 @@ class CudaKernels(GenericKernels):
         fn = rows.shape[1]
         _check_shape("bias_relu_maxpool", "rows", rows.shape, (n * oh * ow, fn))
         _check_shape("bias_relu_maxpool", "b", b.shape, (fn,))
-        ph = conv_output_size(oh, kh, stride, pad)
-        pw = conv_output_size(ow, kw, stride, pad)
+        ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
         out = self._empty((n, fn, ph, pw), dtype)
         argmax = self._empty((n, fn, ph, pw), self.xp.int32)
         self._launch(
@@ -343,8 +336,7 @@ class CudaKernels(GenericKernels):
     def maxpool_relu_backward(self, dout, argmax, out, n, oh, ow, kh, kw, stride, pad=0):
         dtype = _float_dtype("maxpool_relu_backward", dout, out)
         fn = dout.shape[1]
-        ph = conv_output_size(oh, kh, stride, pad)
-        pw = conv_output_size(ow, kw, stride, pad)
+        ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
         for what, a in (("dout", dout), ("argmax", argmax), ("out", out)):
             _check_shape("maxpool_relu_backward", what, a.shape, (n, fn, ph, pw))
         drows = self._empty((n * oh * ow, fn), dtype)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from . import check_pool_pad, conv_output_size
+from . import check_pool_pad, output_hw
 
 Array = Any
 
@@ -43,8 +43,7 @@ class GenericKernels:
 
     def _taps(self, x: Array, kh: int, kw: int, stride: int, pad: int, fill: float):
         n, c, h, w = x.shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         xp_ = self._padded(x, pad, fill)
         taps = [self._tap(xp_, ky, kx, stride, oh, ow) for ky in range(kh) for kx in range(kw)]
         return taps, oh, ow
@@ -78,8 +77,7 @@ class GenericKernels:
         """(N*OH*OW, C*KH*KW) → (N, C, H, W), adding overlapping taps."""
         xp = self.xp
         n, c, h, w = x_shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         col6 = xp.reshape(col, (n, oh, ow, c, kh, kw))
         col6 = xp.permute_dims(col6, (4, 5, 0, 3, 1, 2))  # (KH, KW, N, C, OH, OW)
         parts = [col6[ky, kx, ...] for ky in range(kh) for kx in range(kw)]

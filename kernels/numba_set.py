@@ -60,7 +60,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import check_pool_pad, conv_output_size
+from . import check_pool_pad, output_hw
 from .numpy_set import NumpyKernels
 
 
@@ -475,16 +475,14 @@ class NumbaKernels(NumpyKernels):
 
     def im2col(self, x, kh, kw, stride=1, pad=0):
         n, c, h, w = x.shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         col = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
         _launch(_im2col, _c(x), kh, kw, stride, pad, oh, ow, col)
         return col
 
     def col2im(self, col, x_shape, kh, kw, stride=1, pad=0):
         n, c, h, w = x_shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         dx = np.empty((n, c, h, w), dtype=col.dtype)
         _launch(_col2im, _c(col), kh, kw, stride, pad, oh, ow, dx)
         return dx
@@ -494,8 +492,7 @@ class NumbaKernels(NumpyKernels):
     def maxpool_forward(self, x, kh, kw, stride, pad=0):
         check_pool_pad(kh, kw, pad)
         n, c, h, w = x.shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         out = np.empty((n, c, oh, ow), dtype=x.dtype)
         argmax = np.empty((n, c, oh, ow), dtype=np.int32)
         _launch(_maxpool, _c(x), kh, kw, stride, pad, out, argmax)
@@ -509,8 +506,7 @@ class NumbaKernels(NumpyKernels):
     def avgpool_forward(self, x, kh, kw, stride, pad=0):
         check_pool_pad(kh, kw, pad)
         n, c, h, w = x.shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         out = np.empty((n, c, oh, ow), dtype=x.dtype)
         _launch(_avgpool, _c(x), kh, kw, stride, pad, out)
         return out
@@ -526,8 +522,7 @@ class NumbaKernels(NumpyKernels):
     def _pool_rows(self, rows, b, n, oh, ow, kh, kw, stride, pad, with_argmax):
         check_pool_pad(kh, kw, pad)
         fn = rows.shape[1]
-        ph = conv_output_size(oh, kh, stride, pad)
-        pw = conv_output_size(ow, kw, stride, pad)
+        ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
         out = np.empty((n, fn, ph, pw), dtype=rows.dtype)
         argmax = np.empty((n, fn, ph, pw) if with_argmax else (0, 0, 0, 0), dtype=np.int32)
         bias = _c(b).astype(rows.dtype, copy=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import check_pool_pad, conv_output_size
+from . import check_pool_pad, output_hw
 from .generic import GenericKernels
 
 
@@ -40,8 +40,7 @@ class NumpyKernels(GenericKernels):
 
     def im2col(self, x, kh, kw, stride=1, pad=0):
         n, c, h, w = x.shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         win = self._windows(self._pad(x, pad, 0.0), kh, kw, stride, oh, ow)
         col = np.empty((n, oh, ow, c, kh, kw), dtype=x.dtype)
         col[...] = win.transpose(0, 2, 3, 1, 4, 5)
@@ -49,8 +48,7 @@ class NumpyKernels(GenericKernels):
 
     def col2im(self, col, x_shape, kh, kw, stride=1, pad=0):
         n, c, h, w = x_shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         col6 = col.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)  # (N, C, KH, KW, OH, OW)
         dxp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=col.dtype)
         for ky in range(kh):
@@ -102,8 +100,7 @@ class NumpyKernels(GenericKernels):
     def maxpool_forward(self, x, kh, kw, stride, pad=0):
         check_pool_pad(kh, kw, pad)
         n, c, h, w = x.shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         xp_ = self._pad(x, pad, -np.inf)
         return self._max_over_taps(lambda k: xp_[(..., *self._tap_slices(k, kw, stride, oh, ow))], kh * kw)
 
@@ -132,8 +129,7 @@ class NumpyKernels(GenericKernels):
         # Pool straight in the GEMM's (N, OH, OW, FN) layout: only the pooled result, 1/(KH*KW)
         # of the activation, is transposed to NCHW.
         check_pool_pad(kh, kw, pad)
-        ph = conv_output_size(oh, kh, stride, pad)
-        pw = conv_output_size(ow, kw, stride, pad)
+        ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
         y = self._nhwc(rows + b, n, oh, ow, pad)
         out, argmax = self._max_over_taps(lambda k: y[(slice(None), *self._tap_slices(k, kw, stride, ph, pw))], kh * kw)
         np.maximum(out, 0, out=out)
@@ -141,8 +137,7 @@ class NumpyKernels(GenericKernels):
 
     def bias_relu_maxpool_infer(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
         check_pool_pad(kh, kw, pad)
-        ph = conv_output_size(oh, kh, stride, pad)
-        pw = conv_output_size(ow, kw, stride, pad)
+        ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
         y = self._nhwc(rows + b, n, oh, ow, pad)
         out = np.array(y[(slice(None), *self._tap_slices(0, kw, stride, ph, pw))], order="C")
         for k in range(1, kh * kw):
@@ -170,8 +165,7 @@ class NumpyKernels(GenericKernels):
     def avgpool_forward(self, x, kh, kw, stride, pad=0):
         check_pool_pad(kh, kw, pad)
         n, c, h, w = x.shape
-        oh = conv_output_size(h, kh, stride, pad)
-        ow = conv_output_size(w, kw, stride, pad)
+        oh, ow = output_hw(h, w, kh, kw, stride, pad)
         win = self._windows(self._pad(x, pad, 0.0), kh, kw, stride, oh, ow)
         out = win.sum(axis=(4, 5), dtype=x.dtype)
         out /= kh * kw
