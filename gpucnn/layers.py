@@ -251,13 +251,18 @@ class Convolution(_WeightBias):
         oh, ow = output_hw(h, w, fh, fw, self.stride, self.pad)
         return (self.filter_num, oh, ow)
 
-    def _rows(self, x: Array) -> tuple[Array, tuple[int, int, int]]:
-        """im2col and the GEMM, no bias: rows (N*OH*OW, FN) in (n, oh, ow) order, and (N, OH, OW)."""
+    def _check_channels(self, x: Array) -> None:
+        """The checks of every forward: the input's backend, rank, dtype and channel count."""
         self._check_input(x, ndim=4)
-        n, c, h, w = x.shape
-        fn, wc, fh, fw = self.W.shape
+        c, wc = x.shape[1], self.W.shape[1]
         if c != wc:
             raise ValueError(f"Convolution: input has {c} channels but W expects {wc} (W shape {tuple(self.W.shape)})")
+
+    def _rows(self, x: Array) -> tuple[Array, tuple[int, int, int]]:
+        """im2col and the GEMM, no bias: rows (N*OH*OW, FN) in (n, oh, ow) order, and (N, OH, OW)."""
+        self._check_channels(x)
+        n, c, h, w = x.shape
+        fn, wc, fh, fw = self.W.shape
         oh, ow = output_hw(h, w, fh, fw, self.stride, self.pad)
         col = self.backend.kernels.im2col(x, fh, fw, self.stride, self.pad)
         self._x_shape, self._col = tuple(x.shape), col
@@ -289,23 +294,31 @@ class Convolution(_WeightBias):
 
 
 class ConvReluMaxPool:
-    """Convolution → ReLU → MaxPooling run as one step through the fused kernel
-    operations ``bias_relu_maxpool`` and ``maxpool_relu_backward``.
+    """Convolution → ReLU → MaxPooling run as one step through fused kernel operations.
 
     Models build it over three consecutive layers; the layers keep their parameters and
     gradients (``conv.params``, ``conv.grads``), so nothing else changes. The ReLU output
-    and the unpooled activation are never stored.
+    and the unpooled activation are never stored. Two ways through the kernels:
 
-    At inference, a large batch runs ``infer_block`` images at a time: the column matrix
-    and the GEMM output of a block stay in the CPU's caches, where those of a whole batch
-    of 1024 (tens of MB) would stream from memory twice. The results are the same.
+    - from the input (``conv_bias_relu_maxpool`` and its backward
+      ``conv_maxpool_relu_backward_params``), when the input needs no gradient (a first
+      layer) and the kernel set computes such a convolution directly
+      (``prefers_direct_conv``): no column matrix at all;
+    - from the GEMM rows (``im2col``, a GEMM, ``bias_relu_maxpool`` and
+      ``maxpool_relu_backward``) otherwise.
+
+    Inference always asks for ``conv_bias_relu_maxpool_infer`` (no argmax is tracked);
+    a large batch runs ``infer_block`` images at a time, so that a column matrix and its
+    GEMM output stay in the CPU's caches, where those of a whole batch of 1024 (tens of
+    MB) would stream from memory twice. The results are the same.
     """
 
     infer_block = 128
 
     def __init__(self, conv: Convolution, relu: ReLU, pool: MaxPooling) -> None:
         self.conv, self.relu, self.pool = conv, relu, pool
-        self._conv_shape: tuple[int, int, int] | None = None  # (N, OH, OW) of the convolution
+        self._conv_shape: tuple[int, int, int] | None = None  # (N, OH, OW) of the convolution, rows path
+        self._x: Array | None = None  # the input, direct path
         self._argmax: Array | None = None
         self._out: Array | None = None
 
@@ -319,27 +332,45 @@ class ConvReluMaxPool:
             and type(layers[i + 2]) is MaxPooling
         )
 
+    def _direct(self) -> bool:
+        conv = self.conv
+        fn, c, fh, fw = conv.W.shape
+        return not conv.needs_input_grad and conv.backend.kernels.prefers_direct_conv(c, fh, fw, conv.stride)
+
     def forward(self, x, train=True):
         block = self.infer_block
         if not train and x.shape[0] > block:
             parts = [self.forward(x[i : i + block], train=False) for i in range(0, x.shape[0], block)]
             return self.conv.xp.concat(parts, axis=0)
-        conv, pool, k = self.conv, self.pool, self.conv.backend.kernels
+        conv, k = self.conv, self.conv.backend.kernels
+        pool = self._pool_args()
+        self._out = self._argmax = self._x = self._conv_shape = None
+        if not train:  # no gradient will flow back: no argmax, nothing kept
+            conv._check_channels(x)
+            return k.conv_bias_relu_maxpool_infer(x, conv.W, conv.b, conv.stride, conv.pad, *pool)
+        if self._direct():
+            conv._check_channels(x)
+            self._x = x
+            self._out, self._argmax = k.conv_bias_relu_maxpool(x, conv.W, conv.b, conv.stride, conv.pad, *pool)
+            return self._out
         rows, self._conv_shape = conv._rows(x)
-        ph, pw = pool.pool_size
-        if not train:  # no gradient will flow back: skip tracking the argmax
-            self._out = self._argmax = None
-            return k.bias_relu_maxpool_infer(rows, conv.b, *self._conv_shape, ph, pw, pool.stride, pool.pad)
-        self._out, self._argmax = k.bias_relu_maxpool(rows, conv.b, *self._conv_shape, ph, pw, pool.stride, pool.pad)
+        self._out, self._argmax = k.bias_relu_maxpool(rows, conv.b, *self._conv_shape, *pool)
         return self._out
 
     def backward(self, dout):
-        pool = self.pool
-        ph, pw = pool.pool_size
-        rows = self.conv.backend.kernels.maxpool_relu_backward(
-            dout, self._argmax, self._out, *self._conv_shape, ph, pw, pool.stride, pool.pad
-        )
-        return self.conv._backward_rows(rows)
+        conv, k = self.conv, self.conv.backend.kernels
+        pool = self._pool_args()
+        if self._x is not None:  # the direct path: the input needs no gradient
+            conv.grads["W"], conv.grads["b"] = k.conv_maxpool_relu_backward_params(
+                dout, self._argmax, self._out, self._x, tuple(conv.W.shape), conv.stride, conv.pad, *pool
+            )
+            return None
+        rows = k.maxpool_relu_backward(dout, self._argmax, self._out, *self._conv_shape, *pool)
+        return conv._backward_rows(rows)
+
+    def _pool_args(self) -> tuple[int, int, int, int]:
+        """The pooling's (KH, KW, stride, pad), as the kernel operations take them."""
+        return (*self.pool.pool_size, self.pool.stride, self.pool.pad)
 
 
 class LinearReLU:

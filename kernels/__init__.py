@@ -64,6 +64,24 @@ Fused operations (a kernel set may override them; the generic set composes them)
 ``maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad) -> drows``
     The gradient with respect to ``rows``, (N*OH*OW, FN): ``dout`` where ``out > 0``,
     routed through ``argmax`` and laid out as GEMM rows, ready for ``dW = drows.T @ col``.
+``conv_bias_relu_maxpool(x, w, b, stride, pad, kh, kw, pool_stride, pool_pad) -> (out, argmax)``
+    The same from the convolution's input x (N, C, H, W) and weights w (FN, C, FH, FW):
+    ``bias_relu_maxpool`` of the convolution's GEMM rows (``stride``, ``pad``), with a
+    KH x KW pooling window, ``pool_stride`` and ``pool_pad``. A set may compute the
+    convolution directly, without a column matrix; its values then equal the composed
+    ones to float rounding (the sums run in another order), and so may the argmax of a
+    window whose two largest values are within rounding of each other.
+``conv_bias_relu_maxpool_infer(...) -> out``
+    Its ``out`` alone (same arguments).
+``conv_maxpool_relu_backward_params(dout, argmax, out, x, w_shape, stride, pad, kh, kw,``
+``pool_stride, pool_pad) -> (dw, db)``
+    The gradients of ``conv_bias_relu_maxpool``'s weights (``w_shape``) and bias (FN,), and
+    no input gradient: the backward of a first layer. Composed, it builds the column
+    matrix of ``x`` again; a direct set needs none.
+``prefers_direct_conv(c, fh, fw, stride) -> bool``
+    Whether the set computes such a convolution directly and faster than im2col and a
+    GEMM; layers then train through the three ``conv_*`` operations above (the generic
+    set says no: its ``conv_*`` operations are the composition).
 ``bias_relu(rows, b) -> out``
     ``maximum(rows + b, 0)`` for GEMM rows (M, F) and a bias (F,): the bias and ReLU of an
     Affine or Convolution layer in one pass. Its backward needs no kernel: the gradient
@@ -107,6 +125,10 @@ KERNEL_OPERATIONS = (
     "bias_relu_maxpool",
     "bias_relu_maxpool_infer",
     "maxpool_relu_backward",
+    "prefers_direct_conv",
+    "conv_bias_relu_maxpool",
+    "conv_bias_relu_maxpool_infer",
+    "conv_maxpool_relu_backward_params",
     "bias_relu",
     "softmax_cross_entropy",
     "softmax_cross_entropy_backward",

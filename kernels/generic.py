@@ -130,6 +130,66 @@ class GenericKernels:
         """:meth:`bias_relu_maxpool` without the argmax: ``out`` (N, FN, PH, PW) only."""
         return self.bias_relu_maxpool(rows, b, n, oh, ow, kh, kw, stride, pad)[0]
 
+    # -- convolution → ReLU → max pooling from the input ------------------------------
+    # The same fused step as the three operations above, but from the convolution's input
+    # and weights, so that a kernel set may compute the convolution directly (no column
+    # matrix). Composed here of ``im2col``, a GEMM and those operations.
+
+    def prefers_direct_conv(self, c: int, fh: int, fw: int, stride: int) -> bool:
+        """Whether this set computes a convolution with C input channels, an FH x FW
+        filter and this stride directly, faster than im2col and a GEMM. When it does, a
+        layer whose input needs no gradient trains through the ``conv_*`` operations,
+        which then keep no column matrix; otherwise through ``im2col`` and the rows."""
+        return False
+
+    def _conv_rows(self, x: Array, w: Array, stride: int, pad: int) -> tuple[Array, int, int]:
+        """The convolution's GEMM rows (N*OH*OW, FN) without bias, with OH and OW."""
+        xp = self.xp
+        fn, c, fh, fw = w.shape
+        oh, ow = output_hw(x.shape[2], x.shape[3], fh, fw, stride, pad)
+        rows = self.im2col(x, fh, fw, stride, pad) @ xp.matrix_transpose(xp.reshape(w, (fn, c * fh * fw)))
+        return rows, oh, ow
+
+    def conv_bias_relu_maxpool(
+        self, x: Array, w: Array, b: Array, stride: int, pad: int, kh: int, kw: int, pool_stride: int, pool_pad: int = 0
+    ):
+        """The convolution of x (N, C, H, W) with w (FN, C, FH, FW), then
+        :meth:`bias_relu_maxpool` (pooling window KH x KW, ``pool_stride``, ``pool_pad``):
+        (out, argmax), (N, FN, PH, PW)."""
+        rows, oh, ow = self._conv_rows(x, w, stride, pad)
+        return self.bias_relu_maxpool(rows, b, x.shape[0], oh, ow, kh, kw, pool_stride, pool_pad)
+
+    def conv_bias_relu_maxpool_infer(
+        self, x: Array, w: Array, b: Array, stride: int, pad: int, kh: int, kw: int, pool_stride: int, pool_pad: int = 0
+    ) -> Array:
+        """:meth:`conv_bias_relu_maxpool` without the argmax: ``out`` only."""
+        rows, oh, ow = self._conv_rows(x, w, stride, pad)
+        return self.bias_relu_maxpool_infer(rows, b, x.shape[0], oh, ow, kh, kw, pool_stride, pool_pad)
+
+    def conv_maxpool_relu_backward_params(
+        self,
+        dout: Array,
+        argmax: Array,
+        out: Array,
+        x: Array,
+        w_shape: tuple[int, int, int, int],
+        stride: int,
+        pad: int,
+        kh: int,
+        kw: int,
+        pool_stride: int,
+        pool_pad: int = 0,
+    ) -> tuple[Array, Array]:
+        """The gradients (dW with ``w_shape``, db (FN,)) of :meth:`conv_bias_relu_maxpool`'s
+        weights and bias, from ``dout`` and the forward's ``argmax`` and ``out``; no input
+        gradient. Composed, it computes the column matrix of ``x`` again."""
+        xp = self.xp
+        fn, c, fh, fw = w_shape
+        oh, ow = output_hw(x.shape[2], x.shape[3], fh, fw, stride, pad)
+        drows = self.maxpool_relu_backward(dout, argmax, out, x.shape[0], oh, ow, kh, kw, pool_stride, pool_pad)
+        dw = xp.matrix_transpose(drows) @ self.im2col(x, fh, fw, stride, pad)
+        return xp.reshape(dw, w_shape), self.bias_grad(drows)
+
     def maxpool_relu_backward(
         self,
         dout: Array,

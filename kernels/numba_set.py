@@ -2,9 +2,11 @@
 
 Every kernel is one loop nest over its output, where the NumPy set makes several
 whole-array passes through strided views and temporaries. Layouts and conventions:
-see :mod:`gpucnn.kernels`. GEMMs stay on BLAS (NumPy ``matmul``), and so do the layout
-changes ``rows_to_nchw`` / ``nchw_to_rows``: NumPy's strided copy was as fast as any
-loop tried here.
+see :mod:`gpucnn.kernels`. GEMMs stay on BLAS (NumPy ``matmul``), except for a
+convolution with few taps per output, such as SimpleConvNet's first layer (25), which
+is computed directly: there im2col's column matrix costs more than the GEMM saves. The
+layout changes ``rows_to_nchw`` / ``nchw_to_rows`` stay NumPy's: its strided copy was
+as fast as any loop tried here.
 
 Values
 ------
@@ -17,6 +19,12 @@ kernel visits them last to first, so that every pixel receives its taps in ascen
 optimizer steps do the same float operations in the same dtype (Python scalars are cast
 to the array's dtype first, as NumPy does). ``avgpool_forward`` sums a window row by row, which may differ from
 NumPy's reduction order: equal to float rounding.
+
+The ``conv_*`` operations compute a stride-1 convolution with at most
+``direct_conv_max_taps`` taps per output directly (see "direct convolution" below):
+equal to the composed operations to float rounding, since each output sums its taps in
+(c, ky, kx) order where BLAS uses its own, and the weight gradient's dot products are
+vectorized. Other convolutions take im2col and the GEMM, bit for bit the NumPy set's.
 
 Threads
 -------
@@ -31,12 +39,17 @@ What remains is how each pool waits when idle, measured on 2 cores with SimpleCo
   spinning after every parallel region, right when the next GEMM wants both cores: the
   GEMM of the layer after a kernel took 6.7 ms instead of 0.65 ms.
 - OpenBLAS's idle worker spins (yielding) for 2**28 cycles, about 0.1 s, after each
-  GEMM, so on 2 cores Numba's second thread shares a core with it: at batch 100 the
-  parallel kernels gain little over ``NUMBA_NUM_THREADS=1`` (7,609 against 7,767
-  training images/s). ``OPENBLAS_THREAD_TIMEOUT=4`` in the environment (read when NumPy
-  loads OpenBLAS) makes that worker sleep at once and gave inference 16,809 → 18,959
-  images/s (medians of 3 alternating runs); BLAS's own thread count is left to the user (``OPENBLAS_NUM_THREADS``,
-  threadpoolctl), since the GEMMs need both cores more than the kernels do.
+  GEMM, so on 2 cores every kernel launched after a GEMM shares a core with it and
+  runs at the speed of its slowed thread: the direct convolution of SimpleConvNet's
+  inference took 8.3 ms after a GEMM against 4.5 ms without the spinning worker, and
+  ``NUMBA_NUM_THREADS=1`` did no better (8.2 ms). So when this module loads, OpenBLAS
+  is told to put idle workers to sleep at once, as ``OPENBLAS_THREAD_TIMEOUT=4`` would
+  had it been set before NumPy loaded OpenBLAS (see :func:`_let_openblas_workers_sleep`):
+  inference at batch 100 went from 9.9 to 6.3 ms a step, training from 26.8 to 23.3 ms
+  (medians of 4 alternating processes, 2-core AMD EPYC). An ``OPENBLAS_THREAD_TIMEOUT``
+  set by the user is left as it is. BLAS's thread count is left to the user
+  (``OPENBLAS_NUM_THREADS``, threadpoolctl), since the GEMMs need both cores more than
+  the kernels do.
 
 Parallel launches are serialised by a lock: the workqueue pool must not be entered by
 two threads at once.
@@ -52,6 +65,7 @@ C-contiguous first, so each kernel compiles once per dtype.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from pathlib import Path
@@ -80,9 +94,43 @@ def _prefer_workqueue_threads() -> None:
         numba.config.THREADING_LAYER = "workqueue"
 
 
-# Both must happen before the first kernel is compiled or launched.
+def _let_openblas_workers_sleep() -> None:
+    """Make idle OpenBLAS workers sleep at once instead of spinning (see Threads above).
+
+    OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` when it loads, before this module can set
+    it; it exports ``openblas_read_env`` to read the environment again and
+    ``blas_thread_shutdown_`` to stop its workers, which start again with the new setting
+    at the next GEMM. Done once, at import, when no GEMM can be running. The variable is
+    set only for the reading, so child processes inherit the environment unchanged.
+    Without threadpoolctl (to find the library), with another BLAS, or when the user set
+    the variable, nothing is done.
+    """
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        return
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return
+    for pool in threadpool_info():
+        if pool.get("internal_api") != "openblas":
+            continue
+        try:
+            lib = ctypes.CDLL(pool["filepath"])
+            read_env, shutdown = lib.openblas_read_env, lib.blas_thread_shutdown_
+        except (OSError, AttributeError):  # an OpenBLAS without these entry points
+            continue
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"  # 2**4 cycles: sleep at once
+        try:
+            read_env()
+        finally:
+            del os.environ["OPENBLAS_THREAD_TIMEOUT"]
+        shutdown()
+
+
+# All three must happen before the first kernel is compiled or launched.
 _use_per_user_cache_if_needed()
 _prefer_workqueue_threads()
+_let_openblas_workers_sleep()
 
 # The workqueue layer aborts the process when two threads launch parallel kernels at once;
 # this lock makes concurrent callers wait their turn instead.
@@ -92,6 +140,7 @@ _LAUNCH = threading.Lock()
 # ZeroDivisionError; the check Python semantics need would also keep loops from vectorizing.
 jit = numba.njit(cache=True, fastmath=False, error_model="numpy")
 pjit = numba.njit(cache=True, fastmath=False, error_model="numpy", parallel=True)
+ijit = numba.njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 
 
 # -- convolution ------------------------------------------------------------------
@@ -323,6 +372,265 @@ def _bias_relu_maxpool(rows, bias, oh, ow, kh, kw, stride, pad, out, argmax, wit
                 argmax[b, f, py, px] = arg[px, f]
 
 
+# -- direct convolution (stride 1, few taps) -------------------------------------------
+# A convolution with few taps per output (C*KH*KW: 25 for SimpleConvNet's first layer)
+# makes im2col's column matrix KH*KW times the input and gives the GEMM little work per
+# byte; computed directly, one image and one filter at a time, everything stays in the
+# L1 cache. The output plane of a filter is kept at the padded input's row pitch WP
+# ("full width", OH*WP values), so that each tap is one contiguous multiply-add over the
+# whole plane; the columns past OW are computed and never read.
+#
+# The per-plane helpers take indices, not views: a view's reference count is an atomic
+# that all threads share, and they are inlined into the parallel loop for the same reason.
+
+
+@ijit
+def _add_taps(acc, src, off, w0, w1, w2, w3):
+    """acc[j] += w0*src[off+j] + w1*src[off+j+1] + ... for four consecutive taps, added
+    in tap order (the rounding of four passes, with one pass over ``acc``). Unsigned
+    indices skip the negative-index check, which would keep the loop from vectorizing."""
+    o = np.uint64(off)
+    for j in range(acc.shape[0]):
+        i = o + np.uint64(j)
+        one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
+        acc[j] = acc[j] + w0 * src[i] + w1 * src[i + one] + w2 * src[i + two] + w3 * src[i + three]
+
+
+@ijit
+def _add_tap(acc, src, off, w0):
+    """acc[j] += w0 * src[off + j]."""
+    o = np.uint64(off)
+    for j in range(acc.shape[0]):
+        acc[j] += w0 * src[o + np.uint64(j)]
+
+
+@ijit
+def _pad_image(x, b, pad, xp):
+    """xp (C*HP*WP + FW - 1, flat) = image ``b`` of x (N, C, H, W) with ``pad`` zeros
+    around, and zeros after it for the last row's columns past OW."""
+    _, c, h, w = x.shape
+    hp, wp = h + 2 * pad, w + 2 * pad
+    xp[:] = 0
+    for ch in range(c):
+        for y in range(h):
+            row = (ch * hp + y + pad) * wp + pad
+            for i in range(w):
+                xp[row + i] = x[b, ch, y, i]
+
+
+@ijit
+def _conv_plane(xp, hp, wp, w, f, acc):
+    """acc (OH*WP, full width) = the cross-correlation of the padded image ``xp`` with
+    filter ``f`` of ``w`` (FN, C, KH, KW), taps added in (c, ky, kx) order."""
+    _, c, kh, kw = w.shape
+    acc[:] = 0
+    for ch in range(c):
+        for ky in range(kh):
+            row = (ch * hp + ky) * wp
+            kx = 0
+            while kx + 4 <= kw:
+                w0, w1, w2, w3 = w[f, ch, ky, kx], w[f, ch, ky, kx + 1], w[f, ch, ky, kx + 2], w[f, ch, ky, kx + 3]
+                _add_taps(acc, xp, row + kx, w0, w1, w2, w3)
+                kx += 4
+            while kx < kw:
+                _add_tap(acc, xp, row + kx, w[f, ch, ky, kx])
+                kx += 1
+
+
+@ijit
+def _running_max(top, src, off):
+    """top[j] = max(top[j], src[off + j]) (NaN wins, as with np.maximum)."""
+    o = np.uint64(off)
+    for j in range(top.shape[0]):
+        top[j] = np.maximum(top[j], src[o + np.uint64(j)])
+
+
+@ijit
+def _pool_plane_infer(acc, wp, bias, oh, ow, kh, kw, stride, pad, colmax, out, plane):
+    """out[plane] (PH*PW) = ReLU(max pooling(acc + bias)) of one full-width plane; pad cells are
+    -inf. Separable: the maximum over the window's rows first (contiguous, vectorized),
+    then over its columns. ``max(a + b, c + b) == max(a, c) + b`` in floating point too
+    (rounding is monotonic), so the bias is added after the maximum."""
+    ph, pw = output_size(oh, kh, stride, pad), output_size(ow, kw, stride, pad)
+    low = acc.dtype.type(-np.inf)
+    for py in range(ph):
+        colmax[:] = low
+        for ky in range(kh):
+            y = py * stride - pad + ky
+            if 0 <= y < oh:
+                _running_max(colmax, acc, y * wp)
+        for px in range(pw):
+            top = low
+            for kx in range(kw):
+                x = px * stride - pad + kx
+                if 0 <= x < ow:
+                    top = np.maximum(top, colmax[x])
+            v = top + bias
+            out[plane, py * pw + px] = 0 if v < 0 else v
+
+
+@ijit
+def _pool_plane(acc, wp, bias, oh, ow, kh, kw, stride, pad, px_lo, px_hi, best, arg, out, argmax, plane):
+    """out[plane] and argmax[plane] (PH*PW) of max pooling (pad = -inf) then ReLU over
+    acc + bias (one full-width plane), as :func:`_bias_relu_maxpool` computes them from
+    GEMM rows: tap by tap, each tap over the windows it falls in (``px_lo[kx] <= px <
+    px_hi[kx]``)."""
+    ph, pw = output_size(oh, kh, stride, pad), best.shape[0]
+    for py in range(ph):
+        best[:] = -np.inf
+        arg[:] = 0
+        for ky in range(kh):
+            y = py * stride - pad + ky
+            if y < 0 or y >= oh:
+                continue
+            for kx in range(kw):
+                k = np.int32(ky * kw + kx)
+                first, stop = px_lo[kx], px_hi[kx]  # locals: read once, not at every step
+                base = y * wp - pad + kx
+                for px in range(first, stop):
+                    v = acc[np.uint64(base + px * stride)] + bias
+                    top = best[px]
+                    best[px] = np.maximum(top, v)
+                    arg[px] = max(arg[px], k if v > top else np.int32(0))
+        for px in range(pw):
+            v = best[px]
+            out[plane, py * pw + px] = 0 if v < 0 else v
+        for px in range(pw):
+            if best[px] != best[px]:  # np.maximum let a NaN through; it wins, the last one does
+                values = acc.reshape(oh, wp)[:, :ow]
+                arg[px] = _last_nan_tap(values, py * stride - pad, px * stride - pad, kh, kw, bias)
+            argmax[plane, py * pw + px] = arg[px]
+
+
+@ijit
+def output_size(length, k, stride, pad):
+    """:func:`gpucnn.kernels.conv_output_size` without its checks, for compiled code."""
+    return (length + 2 * pad - k) // stride + 1
+
+
+@jit
+def _tap_ranges(ow, pw, kw, stride, pad):
+    """For each window column kx: the windows ``lo <= px < hi`` whose tap kx lies in the image."""
+    lo = np.empty(kw, dtype=np.int64)
+    hi = np.empty(kw, dtype=np.int64)
+    for kx in range(kw):
+        lo[kx] = (pad - kx + stride - 1) // stride if pad > kx else 0
+        hi[kx] = min(pw, (ow - 1 + pad - kx) // stride + 1)
+    return lo, hi
+
+
+@pjit
+def _conv_bias_relu_maxpool(x, w, bias, pad, oh, ow, kh, kw, stride, ppad, out, argmax, with_argmax):
+    """x (N, C, H, W) * w (FN, C, FH, FW), stride 1 → + bias → max pooling (KH, KW,
+    stride, ppad) → ReLU: out, and argmax if ``with_argmax``, (N, FN, PH, PW). One task
+    per image."""
+    n, c, h, wd = x.shape
+    fn, fw = w.shape[0], w.shape[3]
+    hp, wp = h + 2 * pad, wd + 2 * pad
+    pw = out.shape[3]
+    px_lo, px_hi = _tap_ranges(ow, pw, kw, stride, ppad)
+    # (plane, window) views: two indices per store instead of four
+    planes_out = out.reshape(n * fn, out.shape[2] * pw)
+    planes_argmax = argmax.reshape(argmax.shape[0] * argmax.shape[1], argmax.shape[2] * argmax.shape[3])
+    for b in prange(n):
+        xp = np.empty(c * hp * wp + fw - 1, dtype=x.dtype)
+        acc = np.empty(oh * wp, dtype=x.dtype)
+        best = np.empty(pw, dtype=x.dtype)
+        arg = np.empty(pw, dtype=np.int32)
+        colmax = np.empty(ow, dtype=x.dtype)
+        _pad_image(x, b, pad, xp)
+        for f in range(fn):
+            _conv_plane(xp, hp, wp, w, f, acc)
+            plane = b * fn + f
+            if with_argmax:
+                _pool_plane(
+                    acc,
+                    wp,
+                    bias[f],
+                    oh,
+                    ow,
+                    kh,
+                    kw,
+                    stride,
+                    ppad,
+                    px_lo,
+                    px_hi,
+                    best,
+                    arg,
+                    planes_out,
+                    planes_argmax,
+                    plane,
+                )
+            else:
+                _pool_plane_infer(acc, wp, bias[f], oh, ow, kh, kw, stride, ppad, colmax, planes_out, plane)
+
+
+@numba.njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+def _add_weight_grads(g, xp, c, hp, wp, fh, fw, dw, q, f):
+    """dw[q, f, t] += sum(g * the padded image shifted by tap t), for every tap
+    t = (c, fy, fx) of filter f.
+
+    The one place where LLVM may reorder a sum ("reassoc"), as BLAS does in its dot
+    products: kept in order, the sum cannot be vectorized and ran 13 times slower. The
+    order is fixed by the compiled code, so results repeat. Not inlined: inlined code is
+    compiled with its caller's flags."""
+    t = 0
+    for ch in range(c):
+        for fy in range(fh):
+            for fx in range(fw):
+                o = np.uint64((ch * hp + fy) * wp + fx)
+                total = g.dtype.type(0)
+                for j in range(g.shape[0]):
+                    total += g[j] * xp[o + np.uint64(j)]
+                dw[q, f, t] += total
+                t += 1
+
+
+@pjit
+def _conv_maxpool_relu_backward_params(dout, argmax, out, x, fh, fw, pad, oh, ow, kh, kw, stride, ppad, dw, db, chunk):
+    """Per chunk of ``chunk`` images q: dw[q] (FN, C*FH*FW) and db[q] (FN,), the weight and
+    bias gradients of :func:`_conv_bias_relu_maxpool`. For each image and filter, the
+    gradient of the convolution's output is laid out as a full-width plane ``g`` (each
+    window whose output passed the ReLU adds its ``dout`` where its argmax points); then
+    each weight's gradient is one dot product of ``g`` with the padded image shifted by
+    that tap."""
+    n, c, h, wd = x.shape
+    fn, ph, pw = dout.shape[1], dout.shape[2], dout.shape[3]
+    hp, wp = h + 2 * pad, wd + 2 * pad
+    zero = dout.dtype.type(0)
+    # (plane, window) views: two indices per access instead of four took 60% off the scatter
+    windows_dout = dout.reshape(n * fn, ph * pw)
+    windows_argmax = argmax.reshape(n * fn, ph * pw)
+    windows_out = out.reshape(n * fn, ph * pw)
+    for q in prange(dw.shape[0]):
+        xp = np.empty(c * hp * wp + fw - 1, dtype=x.dtype)
+        g = np.empty(oh * wp, dtype=dout.dtype)
+        for f in range(fn):
+            db[q, f] = 0
+            for t in range(c * fh * fw):
+                dw[q, f, t] = 0
+        for b in range(q * chunk, min(n, (q + 1) * chunk)):
+            _pad_image(x, b, pad, xp)
+            for f in range(fn):
+                g[:] = 0
+                total = zero
+                plane = b * fn + f
+                for py in range(ph):
+                    for px in range(pw):
+                        j = py * pw + px
+                        k = windows_argmax[plane, j]
+                        ky = k // kw
+                        y = py * stride - ppad + ky
+                        xo = px * stride - ppad + k - ky * kw
+                        if 0 <= y < oh and 0 <= xo < ow:  # a window that passed never points at padding
+                            d = windows_dout[plane, j]  # loaded before the test: a select, not a branch
+                            d = d if windows_out[plane, j] > 0 else zero
+                            g[y * wp + xo] += d
+                            total += d
+                db[q, f] += total
+                _add_weight_grads(g, xp, c, hp, wp, fh, fw, dw, q, f)
+
+
 @jit
 def _window_of(length, pooled, k, stride, pad):
     """For each pixel along one axis of a pooling with disjoint windows (stride >= k):
@@ -534,6 +842,56 @@ class NumbaKernels(NumpyKernels):
 
     def bias_relu_maxpool_infer(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
         return self._pool_rows(rows, b, n, oh, ow, kh, kw, stride, pad, False)[0]
+
+    # A direct convolution when each output sums at most this many taps (C*KH*KW) and the
+    # stride is 1; im2col and a GEMM otherwise.
+    direct_conv_max_taps = 32
+
+    def prefers_direct_conv(self, c, fh, fw, stride):
+        return stride == 1 and c * fh * fw <= self.direct_conv_max_taps
+
+    def _conv_pool(self, x, w, b, pad, kh, kw, pool_stride, pool_pad, with_argmax):
+        check_pool_pad(kh, kw, pool_pad)
+        n, _, h, wd = x.shape
+        fn, _, fh, fw = w.shape
+        oh, ow = output_hw(h, wd, fh, fw, 1, pad)
+        ph, pw = output_hw(oh, ow, kh, kw, pool_stride, pool_pad)
+        out = np.empty((n, fn, ph, pw), dtype=x.dtype)
+        argmax = np.empty((n, fn, ph, pw) if with_argmax else (0, 0, 0, 0), dtype=np.int32)
+        weights, bias = (_c(a).astype(x.dtype, copy=False) for a in (w, b))
+        args = (_c(x), weights, bias, pad, oh, ow, kh, kw, pool_stride, pool_pad, out, argmax, with_argmax)
+        _launch(_conv_bias_relu_maxpool, *args)
+        return out, argmax
+
+    def conv_bias_relu_maxpool(self, x, w, b, stride, pad, kh, kw, pool_stride, pool_pad=0):
+        if not self.prefers_direct_conv(w.shape[1], w.shape[2], w.shape[3], stride):
+            return super().conv_bias_relu_maxpool(x, w, b, stride, pad, kh, kw, pool_stride, pool_pad)
+        return self._conv_pool(x, w, b, pad, kh, kw, pool_stride, pool_pad, True)
+
+    def conv_bias_relu_maxpool_infer(self, x, w, b, stride, pad, kh, kw, pool_stride, pool_pad=0):
+        if not self.prefers_direct_conv(w.shape[1], w.shape[2], w.shape[3], stride):
+            return super().conv_bias_relu_maxpool_infer(x, w, b, stride, pad, kh, kw, pool_stride, pool_pad)
+        return self._conv_pool(x, w, b, pad, kh, kw, pool_stride, pool_pad, False)[0]
+
+    # Images per partial sum of the direct weight gradient: the partial sums, added in
+    # order at the end, do not depend on the number of threads.
+    grad_chunk = 4
+
+    def conv_maxpool_relu_backward_params(
+        self, dout, argmax, out, x, w_shape, stride, pad, kh, kw, pool_stride, pool_pad=0
+    ):
+        fn, c, fh, fw = w_shape
+        pool = (kh, kw, pool_stride, pool_pad)
+        if not self.prefers_direct_conv(c, fh, fw, stride):
+            return super().conv_maxpool_relu_backward_params(dout, argmax, out, x, w_shape, stride, pad, *pool)
+        n, _, h, wd = x.shape
+        oh, ow = output_hw(h, wd, fh, fw, 1, pad)
+        chunks = -(-n // self.grad_chunk)
+        dw = np.empty((chunks, fn, c * fh * fw), dtype=dout.dtype)
+        db = np.empty((chunks, fn), dtype=dout.dtype)
+        args = (_c(dout), _c(argmax), _c(out), _c(x).astype(dout.dtype, copy=False), fh, fw, pad, oh, ow)
+        _launch(_conv_maxpool_relu_backward_params, *args, kh, kw, pool_stride, pool_pad, dw, db, self.grad_chunk)
+        return dw.sum(axis=0).reshape(w_shape), db.sum(axis=0)
 
     def maxpool_relu_backward(self, dout, argmax, out, n, oh, ow, kh, kw, stride, pad=0):
         drows = np.empty((n * oh * ow, dout.shape[1]), dtype=dout.dtype)

@@ -105,6 +105,83 @@ def test_nan_wins_the_window_as_in_numpy(where):
     EQUAL(NB.bias_relu_maxpool_infer(rows, np.zeros(1, np.float32), 1, 4, 4, 2, 2, 2, 0), ref[0])
 
 
+@st.composite
+def direct_conv_case(draw):
+    """``(x, w, b, pad, pool, exact, rng)`` for a stride-1 convolution that the Numba set
+    computes directly (C*FH*FW taps at most ``direct_conv_max_taps``), followed by a max
+    pooling ``pool = (kh, kw, stride, pad)``. Half the cases are ``exact``: small integers
+    everywhere, so that every sum is exact whatever its order and windows hold ties."""
+    n = draw(st.sampled_from([1, 2, 3, 5]))
+    c = draw(st.integers(1, 3))
+    fh = draw(st.integers(1, 5))
+    fw = draw(st.integers(1, max(1, min(5, NB.direct_conv_max_taps // (c * fh)))))
+    fn = draw(st.integers(1, 9))
+    pad = draw(st.integers(0, 3))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pool = (kh, kw, draw(st.integers(1, 3)), draw(st.integers(0, min(kh, kw) // 2)))
+    h = draw(st.integers(max(1, fh - 2 * pad + kh - 2 * pool[3]), 12))
+    w = draw(st.integers(max(1, fw - 2 * pad + kw - 2 * pool[3]), 12))
+    exact = draw(st.booleans())
+    dtype = draw(st.sampled_from([np.float32, np.float64])) if exact else np.float64
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x, wt, bias = (data(rng, shape, dtype, exact) for shape in ((n, c, h, w), (fn, c, fh, fw), (fn,)))
+    return x, wt, bias, pad, pool, exact, rng
+
+
+@settings(max_examples=60, deadline=None)
+@given(direct_conv_case())
+def test_direct_convolution_equals_numpys_composition(case):
+    """Equal to im2col, a GEMM and the fused pooling: exactly when every sum is exact,
+    to float64 rounding otherwise (the sums run in another order)."""
+    x, w, b, pad, pool, exact, rng = case
+    assert NB.prefers_direct_conv(w.shape[1], w.shape[2], w.shape[3], 1)
+    out, argmax = NB.conv_bias_relu_maxpool(x, w, b, 1, pad, *pool)
+    ref_out, ref_argmax = NP.conv_bias_relu_maxpool(x, w, b, 1, pad, *pool)
+    assert out.dtype == x.dtype and argmax.dtype == np.int32 and out.shape == ref_out.shape
+    close = EQUAL if exact else lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    close(out, ref_out)
+    EQUAL(argmax, ref_argmax)
+    EQUAL(NB.conv_bias_relu_maxpool_infer(x, w, b, 1, pad, *pool), out)
+    dout = data(rng, out.shape, x.dtype, exact)
+    dw, db = NB.conv_maxpool_relu_backward_params(dout, argmax, out, x, w.shape, 1, pad, *pool)
+    ref_dw, ref_db = NP.conv_maxpool_relu_backward_params(dout, ref_argmax, ref_out, x, w.shape, 1, pad, *pool)
+    assert dw.shape == w.shape and db.shape == b.shape and dw.dtype == db.dtype == x.dtype
+    close(dw, ref_dw)
+    close(db, ref_db)
+
+
+@pytest.mark.parametrize("stride, filter_size, channels", [(2, 3, 1), (1, 3, 4)])
+def test_convolutions_the_numba_set_does_not_compute_directly_take_the_gemm(stride, filter_size, channels):
+    """A stride above 1 or more taps than ``direct_conv_max_taps``: im2col and the GEMM,
+    the NumPy set's computation, bit for bit."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, channels, 9, 8))
+    w, b = rng.standard_normal((5, channels, filter_size, filter_size)), rng.standard_normal(5)
+    assert not NB.prefers_direct_conv(channels, filter_size, filter_size, stride)
+    out, argmax = NB.conv_bias_relu_maxpool(x, w, b, stride, 1, 2, 2, 2, 0)
+    for got, want in zip((out, argmax), NP.conv_bias_relu_maxpool(x, w, b, stride, 1, 2, 2, 2, 0)):
+        EQUAL(got, want)
+    EQUAL(NB.conv_bias_relu_maxpool_infer(x, w, b, stride, 1, 2, 2, 2, 0), out)
+    dout = rng.standard_normal(out.shape)
+    for got, want in zip(
+        NB.conv_maxpool_relu_backward_params(dout, argmax, out, x, w.shape, stride, 1, 2, 2, 2, 0),
+        NP.conv_maxpool_relu_backward_params(dout, argmax, out, x, w.shape, stride, 1, 2, 2, 2, 0),
+    ):
+        EQUAL(got, want)
+
+
+def test_direct_convolution_lets_a_nan_win_its_window():
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 1, 2] = np.nan
+    w, b = np.ones((1, 1, 1, 1)), np.zeros(1)
+    out, argmax = NB.conv_bias_relu_maxpool(x, w, b, 1, 0, 2, 2, 2, 0)
+    ref_out, ref_argmax = NP.conv_bias_relu_maxpool(x, w, b, 1, 0, 2, 2, 2, 0)
+    assert np.isnan(out[0, 0, 0, 1])
+    assert np.isnan(NB.conv_bias_relu_maxpool_infer(x, w, b, 1, 0, 2, 2, 2, 0)[0, 0, 0, 1])
+    EQUAL(out, ref_out)
+    EQUAL(argmax, ref_argmax)
+
+
 OPTIMIZER_STEPS = {
     "sgd_update": ((), (0.05,)),
     "momentum_update": (("velocity",), (0.05, 0.9)),

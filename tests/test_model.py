@@ -39,12 +39,13 @@ def test_simple_convnet_gradients(backend, conv_param):
     assert max(errors.values()) < TOL, errors
 
 
-def test_fused_and_unfused_steps_agree(backend):
+@pytest.mark.parametrize("stride", [2, 1])  # stride 1: the Numba set's direct convolution
+def test_fused_and_unfused_steps_agree(backend, stride):
     x, t = data(n=4)
-    fused = small_net()
+    fused = small_net(conv_param={"filter_num": 3, "filter_size": 3, "pad": 1, "stride": stride})
     plain = gpucnn.Sequential(
         [
-            Convolution(W=fused.params["W1"], b=fused.params["b1"], stride=2, pad=1),
+            Convolution(W=fused.params["W1"], b=fused.params["b1"], stride=stride, pad=1),
             ReLU(),
             MaxPooling(2),
             Affine(W=fused.params["W2"], b=fused.params["b2"]),
