@@ -92,6 +92,12 @@ class ParamView(Mapping):
     def __iter__(self) -> Iterator[str]:
         return iter(self._model._param_slots())
 
+    @property
+    def backend(self) -> Backend:
+        """The model's backend: optimizers run its kernel set on these arrays (NumPy arrays
+        alone cannot tell the ``numpy`` backend from ``numba``)."""
+        return self._model.backend
+
     def __len__(self) -> int:
         return len(self._model._param_slots())
 

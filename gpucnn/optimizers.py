@@ -37,8 +37,8 @@ class Optimizer:
         """One step on every key of ``grads`` (the book's signature)."""
         if not grads:
             return
-        if backend is None:
-            backend = backend_for(next(iter(params.values())))
+        if backend is None:  # a model's params know their backend; plain dicts are asked
+            backend = getattr(params, "backend", None) or backend_for(next(iter(params.values())))
         self.iterations += 1
         kernels = backend.kernels
         for key, grad in grads.items():

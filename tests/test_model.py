@@ -217,6 +217,19 @@ def test_optimizer_state_is_keyed_by_name_and_lazy():
     assert opt.state["a"]["m"].dtype == params["a"].dtype
 
 
+def test_the_books_update_call_runs_the_models_kernel_set(backend, monkeypatch):
+    """``opt.update(net.params, grads)`` steps with the model's backend, also where its
+    arrays alone cannot tell (NumPy arrays on the ``numba`` backend)."""
+    net = small_net()
+    x, t = data()
+    calls = []
+    step = backend.kernels.adagrad_update
+    monkeypatch.setattr(backend.kernels, "adagrad_update", lambda *args: calls.append(1) or step(*args))
+    with gpucnn.use_backend("numpy"):
+        AdaGrad(lr=0.1).update(net.params, net.gradient(x, t))
+    assert len(calls) == len(net.params)
+
+
 def test_weight_decay_and_get_optimizer():
     p = {"w": np.array([2.0])}
     SGD(lr=0.1, weight_decay=0.5).update(p, {"w": np.array([0.0])})
