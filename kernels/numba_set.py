@@ -140,6 +140,9 @@ _LAUNCH = threading.Lock()
 # ZeroDivisionError; the check Python semantics need would also keep loops from vectorizing.
 jit = numba.njit(cache=True, fastmath=False, error_model="numpy")
 pjit = numba.njit(cache=True, fastmath=False, error_model="numpy", parallel=True)
+# Helpers of the parallel direct convolution are inlined into it: a training step of
+# SimpleConvNet took 15.9 ms with them inlined against 18.4 ms as calls (medians of 3
+# alternating processes), at the price of a longer first compilation.
 ijit = numba.njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 
 

@@ -6,6 +6,8 @@ Exact equality wherever the Numba set promises it (see :mod:`gpucnn.kernels.numb
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -217,6 +219,34 @@ def test_optimizer_step_on_a_strided_parameter_updates_it_in_place():
     NB.sgd_update(param, np.ones_like(param), 0.5)
     EQUAL(base[:, ::2], 0.5)
     EQUAL(base[:, 1::2], 1.0)
+
+
+_OPENBLAS_TIMEOUT = """
+import ctypes, os
+from threadpoolctl import threadpool_info
+import numpy, gpucnn.kernels.numba_set
+pool = next(p for p in threadpool_info() if p["internal_api"] == "openblas")
+print(ctypes.CDLL(pool["filepath"]).openblas_thread_timeout(), os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+"""
+
+
+@pytest.mark.parametrize("users_value", [None, "10"])
+def test_openblas_workers_sleep_when_idle_unless_the_user_says_otherwise(users_value):
+    """Loading the Numba set sets OpenBLAS's idle timeout to 2**4 cycles (see its Threads
+    section), in a fresh process where NumPy loaded OpenBLAS first; a value the user put
+    in the environment stays, and the environment seen by child processes is unchanged."""
+    import subprocess
+    import sys
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not any(p["internal_api"] == "openblas" for p in threadpoolctl.threadpool_info()):
+        pytest.skip("NumPy does not use OpenBLAS here")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if users_value is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = users_value
+    done = subprocess.run([sys.executable, "-c", _OPENBLAS_TIMEOUT], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [users_value or "4", str(users_value)]
 
 
 def test_parallel_kernels_can_be_called_from_several_threads():
