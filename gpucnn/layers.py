@@ -333,8 +333,9 @@ class ConvReluMaxPool:
         )
 
     def _direct(self) -> bool:
+        """Whether training takes the direct way (see the class docstring)."""
         conv = self.conv
-        fn, c, fh, fw = conv.W.shape
+        _, c, fh, fw = conv.W.shape
         return not conv.needs_input_grad and conv.backend.kernels.prefers_direct_conv(c, fh, fw, conv.stride)
 
     def forward(self, x, train=True):
