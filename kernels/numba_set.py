@@ -228,6 +228,18 @@ def _last_nan_tap(plane, y0, x0, kh, kw, bias):
     return last
 
 
+@jit
+def _tap_ranges(length, pooled, k, stride, pad):
+    """For each window column kx < k along an axis of ``length`` cells pooled to ``pooled``
+    windows: the windows ``lo[kx] <= p < hi[kx]`` whose tap kx falls inside the axis."""
+    lo = np.empty(k, dtype=np.int64)
+    hi = np.empty(k, dtype=np.int64)
+    for kx in range(k):
+        lo[kx] = (pad - kx + stride - 1) // stride if pad > kx else 0
+        hi[kx] = min(pooled, (length - 1 + pad - kx) // stride + 1)
+    return lo, hi
+
+
 @pjit
 def _maxpool(x, kh, kw, stride, pad, out, argmax):
     """Window maximum and the first argmax; pad cells count as -inf, as in NumPy's set.
@@ -237,6 +249,7 @@ def _maxpool(x, kh, kw, stride, pad, out, argmax):
     """
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
+    xo_lo, xo_hi = _tap_ranges(w, ow, kw, stride, pad)
     for i in prange(n * c * oh):
         plane, y = _split(i, oh)
         b, ch = _split(plane, c)
@@ -249,10 +262,8 @@ def _maxpool(x, kh, kw, stride, pad, out, argmax):
                 continue  # a pad row: -inf never wins
             for kx in range(kw):
                 k = np.int32(ky * kw + kx)
-                # the windows whose tap kx falls inside the image: xo_lo <= xo < xo_hi
-                xo_lo = (pad - kx + stride - 1) // stride if pad > kx else 0
-                xo_hi = min(ow, (w - 1 + pad - kx) // stride + 1)
-                for xo in range(xo_lo, xo_hi):
+                first, stop = xo_lo[kx], xo_hi[kx]  # the windows whose tap kx falls inside the image
+                for xo in range(first, stop):
                     v = x[b, ch, iy, xo * stride - pad + kx]
                     top = out[b, ch, y, xo]
                     out[b, ch, y, xo] = np.maximum(top, v)
@@ -512,17 +523,6 @@ def _pool_plane(acc, wp, bias, oh, ow, pool, px_lo, px_hi, best, arg, out, argma
                 values = acc.reshape(oh, wp)[:, :ow]
                 arg[px] = _last_nan_tap(values, py * stride - pad, px * stride - pad, kh, kw, bias)
             argmax[plane, py * pw + px] = arg[px]
-
-
-@jit
-def _tap_ranges(ow, pw, kw, stride, pad):
-    """For each window column kx: the windows ``lo <= px < hi`` whose tap kx lies in the image."""
-    lo = np.empty(kw, dtype=np.int64)
-    hi = np.empty(kw, dtype=np.int64)
-    for kx in range(kw):
-        lo[kx] = (pad - kx + stride - 1) // stride if pad > kx else 0
-        hi[kx] = min(pw, (ow - 1 + pad - kx) // stride + 1)
-    return lo, hi
 
 
 @pjit
