@@ -578,8 +578,9 @@ def _add_weight_grads(g, xp, c, hp, wp, fh, fw, dw, q, f):
 
 @pjit
 def _conv_maxpool_relu_backward_params(dout, argmax, out, x, fh, fw, pad, oh, ow, kh, kw, stride, ppad, dw, db, chunk):
-    """Per chunk of ``chunk`` images q: dw[q] (FN, C*FH*FW) and db[q] (FN,), the weight and
-    bias gradients of :func:`_conv_bias_relu_maxpool`. For each image and filter, the
+    """Per chunk of ``chunk`` images q: adds into dw[q] (FN, C*FH*FW) and db[q] (FN,),
+    zeroed by the caller, the weight and bias gradients of
+    :func:`_conv_bias_relu_maxpool`. For each image and filter, the
     gradient of the convolution's output is laid out as a full-width plane ``g`` (each
     window whose output passed the ReLU adds its ``dout`` where its argmax points); then
     each weight's gradient is one dot product of ``g`` with the padded image shifted by
@@ -595,10 +596,6 @@ def _conv_maxpool_relu_backward_params(dout, argmax, out, x, fh, fw, pad, oh, ow
     for q in prange(dw.shape[0]):
         xp = np.empty(c * hp * wp + fw - 1, dtype=x.dtype)
         g = np.empty(oh * wp, dtype=dout.dtype)
-        for f in range(fn):
-            db[q, f] = 0
-            for t in range(c * fh * fw):
-                dw[q, f, t] = 0
         for b in range(q * chunk, min(n, (q + 1) * chunk)):
             _pad_image(x, b, pad, xp)
             for f in range(fn):
@@ -881,8 +878,8 @@ class NumbaKernels(NumpyKernels):
         n, _, h, wd = x.shape
         oh, ow = output_hw(h, wd, fh, fw, 1, pad)
         chunks = -(-n // self.grad_chunk)
-        dw = np.empty((chunks, fn, c * fh * fw), dtype=dout.dtype)
-        db = np.empty((chunks, fn), dtype=dout.dtype)
+        dw = np.zeros((chunks, fn, c * fh * fw), dtype=dout.dtype)
+        db = np.zeros((chunks, fn), dtype=dout.dtype)
         args = (_c(dout), _c(argmax), _c(out), _c(x).astype(dout.dtype, copy=False), fh, fw, pad, oh, ow)
         _launch(_conv_maxpool_relu_backward_params, *args, kh, kw, pool_stride, pool_pad, dw, db, self.grad_chunk)
         return dw.sum(axis=0).reshape(w_shape), db.sum(axis=0)
