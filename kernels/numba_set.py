@@ -23,7 +23,7 @@ NumPy's reduction order: equal to float rounding.
 The ``conv_*`` operations compute a stride-1 convolution with at most
 ``direct_conv_max_taps`` taps per output directly (see "direct convolution" below):
 equal to the composed operations to float rounding, since each output sums its taps in
-(c, ky, kx) order where BLAS uses its own, and the weight gradient's dot products are
+(c, ky, kx) order where BLAS uses its own, and the weight and bias gradients' sums are
 vectorized. Other convolutions take im2col and the GEMM, bit for bit the NumPy set's.
 
 Threads
@@ -140,9 +140,10 @@ _LAUNCH = threading.Lock()
 # ZeroDivisionError; the check Python semantics need would also keep loops from vectorizing.
 jit = numba.njit(cache=True, fastmath=False, error_model="numpy")
 pjit = numba.njit(cache=True, fastmath=False, error_model="numpy", parallel=True)
-# Helpers of the parallel direct convolution are inlined into it: a training step of
-# SimpleConvNet took 15.9 ms with them inlined against 18.4 ms as calls (medians of 3
-# alternating processes), at the price of a longer first compilation.
+# The smallest helpers are inlined into their callers, the hot loops of the direct
+# convolution. Its per-filter helpers are called instead: the same speed (a training step
+# of SimpleConvNet 12.6-14.4 ms as calls, 13.1-14.7 ms inlined, alternating processes),
+# and the first compilation of its two parallel kernels took 24 s instead of 33 s.
 ijit = numba.njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 
 
@@ -389,140 +390,220 @@ def _bias_relu_maxpool(rows, bias, oh, ow, kh, kw, stride, pad, out, argmax, wit
 # -- direct convolution (stride 1, few taps) -------------------------------------------
 # A convolution with few taps per output (C*KH*KW: 25 for SimpleConvNet's first layer)
 # makes im2col's column matrix KH*KW times the input and gives the GEMM little work per
-# byte; computed directly, one image and one filter at a time, everything stays in the
-# L1 cache. The output plane of a filter is kept at the padded input's row pitch WP
-# ("full width", OH*WP values), so that each tap is one contiguous multiply-add over the
-# whole plane; the columns past OW are computed and never read.
+# byte; computed directly, one image and two filters at a time, everything stays in the
+# L1 cache.
 #
-# The per-plane helpers take indices, not views (a view's reference count is an atomic
-# that all threads share) and are inlined into the parallel loop (see ``ijit``).
+# Polyphase layout. The max pooling that follows reads the convolution's output at its
+# stride S, which no loop vectorizes; so the output of a filter is computed as S*S phase
+# planes, plane (oy, ox) holding the outputs at (m*S + oy, n*S + ox) in HQ rows of pitch
+# WQ. Each pooling tap then reads one phase plane at unit stride, shifted by whole rows
+# and columns, and the gradient goes back the same way. The rows and columns past the
+# output are computed and never read (SimpleConvNet: 800 values a filter for 576 outputs), and
+# pooled windows are laid out at the same pitch WQ while they are being computed.
+#
+# For the convolution, each image is first laid out as S**4 phase copies per channel:
+# copy (a, b, oy, ox) holds xpad[c, m*S + oy + a, n*S + ox + b] at (m, n). A tap
+# (fy, fx) = (S*dy + a, S*dx + b) of output phase (oy, ox) reads copy (a, b, oy, ox)
+# shifted by (dy, dx); the S*S copies of one (a, b) follow each other at the phase
+# planes' stride PS, so one tap is one contiguous multiply-add over all phase planes at
+# once, ``span`` values (S*S*PS rounded up to a multiple of 32, the vectorized loop's
+# step, so that no scalar remainder loop runs). Two filters share each load of a tap.
+#
+# Measured on SimpleConvNet's first layer, batch 100 of Fashion-MNIST, 2 threads on a
+# 2-core AMD EPYC (medians of 15 rounds in each of 3 alternating processes), against
+# the full-width layout that came before, one output plane at the input's row pitch
+# whose pooling read every S-th value: forward with argmax 3.4-4.0 ms against 5.5-6.1,
+# inference 3.0-3.2 against 4.1-4.3, weight gradient 3.1-3.2 against 4.0-4.3.
+#
+# The helpers take indices, not views: a view's reference count is an atomic that all
+# threads share.
+
+# Step of the vectorized loops (4 AVX vectors of 8 float32): loop lengths are rounded up to it.
+_RUN = 32
 
 
-@ijit
-def _add_taps(acc, src, off, w0, w1, w2, w3):
-    """acc[j] += w0*src[off+j] + w1*src[off+j+1] + ... for four consecutive taps, added
-    in tap order (the rounding of four passes, with one pass over ``acc``). Unsigned
-    indices skip the negative-index check, which would keep the loop from vectorizing."""
-    o = np.uint64(off)
-    one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
-    for j in range(acc.shape[0]):
-        i = o + np.uint64(j)
-        acc[j] = acc[j] + w0 * src[i] + w1 * src[i + one] + w2 * src[i + two] + w3 * src[i + three]
-
-
-@ijit
-def _add_tap(acc, src, off, w0):
-    """acc[j] += w0 * src[off + j]."""
-    o = np.uint64(off)
-    for j in range(acc.shape[0]):
-        acc[j] += w0 * src[o + np.uint64(j)]
-
-
-@ijit
-def _pad_image(x, b, pad, xp):
-    """xp (C*HP*WP + FW - 1, flat) = image ``b`` of x (N, C, H, W) with ``pad`` zeros
-    around, and zeros after it for the last row's columns past OW."""
-    _, c, h, w = x.shape
+@jit
+def _phase_geometry(h, w, fh, fw, pad, s, pw):
+    """(HQ, WQ, PS, span) of the polyphase layout for an H x W image, an FH x FW filter,
+    padding ``pad``, pooling stride ``s`` and PW pooled columns: HQ rows of pitch WQ
+    hold every phase's outputs, every padded pixel that a tap reads and a row of
+    windows, PS = HQ*WQ values, and ``span`` covers the S*S phase planes."""
     hp, wp = h + 2 * pad, w + 2 * pad
-    xp[:] = 0
+    oh, ow = hp - fh + 1, wp - fw + 1
+    hq = max((oh + s - 1) // s + (fh - 1) // s, (hp + s - 1) // s)
+    wq = max((ow + s - 1) // s + (fw - 1) // s, (wp + s - 1) // s, pw)
+    ps = hq * wq
+    span = (s * s * ps + _RUN - 1) // _RUN * _RUN
+    return hq, wq, ps, span
+
+
+@jit
+def _tap_offsets(c, fh, fw, s, wq, ps):
+    """Where tap t = (c, fy, fx) starts reading the phase copies, for every phase at once."""
+    offsets = np.empty(c * fh * fw, dtype=np.uint64)
+    t = 0
+    for ch in range(c):
+        for fy in range(fh):
+            for fx in range(fw):
+                copy = ((ch * s + fy % s) * s + fx % s) * s * s
+                offsets[t] = copy * ps + (fy // s) * wq + fx // s
+                t += 1
+    return offsets
+
+
+@jit
+def _phase_copies(x, b, pad, s, hq, wq, ps, xq, xs):
+    """xs (C*S**4*PS values, then a zero tail) = the phase copies of image ``b`` of x.
+
+    The padded image is first split into its S*S phases xq[c, ry, rx] ((HQ + 2) rows of
+    pitch WQ: xpad[c, i*S + ry, j*S + rx] at (i, j)); copy (a, b, oy, ox) is then phase
+    ((oy + a) % S, (ox + b) % S) from row (oy + a) // S and column (ox + b) // S on, PS
+    contiguous values (where a row runs past WQ it reads the next one: only outputs
+    past the image use those values)."""
+    _, c, h, w = x.shape
+    qs = (hq + 2) * wq
+    xq[:] = 0
     for ch in range(c):
         for y in range(h):
-            row = (ch * hp + y + pad) * wp + pad
-            for i in range(w):
-                xp[row + i] = x[b, ch, y, i]
-
-
-@ijit
-def _conv_plane(xp, hp, wp, w, f, acc):
-    """acc (OH*WP, full width) = the cross-correlation of the padded image ``xp`` with
-    filter ``f`` of ``w`` (FN, C, KH, KW), taps added in (c, ky, kx) order."""
-    _, c, kh, kw = w.shape
-    acc[:] = 0
+            yy = y + pad
+            row = (ch * s + yy % s) * s * qs + yy // s * wq
+            for rx in range(s):  # columns i of phase rx: (i + pad) % S == rx
+                i0 = (rx - pad) % s
+                dst = row + rx * qs + (i0 + pad) // s
+                for k in range((w - i0 + s - 1) // s):
+                    xq[dst + k] = x[b, ch, y, i0 + k * s]
+    n = np.uint64(ps)
     for ch in range(c):
-        for ky in range(kh):
-            row = (ch * hp + ky) * wp
-            kx = 0
-            while kx + 4 <= kw:
-                w0, w1, w2, w3 = w[f, ch, ky, kx], w[f, ch, ky, kx + 1], w[f, ch, ky, kx + 2], w[f, ch, ky, kx + 3]
-                _add_taps(acc, xp, row + kx, w0, w1, w2, w3)
-                kx += 4
-            while kx < kw:
-                _add_tap(acc, xp, row + kx, w[f, ch, ky, kx])
-                kx += 1
+        for a in range(s):
+            for bb in range(s):
+                for oy in range(s):
+                    for ox in range(s):
+                        dst = np.uint64((((ch * s + a) * s + bb) * s * s + oy * s + ox) * ps)
+                        phase = (ch * s + (oy + a) % s) * s + (ox + bb) % s
+                        src = np.uint64(phase * qs + (oy + a) // s * wq + (ox + bb) // s)
+                        for u in range(n):
+                            xs[dst + u] = xq[src + u]
 
 
 @ijit
-def _output_size(length, k, stride, pad):
-    """:func:`gpucnn.kernels.conv_output_size` without its checks, for compiled code."""
-    return (length + 2 * pad - k) // stride + 1
+def _add_taps(acc, n, xs, offsets, weights, f0, f1, t):
+    """acc[u] += taps t..t+3 of filter f0, acc[n + u] the same of filter f1, added in tap
+    order; unsigned indices skip the negative-index check, which would keep the loop
+    from vectorizing."""
+    o0, o1, o2, o3 = offsets[t], offsets[t + 1], offsets[t + 2], offsets[t + 3]
+    w0, w1, w2, w3 = weights[f0, t], weights[f0, t + 1], weights[f0, t + 2], weights[f0, t + 3]
+    v0, v1, v2, v3 = weights[f1, t], weights[f1, t + 1], weights[f1, t + 2], weights[f1, t + 3]
+    for u in range(n):
+        s0, s1, s2, s3 = xs[o0 + u], xs[o1 + u], xs[o2 + u], xs[o3 + u]
+        acc[u] = acc[u] + w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3
+        acc[n + u] = acc[n + u] + v0 * s0 + v1 * s1 + v2 * s2 + v3 * s3
 
 
 @ijit
-def _running_max(top, src, off):
-    """top[j] = max(top[j], src[off + j]) (NaN wins, as with np.maximum)."""
-    o = np.uint64(off)
-    for j in range(top.shape[0]):
-        top[j] = np.maximum(top[j], src[o + np.uint64(j)])
+def _add_tap(acc, n, xs, offsets, weights, f0, f1, t):
+    """:func:`_add_taps` for the one tap t."""
+    o0, w0, v0 = offsets[t], weights[f0, t], weights[f1, t]
+    for u in range(n):
+        s0 = xs[o0 + u]
+        acc[u] += w0 * s0
+        acc[n + u] += v0 * s0
+
+
+@jit
+def _conv_pair(xs, offsets, span, weights, f0, f1, acc):
+    """acc[:span] and acc[span:2*span] = the phase planes of filters f0 and f1, each
+    output summing its taps in (c, fy, fx) order from zero."""
+    n = np.uint64(span)
+    acc[: 2 * span] = 0
+    t = 0
+    while t + 4 <= offsets.shape[0]:
+        _add_taps(acc, n, xs, offsets, weights, f0, f1, t)
+        t += 4
+    while t < offsets.shape[0]:
+        _add_tap(acc, n, xs, offsets, weights, f0, f1, t)
+        t += 1
 
 
 @ijit
-def _pool_plane_infer(acc, wp, bias, oh, ow, pool, colmax, out, plane):
-    """out[plane] (PH*PW) = ReLU(max pooling(acc + bias)) of one full-width plane; pad cells are
-    -inf. Separable: the maximum over the window's rows first (contiguous, vectorized),
-    then over its columns. ``max(a + b, c + b) == max(a, c) + b`` in floating point too
-    (rounding is monotonic), so the bias is added after the maximum. ``pool`` is
-    (KH, KW, stride, pad)."""
-    kh, kw, stride, pad = pool
-    ph, pw = _output_size(oh, kh, stride, pad), _output_size(ow, kw, stride, pad)
-    low = acc.dtype.type(-np.inf)
+def _pool_tap(ky, kx, pool, s, wq, ps, rows, cols, pw):
+    """Pooling tap (ky, kx) on the phase planes: the offset from a window's index (pitch
+    WQ) to the output it reads, and the runs of windows that it reads inside the output
+    (first window, run length, number of runs, one row apart). Whole rows are one run,
+    the columns past PW included."""
+    kh, kw, _, pad = pool
+    oy, ox = (ky - pad) % s, (kx - pad) % s
+    shift = (oy * s + ox) * ps + (ky - pad - oy) // s * wq + (kx - pad - ox) // s
+    y0, y1, x0, x1 = rows[0][ky], rows[1][ky], cols[0][kx], cols[1][kx]
+    if y1 <= y0 or x1 <= x0:
+        return shift, 0, 0, 0
+    if x0 == 0 and x1 == pw:
+        return shift, y0 * wq, (y1 - y0) * wq, 1
+    return shift, y0 * wq + x0, x1 - x0, y1 - y0
+
+
+@jit
+def _pool_phases(acc, a0, s, wq, ps, bias, pool, rows, cols, pw, best, arg, with_argmax):
+    """best (and arg) at pitch WQ = max pooling of the phase planes at acc[a0:], + bias
+    before the maximum when ``with_argmax`` (the argmax is the first maximum of the
+    biased values, as from GEMM rows), after it otherwise (``max(a + b, c + b) ==
+    max(a, c) + b`` in floating point too: rounding is monotonic). Pad cells are -inf."""
+    kh, kw = pool[0], pool[1]
+    best[:] = -np.inf
+    arg[:] = 0
+    for ky in range(kh):
+        for kx in range(kw):
+            k = np.int32(ky * kw + kx)
+            shift, first, length, runs = _pool_tap(ky, kx, pool, s, wq, ps, rows, cols, pw)
+            for r in range(runs):
+                lo = np.uint64(first + r * wq)
+                src = np.uint64(a0 + shift + first + r * wq)
+                if with_argmax:
+                    for u in range(np.uint64(length)):
+                        v = acc[src + u] + bias
+                        top = best[lo + u]
+                        best[lo + u] = np.maximum(top, v)
+                        arg[lo + u] = k if v > top else arg[lo + u]
+                else:
+                    for u in range(np.uint64(length)):
+                        best[lo + u] = np.maximum(best[lo + u], acc[src + u])
+
+
+@jit
+def _last_nan_phase_tap(acc, a0, s, wq, ps, bias, pool, rows, cols, pw, py, px):
+    """The last tap of window (py, px) whose biased output is NaN, on the phase planes."""
+    kh, kw = pool[0], pool[1]
+    last = 0
+    for ky in range(kh):
+        for kx in range(kw):
+            if rows[0][ky] <= py < rows[1][ky] and cols[0][kx] <= px < cols[1][kx]:
+                shift = _pool_tap(ky, kx, pool, s, wq, ps, rows, cols, pw)[0]
+                v = acc[a0 + shift + py * wq + px] + bias
+                if v != v:
+                    last = ky * kw + kx
+    return last
+
+
+@jit
+def _store_pooled(acc, a0, s, wq, ps, bias, pool, rows, cols, ph, pw, best, arg, out, argmax, plane, with_argmax):
+    """out[plane] (and argmax[plane]), PH*PW = ReLU of the pooled ``best`` at pitch WQ."""
+    nan = False
     for py in range(ph):
-        colmax[:] = low
-        for ky in range(kh):
-            y = py * stride - pad + ky
-            if 0 <= y < oh:
-                _running_max(colmax, acc, y * wp)
         for px in range(pw):
-            top = low
-            for kx in range(kw):
-                x = px * stride - pad + kx
-                if 0 <= x < ow:
-                    top = np.maximum(top, colmax[x])
-            v = top + bias
+            v = best[py * wq + px]
+            if not with_argmax:
+                v = v + bias
             out[plane, py * pw + px] = 0 if v < 0 else v
-
-
-@ijit
-def _pool_plane(acc, wp, bias, oh, ow, pool, px_lo, px_hi, best, arg, out, argmax, plane):
-    """out[plane] and argmax[plane] (PH*PW) of max pooling (pad = -inf) then ReLU over
-    acc + bias (one full-width plane), as :func:`_bias_relu_maxpool` computes them from
-    GEMM rows: tap by tap, each tap over the windows it falls in (``px_lo[kx] <= px <
-    px_hi[kx]``)."""
-    kh, kw, stride, pad = pool
-    ph, pw = _output_size(oh, kh, stride, pad), best.shape[0]
-    for py in range(ph):
-        best[:] = -np.inf
-        arg[:] = 0
-        for ky in range(kh):
-            y = py * stride - pad + ky
-            if y < 0 or y >= oh:
-                continue
-            for kx in range(kw):
-                k = np.int32(ky * kw + kx)
-                first, stop = px_lo[kx], px_hi[kx]  # locals: read once, not at every step
-                base = y * wp - pad + kx
-                for px in range(first, stop):
-                    v = acc[np.uint64(base + px * stride)] + bias
-                    top = best[px]
-                    best[px] = np.maximum(top, v)
-                    arg[px] = max(arg[px], k if v > top else np.int32(0))
+            nan |= v != v
+        if with_argmax:
+            for px in range(pw):
+                argmax[plane, py * pw + px] = arg[py * wq + px]
+    if not (with_argmax and nan):
+        return
+    for py in range(ph):  # np.maximum let a NaN through: the last NaN wins its window
         for px in range(pw):
-            v = best[px]
-            out[plane, py * pw + px] = 0 if v < 0 else v
-        for px in range(pw):
-            if best[px] != best[px]:  # np.maximum let a NaN through; it wins, the last one does
-                values = acc.reshape(oh, wp)[:, :ow]
-                arg[px] = _last_nan_tap(values, py * stride - pad, px * stride - pad, kh, kw, bias)
-            argmax[plane, py * pw + px] = arg[px]
+            if best[py * wq + px] != best[py * wq + px]:
+                k = _last_nan_phase_tap(acc, a0, s, wq, ps, bias, pool, rows, cols, pw, py, px)
+                argmax[plane, py * pw + px] = k
 
 
 @pjit
@@ -531,91 +612,180 @@ def _conv_bias_relu_maxpool(x, w, bias, pad, oh, ow, kh, kw, stride, ppad, out, 
     stride, ppad) → ReLU: out, and argmax if ``with_argmax``, (N, FN, PH, PW). One task
     per image."""
     n, c, h, wd = x.shape
-    fn, fw = w.shape[0], w.shape[3]
-    hp, wp = h + 2 * pad, wd + 2 * pad
-    pw = out.shape[3]
-    px_lo, px_hi = _tap_ranges(ow, pw, kw, stride, ppad)
-    pool = (kh, kw, stride, ppad)
+    fn, fh, fw = w.shape[0], w.shape[2], w.shape[3]
+    ph, pw = out.shape[2], out.shape[3]
+    s = stride
+    hq, wq, ps, span = _phase_geometry(h, wd, fh, fw, pad, s, pw)
+    offsets = _tap_offsets(c, fh, fw, s, wq, ps)
+    weights = w.reshape(fn, c * fh * fw)
+    rows, cols = _tap_ranges(oh, ph, kh, s, ppad), _tap_ranges(ow, pw, kw, s, ppad)
+    pool = (kh, kw, s, ppad)
+    copies = c * s**4 * ps
     # (plane, window) views: two indices per store instead of four
-    planes_out = out.reshape(n * fn, out.shape[2] * pw)
+    planes_out = out.reshape(n * fn, ph * pw)
     planes_argmax = argmax.reshape(argmax.shape[0] * argmax.shape[1], argmax.shape[2] * argmax.shape[3])
     for b in prange(n):
-        xp = np.empty(c * hp * wp + fw - 1, dtype=x.dtype)
-        acc = np.empty(oh * wp, dtype=x.dtype)
-        best = np.empty(pw, dtype=x.dtype)
-        arg = np.empty(pw, dtype=np.int32)
-        colmax = np.empty(ow, dtype=x.dtype)
-        _pad_image(x, b, pad, xp)
-        for f in range(fn):
-            _conv_plane(xp, hp, wp, w, f, acc)
-            plane = b * fn + f
-            if with_argmax:
-                _pool_plane(acc, wp, bias[f], oh, ow, pool, px_lo, px_hi, best, arg, planes_out, planes_argmax, plane)
-            else:
-                _pool_plane_infer(acc, wp, bias[f], oh, ow, pool, colmax, planes_out, plane)
+        xq = np.empty(c * s * s * (hq + 2) * wq, dtype=x.dtype)
+        xs = np.empty(copies + span, dtype=x.dtype)
+        xs[copies:] = 0
+        acc = np.empty(2 * span + ps, dtype=x.dtype)
+        best = np.empty(ph * wq, dtype=x.dtype)
+        arg = np.empty(ph * wq, dtype=np.int32)
+        _phase_copies(x, b, pad, s, hq, wq, ps, xq, xs)
+        for f0 in range(0, fn, 2):
+            f1 = min(f0 + 1, fn - 1)  # an odd last filter is computed twice, kept once
+            _conv_pair(xs, offsets, span, weights, f0, f1, acc)
+            for f in range(f0, f1 + 1):
+                a0 = (f - f0) * span
+                _pool_phases(acc, a0, s, wq, ps, bias[f], pool, rows, cols, pw, best, arg, with_argmax)
+                plane = b * fn + f
+                _store_pooled(
+                    acc,
+                    a0,
+                    s,
+                    wq,
+                    ps,
+                    bias[f],
+                    pool,
+                    rows,
+                    cols,
+                    ph,
+                    pw,
+                    best,
+                    arg,
+                    planes_out,
+                    planes_argmax,
+                    plane,
+                    with_argmax,
+                )
 
 
 @numba.njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
-def _add_weight_grads(g, xp, c, hp, wp, fh, fw, dw, q, f):
-    """dw[q, f, t] += sum(g * the padded image shifted by tap t), for every tap
-    t = (c, fy, fx) of filter f.
+def _add_weight_grads(g, span, xs, offsets, dw, q, f0, f1):
+    """dw[q, f] += sum(g_f * the phase copies read by tap t), for every tap t, of filters
+    f0 (phase planes g[:span]) and f1 (g[span:2*span]; skipped when f1 == f0).
 
     The one place where LLVM may reorder a sum ("reassoc"), as BLAS does in its dot
     products: kept in order, the sum cannot be vectorized and ran 13 times slower. The
     order is fixed by the compiled code, so results repeat. Not inlined: inlined code is
     compiled with its caller's flags."""
+    n = np.uint64(span)
+    zero = g.dtype.type(0)
     t = 0
-    for ch in range(c):
-        for fy in range(fh):
-            for fx in range(fw):
-                o = np.uint64((ch * hp + fy) * wp + fx)
-                total = g.dtype.type(0)
-                for j in range(g.shape[0]):
-                    total += g[j] * xp[o + np.uint64(j)]
-                dw[q, f, t] += total
-                t += 1
+    while t + 4 <= offsets.shape[0]:  # four taps of two filters share their loads
+        o0, o1, o2, o3 = offsets[t], offsets[t + 1], offsets[t + 2], offsets[t + 3]
+        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
+        for u in range(n):
+            s0, s1, s2, s3 = xs[o0 + u], xs[o1 + u], xs[o2 + u], xs[o3 + u]
+            g0, g1 = g[u], g[n + u]
+            a0 += g0 * s0
+            a1 += g0 * s1
+            a2 += g0 * s2
+            a3 += g0 * s3
+            b0 += g1 * s0
+            b1 += g1 * s1
+            b2 += g1 * s2
+            b3 += g1 * s3
+        dw[q, f0, t] += a0
+        dw[q, f0, t + 1] += a1
+        dw[q, f0, t + 2] += a2
+        dw[q, f0, t + 3] += a3
+        if f1 != f0:
+            dw[q, f1, t] += b0
+            dw[q, f1, t + 1] += b1
+            dw[q, f1, t + 2] += b2
+            dw[q, f1, t + 3] += b3
+        t += 4
+    while t < offsets.shape[0]:
+        o0 = offsets[t]
+        a0 = b0 = zero
+        for u in range(n):
+            s0 = xs[o0 + u]
+            a0 += g[u] * s0
+            b0 += g[n + u] * s0
+        dw[q, f0, t] += a0
+        if f1 != f0:
+            dw[q, f1, t] += b0
+        t += 1
+
+
+@numba.njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+def _total(a):
+    """sum(a), vectorized (see :func:`_add_weight_grads`)."""
+    total = a.dtype.type(0)
+    for i in range(a.shape[0]):
+        total += a[i]
+    return total
+
+
+@jit
+def _scatter_phases(gw, aw, g, a0, s, wq, ps, pool, rows, cols, pw):
+    """g[a0:] (phase planes) += each window's gradient gw at the tap its argmax aw names
+    (both at pitch WQ, zero past PW)."""
+    kh, kw = pool[0], pool[1]
+    zero = g.dtype.type(0)
+    for ky in range(kh):
+        for kx in range(kw):
+            k = np.int32(ky * kw + kx)
+            shift, first, length, runs = _pool_tap(ky, kx, pool, s, wq, ps, rows, cols, pw)
+            for r in range(runs):
+                lo = np.uint64(first + r * wq)
+                dst = np.uint64(a0 + shift + first + r * wq)
+                for u in range(np.uint64(length)):
+                    d = gw[lo + u]
+                    g[dst + u] += d if aw[lo + u] == k else zero
+
+
+@jit
+def _window_grads(dout, out, argmax, row, pw, wq, gw, aw):
+    """gw, aw (pitch WQ) = the gradient of each window of one plane whose output passed
+    the ReLU (else 0), and its argmax; the plane's windows start at row ``row`` of the
+    flat (N*FN*PH, PW) arrays."""
+    zero = gw.dtype.type(0)
+    n = np.uint64(pw)
+    for py in range(gw.shape[0] // wq):
+        src, dst = np.uint64((row + py) * pw), np.uint64(py * wq)
+        for u in range(n):
+            d = dout[src + u]  # loaded before the test: a select, not a branch
+            gw[dst + u] = d if out[src + u] > 0 else zero
+            aw[dst + u] = argmax[src + u]
 
 
 @pjit
 def _conv_maxpool_relu_backward_params(dout, argmax, out, x, fh, fw, pad, oh, ow, kh, kw, stride, ppad, dw, db, chunk):
     """Per chunk of ``chunk`` images q: adds into dw[q] (FN, C*FH*FW) and db[q] (FN,),
     zeroed by the caller, the weight and bias gradients of
-    :func:`_conv_bias_relu_maxpool`. For each image and filter, the
-    gradient of the convolution's output is laid out as a full-width plane ``g`` (each
-    window whose output passed the ReLU adds its ``dout`` where its argmax points); then
-    each weight's gradient is one dot product of ``g`` with the padded image shifted by
-    that tap."""
+    :func:`_conv_bias_relu_maxpool`. For each image and pair of filters, the gradient
+    of the convolution's output is laid out as phase planes ``g`` (each window whose
+    output passed the ReLU adds its ``dout`` where its argmax points); then each
+    weight's gradient is one dot product of ``g`` with the phase copies that its tap
+    reads."""
     n, c, h, wd = x.shape
     fn, ph, pw = dout.shape[1], dout.shape[2], dout.shape[3]
-    hp, wp = h + 2 * pad, wd + 2 * pad
-    zero = dout.dtype.type(0)
-    # (plane, window) views: two indices per access instead of four halved the scatter's time
-    windows_dout = dout.reshape(n * fn, ph * pw)
-    windows_argmax = argmax.reshape(n * fn, ph * pw)
-    windows_out = out.reshape(n * fn, ph * pw)
+    s = stride
+    hq, wq, ps, span = _phase_geometry(h, wd, fh, fw, pad, s, pw)
+    offsets = _tap_offsets(c, fh, fw, s, wq, ps)
+    rows, cols = _tap_ranges(oh, ph, kh, s, ppad), _tap_ranges(ow, pw, kw, s, ppad)
+    pool = (kh, kw, s, ppad)
+    copies = c * s**4 * ps
+    windows_dout, windows_out, windows_argmax = dout.reshape(-1), out.reshape(-1), argmax.reshape(-1)
     for q in prange(dw.shape[0]):
-        xp = np.empty(c * hp * wp + fw - 1, dtype=x.dtype)
-        g = np.empty(oh * wp, dtype=dout.dtype)
+        xq = np.empty(c * s * s * (hq + 2) * wq, dtype=x.dtype)
+        xs = np.empty(copies + span, dtype=x.dtype)
+        xs[copies:] = 0  # read against zeros of g: must not be NaN
+        g = np.empty(2 * span + ps, dtype=dout.dtype)
+        gw = np.zeros(ph * wq, dtype=dout.dtype)  # columns past PW stay zero
+        aw = np.zeros(ph * wq, dtype=np.int32)
         for b in range(q * chunk, min(n, (q + 1) * chunk)):
-            _pad_image(x, b, pad, xp)
-            for f in range(fn):
+            _phase_copies(x, b, pad, s, hq, wq, ps, xq, xs)
+            for f0 in range(0, fn, 2):
+                f1 = min(f0 + 1, fn - 1)
                 g[:] = 0
-                total = zero
-                plane = b * fn + f
-                for py in range(ph):
-                    for px in range(pw):
-                        j = py * pw + px
-                        k = windows_argmax[plane, j]
-                        ky = k // kw
-                        y = py * stride - ppad + ky
-                        xo = px * stride - ppad + k - ky * kw
-                        if 0 <= y < oh and 0 <= xo < ow:  # a window that passed never points at padding
-                            d = windows_dout[plane, j]  # loaded before the test: a select, not a branch
-                            d = d if windows_out[plane, j] > 0 else zero
-                            g[y * wp + xo] += d
-                            total += d
-                db[q, f] += total
-                _add_weight_grads(g, xp, c, hp, wp, fh, fw, dw, q, f)
+                for f in range(f0, f1 + 1):
+                    _window_grads(windows_dout, windows_out, windows_argmax, (b * fn + f) * ph, pw, wq, gw, aw)
+                    db[q, f] += _total(gw)
+                    _scatter_phases(gw, aw, g, (f - f0) * span, s, wq, ps, pool, rows, cols, pw)
+                _add_weight_grads(g, span, xs, offsets, dw, q, f0, f1)
 
 
 @jit
