@@ -524,70 +524,70 @@ def _conv_pair(xs, offsets, span, weights, f0, f1, acc):
         t += 1
 
 
-@ijit
-def _pool_tap(ky, kx, pool, s, wq, ps, rows, cols, pw):
-    """Pooling tap (ky, kx) on the phase planes: the offset from a window's index (pitch
-    WQ) to the output it reads, and the runs of windows that it reads inside the output
-    (first window, run length, number of runs, one row apart). Whole rows are one run,
-    the columns past PW included."""
+@jit
+def _pool_runs(oh, ow, ph, pw, pool, s, wq, ps):
+    """The windows that each pooling tap reads inside the convolution's output, in tap
+    order, as runs of windows (pitch WQ) one row apart: rows of (tap, first window,
+    length, shift from a window's index to the phase-plane value it reads). A tap that
+    reads a whole row of windows reads all its rows in one run, the columns past PW
+    included."""
     kh, kw, _, pad = pool
-    oy, ox = (ky - pad) % s, (kx - pad) % s
-    shift = (oy * s + ox) * ps + (ky - pad - oy) // s * wq + (kx - pad - ox) // s
-    y0, y1, x0, x1 = rows[0][ky], rows[1][ky], cols[0][kx], cols[1][kx]
-    if y1 <= y0 or x1 <= x0:
-        return shift, 0, 0, 0
-    if x0 == 0 and x1 == pw:
-        return shift, y0 * wq, (y1 - y0) * wq, 1
-    return shift, y0 * wq + x0, x1 - x0, y1 - y0
+    (y_lo, y_hi), (x_lo, x_hi) = _tap_ranges(oh, ph, kh, s, pad), _tap_ranges(ow, pw, kw, s, pad)
+    runs = np.empty((kh * kw * ph, 4), dtype=np.int64)
+    count = 0
+    for ky in range(kh):
+        for kx in range(kw):
+            oy, ox = (ky - pad) % s, (kx - pad) % s
+            shift = (oy * s + ox) * ps + (ky - pad - oy) // s * wq + (kx - pad - ox) // s
+            y0, y1, x0, x1 = y_lo[ky], y_hi[ky], x_lo[kx], x_hi[kx]
+            if y1 <= y0 or x1 <= x0:
+                continue
+            whole = x0 == 0 and x1 == pw
+            for y in range(y0, y0 + 1 if whole else y1):
+                runs[count] = ky * kw + kx, y * wq + x0, (y1 - y0) * wq if whole else x1 - x0, shift
+                count += 1
+    return runs[:count]
 
 
 @jit
-def _pool_phases(acc, a0, s, wq, ps, bias, pool, rows, cols, pw, best, arg, with_argmax):
+def _pool_phases(acc, a0, bias, runs, best, arg, with_argmax):
     """best (and arg) at pitch WQ = max pooling of the phase planes at acc[a0:], + bias
     before the maximum when ``with_argmax`` (the argmax is the first maximum of the
     biased values, as from GEMM rows), after it otherwise (``max(a + b, c + b) ==
     max(a, c) + b`` in floating point too: rounding is monotonic). Pad cells are -inf."""
-    kh, kw = pool[0], pool[1]
     best[:] = -np.inf
     arg[:] = 0
-    for ky in range(kh):
-        for kx in range(kw):
-            k = np.int32(ky * kw + kx)
-            shift, first, length, runs = _pool_tap(ky, kx, pool, s, wq, ps, rows, cols, pw)
-            for r in range(runs):
-                lo = np.uint64(first + r * wq)
-                src = np.uint64(a0 + shift + first + r * wq)
-                if with_argmax:
-                    for u in range(np.uint64(length)):
-                        v = acc[src + u] + bias
-                        top = best[lo + u]
-                        best[lo + u] = np.maximum(top, v)
-                        arg[lo + u] = k if v > top else arg[lo + u]
-                else:
-                    for u in range(np.uint64(length)):
-                        best[lo + u] = np.maximum(best[lo + u], acc[src + u])
+    for r in range(runs.shape[0]):
+        k = np.int32(runs[r, 0])
+        lo, n, src = np.uint64(runs[r, 1]), np.uint64(runs[r, 2]), np.uint64(a0 + runs[r, 3] + runs[r, 1])
+        if with_argmax:
+            for u in range(n):
+                v = acc[src + u] + bias
+                top = best[lo + u]
+                best[lo + u] = np.maximum(top, v)
+                arg[lo + u] = k if v > top else arg[lo + u]
+        else:
+            for u in range(n):
+                best[lo + u] = np.maximum(best[lo + u], acc[src + u])
 
 
 @jit
-def _last_nan_phase_tap(acc, a0, s, wq, ps, bias, pool, rows, cols, pw, py, px):
-    """The last tap of window (py, px) whose biased output is NaN, on the phase planes."""
-    kh, kw = pool[0], pool[1]
+def _last_nan_phase_tap(acc, a0, bias, runs, window):
+    """The last tap that reads a NaN (bias added) for ``window`` (pitch WQ)."""
     last = 0
-    for ky in range(kh):
-        for kx in range(kw):
-            if rows[0][ky] <= py < rows[1][ky] and cols[0][kx] <= px < cols[1][kx]:
-                shift = _pool_tap(ky, kx, pool, s, wq, ps, rows, cols, pw)[0]
-                v = acc[a0 + shift + py * wq + px] + bias
-                if v != v:
-                    last = ky * kw + kx
+    for r in range(runs.shape[0]):
+        if runs[r, 1] <= window < runs[r, 1] + runs[r, 2]:
+            v = acc[a0 + runs[r, 3] + window] + bias
+            if v != v:
+                last = runs[r, 0]
     return last
 
 
 @jit
-def _store_pooled(acc, a0, s, wq, ps, bias, pool, rows, cols, ph, pw, best, arg, out, argmax, plane, with_argmax):
+def _store_pooled(acc, a0, bias, runs, wq, pw, best, arg, out, argmax, plane, with_argmax):
     """out[plane] (and argmax[plane]), PH*PW = ReLU of the pooled ``best`` at pitch WQ."""
     nan = False
-    for py in range(ph):
+    for py in range(out.shape[1] // pw):
         for px in range(pw):
             v = best[py * wq + px]
             if not with_argmax:
@@ -599,11 +599,10 @@ def _store_pooled(acc, a0, s, wq, ps, bias, pool, rows, cols, ph, pw, best, arg,
                 argmax[plane, py * pw + px] = arg[py * wq + px]
     if not (with_argmax and nan):
         return
-    for py in range(ph):  # np.maximum let a NaN through: the last NaN wins its window
-        for px in range(pw):
-            if best[py * wq + px] != best[py * wq + px]:
-                k = _last_nan_phase_tap(acc, a0, s, wq, ps, bias, pool, rows, cols, pw, py, px)
-                argmax[plane, py * pw + px] = k
+    for j in range(out.shape[1]):  # np.maximum let a NaN through: the last NaN wins its window
+        window = j // pw * wq + j % pw
+        if best[window] != best[window]:
+            argmax[plane, j] = _last_nan_phase_tap(acc, a0, bias, runs, window)
 
 
 @pjit
@@ -618,8 +617,7 @@ def _conv_bias_relu_maxpool(x, w, bias, pad, oh, ow, kh, kw, stride, ppad, out, 
     hq, wq, ps, span = _phase_geometry(h, wd, fh, fw, pad, s, pw)
     offsets = _tap_offsets(c, fh, fw, s, wq, ps)
     weights = w.reshape(fn, c * fh * fw)
-    rows, cols = _tap_ranges(oh, ph, kh, s, ppad), _tap_ranges(ow, pw, kw, s, ppad)
-    pool = (kh, kw, s, ppad)
+    runs = _pool_runs(oh, ow, ph, pw, (kh, kw, s, ppad), s, wq, ps)
     copies = c * s**4 * ps
     # (plane, window) views: two indices per store instead of four
     planes_out = out.reshape(n * fn, ph * pw)
@@ -636,28 +634,9 @@ def _conv_bias_relu_maxpool(x, w, bias, pad, oh, ow, kh, kw, stride, ppad, out, 
             f1 = min(f0 + 1, fn - 1)  # an odd last filter is computed twice, kept once
             _conv_pair(xs, offsets, span, weights, f0, f1, acc)
             for f in range(f0, f1 + 1):
-                a0 = (f - f0) * span
-                _pool_phases(acc, a0, s, wq, ps, bias[f], pool, rows, cols, pw, best, arg, with_argmax)
-                plane = b * fn + f
-                _store_pooled(
-                    acc,
-                    a0,
-                    s,
-                    wq,
-                    ps,
-                    bias[f],
-                    pool,
-                    rows,
-                    cols,
-                    ph,
-                    pw,
-                    best,
-                    arg,
-                    planes_out,
-                    planes_argmax,
-                    plane,
-                    with_argmax,
-                )
+                a0, plane = (f - f0) * span, b * fn + f
+                _pool_phases(acc, a0, bias[f], runs, best, arg, with_argmax)
+                _store_pooled(acc, a0, bias[f], runs, wq, pw, best, arg, planes_out, planes_argmax, plane, with_argmax)
 
 
 @numba.njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
@@ -719,21 +698,16 @@ def _total(a):
 
 
 @jit
-def _scatter_phases(gw, aw, g, a0, s, wq, ps, pool, rows, cols, pw):
+def _scatter_phases(gw, aw, g, a0, runs):
     """g[a0:] (phase planes) += each window's gradient gw at the tap its argmax aw names
     (both at pitch WQ, zero past PW)."""
-    kh, kw = pool[0], pool[1]
     zero = g.dtype.type(0)
-    for ky in range(kh):
-        for kx in range(kw):
-            k = np.int32(ky * kw + kx)
-            shift, first, length, runs = _pool_tap(ky, kx, pool, s, wq, ps, rows, cols, pw)
-            for r in range(runs):
-                lo = np.uint64(first + r * wq)
-                dst = np.uint64(a0 + shift + first + r * wq)
-                for u in range(np.uint64(length)):
-                    d = gw[lo + u]
-                    g[dst + u] += d if aw[lo + u] == k else zero
+    for r in range(runs.shape[0]):
+        k = np.int32(runs[r, 0])
+        lo, n, dst = np.uint64(runs[r, 1]), np.uint64(runs[r, 2]), np.uint64(a0 + runs[r, 3] + runs[r, 1])
+        for u in range(n):
+            d = gw[lo + u]
+            g[dst + u] += d if aw[lo + u] == k else zero
 
 
 @jit
@@ -765,8 +739,7 @@ def _conv_maxpool_relu_backward_params(dout, argmax, out, x, fh, fw, pad, oh, ow
     s = stride
     hq, wq, ps, span = _phase_geometry(h, wd, fh, fw, pad, s, pw)
     offsets = _tap_offsets(c, fh, fw, s, wq, ps)
-    rows, cols = _tap_ranges(oh, ph, kh, s, ppad), _tap_ranges(ow, pw, kw, s, ppad)
-    pool = (kh, kw, s, ppad)
+    runs = _pool_runs(oh, ow, ph, pw, (kh, kw, s, ppad), s, wq, ps)
     copies = c * s**4 * ps
     windows_dout, windows_out, windows_argmax = dout.reshape(-1), out.reshape(-1), argmax.reshape(-1)
     for q in prange(dw.shape[0]):
@@ -784,7 +757,7 @@ def _conv_maxpool_relu_backward_params(dout, argmax, out, x, fh, fw, pad, oh, ow
                 for f in range(f0, f1 + 1):
                     _window_grads(windows_dout, windows_out, windows_argmax, (b * fn + f) * ph, pw, wq, gw, aw)
                     db[q, f] += _total(gw)
-                    _scatter_phases(gw, aw, g, (f - f0) * span, s, wq, ps, pool, rows, cols, pw)
+                    _scatter_phases(gw, aw, g, (f - f0) * span, runs)
                 _add_weight_grads(g, span, xs, offsets, dw, q, f0, f1)
 
 
