@@ -542,9 +542,15 @@ def _pool_runs(oh, ow, ph, pw, pool, s, wq, ps):
             y0, y1, x0, x1 = y_lo[ky], y_hi[ky], x_lo[kx], x_hi[kx]
             if y1 <= y0 or x1 <= x0:
                 continue
-            whole = x0 == 0 and x1 == pw
-            for y in range(y0, y0 + 1 if whole else y1):
-                runs[count] = ky * kw + kx, y * wq + x0, (y1 - y0) * wq if whole else x1 - x0, shift
+            if x0 == 0 and x1 == pw:  # whole rows of windows: one run
+                first, length, rows = y0 * wq, (y1 - y0) * wq, 1
+            else:
+                first, length, rows = y0 * wq + x0, x1 - x0, y1 - y0
+            for r in range(rows):
+                runs[count, 0] = ky * kw + kx
+                runs[count, 1] = first + r * wq
+                runs[count, 2] = length
+                runs[count, 3] = shift
                 count += 1
     return runs[:count]
 
