@@ -452,6 +452,19 @@ def _tap_offsets(c, fh, fw, s, wq, ps):
 
 
 @jit
+def _phase_buffers(c, s, hq, wq, ps, span, dtype):
+    """Empty buffers for :func:`_phase_copies`: the phases xq and the copies xs. The tail
+    of xs past the copies, read by loops that run ``span`` values from a tap's offset, is
+    zeroed once: the weight gradient multiplies it by zeros of ``g``, which a NaN there
+    would turn into NaN."""
+    xq = np.empty(c * s * s * (hq + 2) * wq, dtype=dtype)
+    copies = c * s**4 * ps
+    xs = np.empty(copies + span, dtype=dtype)
+    xs[copies:] = 0
+    return xq, xs
+
+
+@jit
 def _phase_copies(x, b, pad, s, hq, wq, ps, xq, xs):
     """xs (C*S**4*PS values, then a zero tail) = the phase copies of image ``b`` of x.
 
@@ -624,14 +637,11 @@ def _conv_bias_relu_maxpool(x, w, bias, pad, oh, ow, kh, kw, stride, ppad, out, 
     offsets = _tap_offsets(c, fh, fw, s, wq, ps)
     weights = w.reshape(fn, c * fh * fw)
     runs = _pool_runs(oh, ow, ph, pw, (kh, kw, s, ppad), s, wq, ps)
-    copies = c * s**4 * ps
     # (plane, window) views: two indices per store instead of four
     planes_out = out.reshape(n * fn, ph * pw)
     planes_argmax = argmax.reshape(argmax.shape[0] * argmax.shape[1], argmax.shape[2] * argmax.shape[3])
     for b in prange(n):
-        xq = np.empty(c * s * s * (hq + 2) * wq, dtype=x.dtype)
-        xs = np.empty(copies + span, dtype=x.dtype)
-        xs[copies:] = 0
+        xq, xs = _phase_buffers(c, s, hq, wq, ps, span, x.dtype)
         acc = np.empty(2 * span + ps, dtype=x.dtype)
         best = np.empty(ph * wq, dtype=x.dtype)
         arg = np.empty(ph * wq, dtype=np.int32)
@@ -746,12 +756,9 @@ def _conv_maxpool_relu_backward_params(dout, argmax, out, x, fh, fw, pad, oh, ow
     hq, wq, ps, span = _phase_geometry(h, wd, fh, fw, pad, s, pw)
     offsets = _tap_offsets(c, fh, fw, s, wq, ps)
     runs = _pool_runs(oh, ow, ph, pw, (kh, kw, s, ppad), s, wq, ps)
-    copies = c * s**4 * ps
     windows_dout, windows_out, windows_argmax = dout.reshape(-1), out.reshape(-1), argmax.reshape(-1)
     for q in prange(dw.shape[0]):
-        xq = np.empty(c * s * s * (hq + 2) * wq, dtype=x.dtype)
-        xs = np.empty(copies + span, dtype=x.dtype)
-        xs[copies:] = 0  # read against zeros of g: must not be NaN
+        xq, xs = _phase_buffers(c, s, hq, wq, ps, span, x.dtype)
         g = np.empty(2 * span + ps, dtype=dout.dtype)
         gw = np.zeros(ph * wq, dtype=dout.dtype)  # columns past PW stay zero
         aw = np.zeros(ph * wq, dtype=np.int32)
