@@ -1,155 +1,34 @@
-"""The Numba kernel set against the NumPy set (the oracle) on random shapes and data.
-
-Exact equality wherever the Numba set promises it (see :mod:`gpucnn.kernels.numba_set`);
-``avgpool_forward`` to float rounding.
+"""What is particular to the Numba kernel set: which convolutions it computes directly,
+its threads, its BLAS settings and its cache (:mod:`gpucnn.kernels.numba_runtime`; those
+in a fresh process each). Its operations are compared with the oracle in
+``test_kernel_agreement.py`` (see :mod:`gpucnn.kernels.numba_set`, Values).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 pytest.importorskip("numba", reason="the numba kernel set needs Numba (pip install 'gpucnn[numba]')")
 
 import gpucnn  # noqa: E402
-from gpucnn.kernels import conv_output_size  # noqa: E402
 from gpucnn.kernels.numba_set import NumbaKernels  # noqa: E402
 from gpucnn.kernels.numpy_set import NumpyKernels  # noqa: E402
 
-from .strategies import data, window_case  # noqa: E402
-
 NP = NumpyKernels()
-NB = NumbaKernels(gpucnn.get_backend("numpy").xp)
+NB = gpucnn.get_backend("numba").kernels  # built as users get it: the process configured first
 EQUAL = np.testing.assert_array_equal
 
 
-@settings(max_examples=50, deadline=None)
-@given(window_case())
-def test_im2col_and_col2im_equal_numpy(args):
-    x, kh, kw, stride, pad, rng = args
-    col = NB.im2col(x, kh, kw, stride, pad)
-    assert col.dtype == x.dtype and col.flags.c_contiguous
-    EQUAL(col, NP.im2col(x, kh, kw, stride, pad))
-    dcol = rng.standard_normal(col.shape).astype(x.dtype)
-    dx = NB.col2im(dcol, x.shape, kh, kw, stride, pad)
-    assert dx.shape == x.shape and dx.dtype == x.dtype
-    EQUAL(dx, NP.col2im(dcol, x.shape, kh, kw, stride, pad))
-
-
-def test_im2col_accepts_strided_views():
-    x = np.random.default_rng(0).standard_normal((3, 4, 9, 8))[:, ::2, :, 1:]
-    EQUAL(NB.im2col(x, 3, 2, 2, 1), NP.im2col(x, 3, 2, 2, 1))
-
-
-@settings(max_examples=50, deadline=None)
-@given(window_case(pool=True))
-def test_pooling_equals_numpy(args):
-    x, kh, kw, stride, pad, rng = args
-    out, argmax = NB.maxpool_forward(x, kh, kw, stride, pad)
-    ref_out, ref_argmax = NP.maxpool_forward(x, kh, kw, stride, pad)
-    assert out.dtype == x.dtype and argmax.dtype == np.int32
-    EQUAL(out, ref_out)
-    EQUAL(argmax, ref_argmax)
-    dout = rng.standard_normal(out.shape).astype(x.dtype)
-    EQUAL(
-        NB.maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad),
-        NP.maxpool_backward(dout, ref_argmax, x.shape, kh, kw, stride, pad),
-    )
-
-    tol = 1e-6 if x.dtype == np.float32 else 1e-14
-    avg = NB.avgpool_forward(x, kh, kw, stride, pad)
-    assert avg.dtype == x.dtype
-    np.testing.assert_allclose(avg, NP.avgpool_forward(x, kh, kw, stride, pad), rtol=tol, atol=tol)
-    EQUAL(
-        NB.avgpool_backward(dout, x.shape, kh, kw, stride, pad), NP.avgpool_backward(dout, x.shape, kh, kw, stride, pad)
-    )
-
-
-@settings(max_examples=60, deadline=None)
-@given(window_case(pool=True), st.integers(1, 16), st.booleans())
-def test_fused_conv_relu_pool_ops_equal_numpy(args, fn, ties):
-    """Both paths of the backward: disjoint windows (stride >= window) and overlapping ones."""
-    x, kh, kw, stride, pad, rng = args
-    n, _, oh, ow = x.shape  # x only sets the geometry: the conv output is (n, fn, oh, ow)
-    rows = data(rng, (n * oh * ow, fn), x.dtype, ties)
-    b = data(rng, (fn,), x.dtype, ties)
-    out, argmax = NB.bias_relu_maxpool(rows, b, n, oh, ow, kh, kw, stride, pad)
-    ref_out, ref_argmax = NP.bias_relu_maxpool(rows, b, n, oh, ow, kh, kw, stride, pad)
-    ph, pw = conv_output_size(oh, kh, stride, pad), conv_output_size(ow, kw, stride, pad)
-    assert out.shape == argmax.shape == (n, fn, ph, pw) and out.dtype == x.dtype
-    EQUAL(out, ref_out)
-    EQUAL(argmax, ref_argmax)
-    EQUAL(NB.bias_relu_maxpool_infer(rows, b, n, oh, ow, kh, kw, stride, pad), ref_out)
-    dout = rng.standard_normal(out.shape).astype(x.dtype)
-    drows = NB.maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad)
-    assert drows.shape == rows.shape and drows.dtype == x.dtype
-    EQUAL(drows, NP.maxpool_relu_backward(dout, ref_argmax, ref_out, n, oh, ow, kh, kw, stride, pad))
-
-
-@pytest.mark.parametrize("where", [0, 1, 3])
-def test_nan_wins_the_window_as_in_numpy(where):
-    """A NaN anywhere in a window makes the pooled value NaN; the last NaN is the argmax."""
-    x = np.arange(16.0, dtype=np.float32).reshape(1, 1, 4, 4)
-    x[0, 0, where // 2, where % 2] = np.nan
-    x[0, 0, 3, 3] = np.nan
-    x[0, 0, 2, 2] = np.nan
-    ref = NP.maxpool_forward(x, 2, 2, 2, 0)
-    for got, want in zip(NB.maxpool_forward(x, 2, 2, 2, 0), ref):
-        EQUAL(got, want)
-    rows = NP.nchw_to_rows(x)
-    ref = NP.bias_relu_maxpool(rows, np.zeros(1, np.float32), 1, 4, 4, 2, 2, 2, 0)
-    for got, want in zip(NB.bias_relu_maxpool(rows, np.zeros(1, np.float32), 1, 4, 4, 2, 2, 2, 0), ref):
-        EQUAL(got, want)
-    EQUAL(NB.bias_relu_maxpool_infer(rows, np.zeros(1, np.float32), 1, 4, 4, 2, 2, 2, 0), ref[0])
-
-
-@st.composite
-def direct_conv_case(draw):
-    """``(x, w, b, pad, pool, exact, rng)`` for a stride-1 convolution that the Numba set
-    computes directly (C*FH*FW taps at most ``direct_conv_max_taps``), followed by a max
-    pooling ``pool = (kh, kw, stride, pad)``. Half the cases are ``exact``: small integers
-    everywhere, so that every sum is exact whatever its order and windows hold ties."""
-    n = draw(st.sampled_from([1, 2, 3, 5]))
-    c = draw(st.integers(1, 3))
-    fh = draw(st.integers(1, 5))
-    fw = draw(st.integers(1, max(1, min(5, NB.direct_conv_max_taps // (c * fh)))))
-    fn = draw(st.integers(1, 9))
-    pad = draw(st.integers(0, 3))
-    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    pool = (kh, kw, draw(st.integers(1, 3)), draw(st.integers(0, min(kh, kw) // 2)))
-    h = draw(st.integers(max(1, fh - 2 * pad + kh - 2 * pool[3]), 12))
-    w = draw(st.integers(max(1, fw - 2 * pad + kw - 2 * pool[3]), 12))
-    exact = draw(st.booleans())
-    dtype = draw(st.sampled_from([np.float32, np.float64])) if exact else np.float64
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    x, wt, bias = (data(rng, shape, dtype, exact) for shape in ((n, c, h, w), (fn, c, fh, fw), (fn,)))
-    return x, wt, bias, pad, pool, exact, rng
-
-
-@settings(max_examples=60, deadline=None)
-@given(direct_conv_case())
-def test_direct_convolution_equals_numpys_composition(case):
-    """Equal to im2col, a GEMM and the fused pooling: exactly when every sum is exact,
-    to float64 rounding otherwise (the sums run in another order)."""
-    x, w, b, pad, pool, exact, rng = case
-    assert NB.prefers_direct_conv(w.shape[1], w.shape[2], w.shape[3], 1)
-    out, argmax = NB.conv_bias_relu_maxpool(x, w, b, 1, pad, *pool)
-    ref_out, ref_argmax = NP.conv_bias_relu_maxpool(x, w, b, 1, pad, *pool)
-    assert out.dtype == x.dtype and argmax.dtype == np.int32 and out.shape == ref_out.shape
-    close = EQUAL if exact else lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    close(out, ref_out)
-    EQUAL(argmax, ref_argmax)
-    EQUAL(NB.conv_bias_relu_maxpool_infer(x, w, b, 1, pad, *pool), out)
-    dout = data(rng, out.shape, x.dtype, exact)
-    dw, db = NB.conv_maxpool_relu_backward_params(dout, argmax, out, x, w.shape, 1, pad, *pool)
-    ref_dw, ref_db = NP.conv_maxpool_relu_backward_params(dout, ref_argmax, ref_out, x, w.shape, 1, pad, *pool)
-    assert dw.shape == w.shape and db.shape == b.shape and dw.dtype == db.dtype == x.dtype
-    close(dw, ref_dw)
-    close(db, ref_db)
+def test_the_numba_backend_holds_the_numba_kernel_set():
+    assert isinstance(NB, NumbaKernels)
 
 
 @pytest.mark.parametrize("stride, filter_size, channels", [(2, 3, 1), (1, 3, 4)])
@@ -172,83 +51,6 @@ def test_convolutions_the_numba_set_does_not_compute_directly_take_the_gemm(stri
         EQUAL(got, want)
 
 
-def test_direct_convolution_lets_a_nan_win_its_window():
-    x = np.zeros((1, 1, 4, 4))
-    x[0, 0, 1, 2] = np.nan
-    w, b = np.ones((1, 1, 1, 1)), np.zeros(1)
-    out, argmax = NB.conv_bias_relu_maxpool(x, w, b, 1, 0, 2, 2, 2, 0)
-    ref_out, ref_argmax = NP.conv_bias_relu_maxpool(x, w, b, 1, 0, 2, 2, 2, 0)
-    assert np.isnan(out[0, 0, 0, 1])
-    assert np.isnan(NB.conv_bias_relu_maxpool_infer(x, w, b, 1, 0, 2, 2, 2, 0)[0, 0, 0, 1])
-    EQUAL(out, ref_out)
-    EQUAL(argmax, ref_argmax)
-
-
-OPTIMIZER_STEPS = {
-    "sgd_update": ((), (0.05,)),
-    "momentum_update": (("velocity",), (0.05, 0.9)),
-    "adagrad_update": (("h",), (0.06, 1e-7)),
-    "rmsprop_update": (("h",), (0.01, 0.99, 1e-7)),
-    "adam_update": (("m", "v"), (0.003, 0.9, 0.999, 1e-7)),
-}
-
-
-@pytest.mark.parametrize("name", sorted(OPTIMIZER_STEPS))
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(7,), (5, 3), (2, 3, 4, 5)])
-def test_optimizer_steps_equal_numpy_in_place(name, dtype, shape):
-    states, scalars = OPTIMIZER_STEPS[name]
-    rng = np.random.default_rng(5)
-    param = rng.standard_normal(shape).astype(dtype)
-    slots = [np.abs(rng.standard_normal(shape)).astype(dtype) for _ in states]
-    ref_param, ref_slots = param.copy(), [s.copy() for s in slots]
-    for _ in range(3):  # several steps, so that the state feeds back
-        grad = rng.standard_normal(shape).astype(dtype)
-        same = param
-        getattr(NB, name)(param, grad, *slots, *scalars)
-        getattr(NP, name)(ref_param, grad, *ref_slots, *scalars)
-        assert param is same and param.dtype == dtype
-        EQUAL(param, ref_param)
-        for s, r in zip(slots, ref_slots):
-            EQUAL(s, r)
-
-
-def test_optimizer_step_on_a_strided_parameter_updates_it_in_place():
-    base = np.ones((4, 6))
-    param = base[:, ::2]
-    NB.sgd_update(param, np.ones_like(param), 0.5)
-    EQUAL(base[:, ::2], 0.5)
-    EQUAL(base[:, 1::2], 1.0)
-
-
-_OPENBLAS_TIMEOUT = """
-import ctypes, os
-from threadpoolctl import threadpool_info
-import numpy, gpucnn.kernels.numba_set
-pool = next(p for p in threadpool_info() if p["internal_api"] == "openblas")
-print(ctypes.CDLL(pool["filepath"]).openblas_thread_timeout(), os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
-"""
-
-
-@pytest.mark.parametrize("users_value", [None, "10"])
-def test_openblas_workers_sleep_when_idle_unless_the_user_says_otherwise(users_value):
-    """Loading the Numba set sets OpenBLAS's idle timeout to 2**4 cycles (see its Threads
-    section), in a fresh process where NumPy loaded OpenBLAS first; a value the user put
-    in the environment stays, and the environment seen by child processes is unchanged."""
-    import subprocess
-    import sys
-
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    if not any(p["internal_api"] == "openblas" for p in threadpoolctl.threadpool_info()):
-        pytest.skip("NumPy does not use OpenBLAS here")
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    if users_value is not None:
-        env["OPENBLAS_THREAD_TIMEOUT"] = users_value
-    done = subprocess.run([sys.executable, "-c", _OPENBLAS_TIMEOUT], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [users_value or "4", str(users_value)]
-
-
 def test_parallel_kernels_can_be_called_from_several_threads():
     from concurrent.futures import ThreadPoolExecutor
 
@@ -257,3 +59,178 @@ def test_parallel_kernels_can_be_called_from_several_threads():
     with ThreadPoolExecutor(4) as pool:
         for col in pool.map(lambda _: NB.im2col(x, 3, 3, 1, 1), range(16)):
             EQUAL(col, want)
+
+
+# -- process settings (numba_runtime), each in a fresh process ----------------------------
+
+
+def _run(script: str, *args: str, env: dict[str, str | None]) -> dict:
+    """Run ``script`` in a fresh interpreter that imports this gpucnn, with ``env`` changed
+    (None: unset); its JSON output."""
+    full_env = {**os.environ, **env}
+    root = str(Path(gpucnn.__file__).resolve().parents[1])
+    full_env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    full_env = {k: v for k, v in full_env.items() if v is not None}
+    done = subprocess.run([sys.executable, "-c", script, *args], env=full_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _numba_files(folder: Path, since: float = 0.0) -> list[Path]:
+    """Numba's cache files (index .nbi, data .nbc) under ``folder``, written at ``since`` or later."""
+    return sorted(p for p in folder.rglob("*.nb[ic]") if p.is_file() and p.stat().st_mtime >= since)
+
+
+# The numba backend built in a fresh process, then a plain and a parallel kernel run.
+_RUN_TWO_KERNELS = """
+import json, warnings
+from pathlib import Path
+import numpy as np
+import gpucnn
+from gpucnn.kernels import numba_conv, numba_optim
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    kernels = gpucnn.get_backend("numba").kernels
+param = np.ones(3, np.float32)
+kernels.sgd_update(param, np.ones(3, np.float32), 0.5)
+col = kernels.im2col(np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3), 2, 2)
+stats = [kernel.stats for kernel in (numba_optim.sgd_step, numba_conv.im2col)]
+print(json.dumps({
+    "param": param.tolist(),
+    "col": col.tolist(),
+    "warnings": [str(w.message) for w in caught],
+    "cache_hits": sum(sum(s.cache_hits.values()) for s in stats),
+    "package": str(Path(gpucnn.kernels.__file__).resolve().parent),
+}))
+"""
+_PARAM = [0.5, 0.5, 0.5]
+_COL = [[0, 1, 3, 4], [1, 2, 4, 5], [3, 4, 6, 7], [4, 5, 7, 8]]
+
+
+def test_the_kernel_cache_is_in_the_user_cache_folder_and_nothing_in_the_package(tmp_path):
+    """Compiled code goes to $XDG_CACHE_HOME/gpucnn/numba, where the next process finds
+    it; nothing is written under the package's directory."""
+    start = time.time() - 2  # file times may be coarser than the clock
+    env = {"XDG_CACHE_HOME": str(tmp_path), "NUMBA_CACHE_DIR": None}
+    first, second = _run(_RUN_TWO_KERNELS, env=env), _run(_RUN_TWO_KERNELS, env=env)
+    for run in (first, second):
+        assert (run["param"], run["col"], run["warnings"]) == (_PARAM, _COL, [])
+    assert (first["cache_hits"], second["cache_hits"]) == (0, 2)
+    cached = {p.name.split("-")[0] for p in _numba_files(tmp_path / "gpucnn" / "numba")}
+    assert {"numba_optim.sgd_step", "numba_conv.im2col"} <= cached
+    assert _numba_files(Path(first["package"]), since=start) == []
+
+
+def test_a_numba_cache_dir_set_by_the_user_holds_the_cache(tmp_path):
+    run = _run(_RUN_TWO_KERNELS, env={"XDG_CACHE_HOME": str(tmp_path / "xdg"), "NUMBA_CACHE_DIR": str(tmp_path / "nb")})
+    assert (run["param"], run["col"], run["warnings"]) == (_PARAM, _COL, [])
+    assert _numba_files(tmp_path / "nb") and not _numba_files(tmp_path / "xdg")
+
+
+def test_an_unwritable_cache_folder_gives_a_warning_and_a_run_without_cache(tmp_path):
+    """$XDG_CACHE_HOME is a file here, so no folder can be made in it: one warning that
+    names the folder, the same values, and nothing cached, in the package either."""
+    start = time.time() - 2
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = _run(_RUN_TWO_KERNELS, env={"XDG_CACHE_HOME": str(blocker), "NUMBA_CACHE_DIR": None})
+    assert (run["param"], run["col"], run["cache_hits"]) == (_PARAM, _COL, 0)
+    assert len(run["warnings"]) == 1
+    assert "cannot write its Numba cache folder" in run["warnings"][0] and str(blocker) in run["warnings"][0]
+    assert _numba_files(Path(run["package"]), since=start) == []
+
+
+# The cache's folder replaced by a file after the backend was built, then a kernel run.
+_CACHE_BREAKS_LATER = """
+import json, shutil, warnings
+import numpy as np
+import gpucnn
+from gpucnn.kernels import numba_runtime
+
+kernels = gpucnn.get_backend("numba").kernels
+for folder in numba_runtime.cache_folder().iterdir():
+    shutil.rmtree(folder)
+    folder.write_text("")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    param = np.ones(3, np.float32)
+    kernels.sgd_update(param, np.ones(3, np.float32), 0.5)
+print(json.dumps({"param": param.tolist(), "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def test_a_cache_folder_that_breaks_later_costs_warnings_not_the_call(tmp_path):
+    run = _run(_CACHE_BREAKS_LATER, env={"XDG_CACHE_HOME": str(tmp_path), "NUMBA_CACHE_DIR": None})
+    assert run["param"] == _PARAM
+    assert [message.split(" (")[0] for message in run["warnings"]] == [
+        "gpucnn cannot read its Numba cache",
+        "gpucnn cannot write its Numba cache",
+    ]
+
+
+# A function of the user's with cache=True, compiled after the numba backend was built.
+_USERS_OWN_FUNCTION = """
+import json, sys
+import numba
+import gpucnn
+gpucnn.get_backend("numba")
+sys.path.insert(0, sys.argv[1])
+from users_module import add_one
+print(json.dumps({"value": add_one(1), "cache_dir": numba.config.CACHE_DIR}))
+"""
+
+
+def test_the_users_own_numba_functions_keep_their_cache_where_numba_puts_it(tmp_path):
+    (tmp_path / "users_module.py").write_text(
+        "import numba\n\n\n@numba.njit(cache=True)\ndef add_one(x):\n    return x + 1\n"
+    )
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "NUMBA_CACHE_DIR": None}
+    assert _run(_USERS_OWN_FUNCTION, str(tmp_path), env=env) == {"value": 2, "cache_dir": ""}
+    assert {p.parent for p in _numba_files(tmp_path)} == {tmp_path / "__pycache__"}
+
+
+# The process after importing the numba kernel set, then after building the backend,
+# with or without another (idle) Python thread at that moment.
+_PROCESS_SETTINGS = """
+import ctypes, json, os, sys, threading
+from threadpoolctl import threadpool_info
+import numba, numpy
+import gpucnn
+import gpucnn.kernels.numba_set
+
+pool = next(p for p in threadpool_info() if p["internal_api"] == "openblas")
+openblas_timeout = ctypes.CDLL(pool["filepath"]).openblas_thread_timeout
+
+def settings():
+    return {"openblas_timeout": openblas_timeout(), "threading_layer": numba.config.THREADING_LAYER}
+
+imported = settings()
+release = threading.Event()
+other = threading.Thread(target=release.wait)
+if sys.argv[1] == "other-thread":
+    other.start()
+gpucnn.get_backend("numba")
+release.set()
+print(json.dumps({"imported": imported, "built": settings(), "env": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}))
+"""
+
+
+@pytest.mark.parametrize(
+    "users_value, threads, timeout_when_built", [(None, "alone", 4), ("10", "alone", 10), (None, "other-thread", 0)]
+)
+def test_building_the_backend_sets_the_threads_and_importing_sets_nothing(users_value, threads, timeout_when_built):
+    """Importing the Numba set changes nothing. Building the backend picks Numba's
+    workqueue layer, and sets OpenBLAS's idle timeout to 2**4 cycles (from its default,
+    0) unless the user set one, or another Python thread exists and might be inside a
+    GEMM (see numba_runtime, Threads); the environment that child processes inherit stays
+    as it was."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not any(p["internal_api"] == "openblas" for p in threadpoolctl.threadpool_info()):
+        pytest.skip("NumPy does not use OpenBLAS here")
+    env = {"OPENBLAS_THREAD_TIMEOUT": users_value, "NUMBA_THREADING_LAYER": None}
+    assert _run(_PROCESS_SETTINGS, threads, env=env) == {
+        "imported": {"openblas_timeout": int(users_value or 0), "threading_layer": "default"},
+        "built": {"openblas_timeout": timeout_when_built, "threading_layer": "workqueue"},
+        "env": users_value,
+    }

@@ -1,0 +1,285 @@
+"""How the Numba kernels are compiled and run: the decorators, the cache, the threads.
+
+The kernel modules (:mod:`.numba_conv`, :mod:`.numba_pool`, :mod:`.numba_direct_conv`,
+:mod:`.numba_optim`) define their loops with the decorators below. Importing them changes
+nothing in the process: :func:`configure` applies the settings the kernels are tuned for,
+and is called by whoever builds the backend (``gpucnn.get_backend("numba")``), before the
+first kernel runs. Kernels run without it compute the same values, compiled again in
+every process and with Numba's default threads.
+
+Compilation
+-----------
+A kernel is compiled on its first call with given argument types; the kernel set makes
+inputs C-contiguous first, so that this happens once per dtype. After :func:`configure`
+the machine code is written to a cache that later processes load instead of compiling:
+``$NUMBA_CACHE_DIR`` when the user set it, else ``$XDG_CACHE_HOME/gpucnn/numba``
+(``~/.cache/gpucnn/numba``), in one subfolder per installed copy of gpucnn. Nothing is
+written inside the package, so a read-only install works and an uninstall leaves nothing
+behind. When that folder cannot be written, a warning says so and every process compiles
+the kernels again; a read or a write that fails later costs a warning and a compilation.
+
+The cache is attached to gpucnn's kernels only (each kernel gets a Numba cache with its
+own locator); ``numba.config`` and the user's own ``cache=True`` functions are left as
+they are. An entry is valid for the text of all the ``numba_*.py`` files together, not
+only the file that defines the kernel: Numba copies a helper's machine code into each
+kernel that calls it, so a change to the pooling's window geometry must recompile the
+direct convolution that uses it, which Numba's own stamp (one file) would not notice.
+
+Threads
+-------
+Kernels over whole activations run ``parallel=True``, split over the batch (and rows),
+with Numba's thread count (``NUMBA_NUM_THREADS`` or :func:`numba.set_num_threads`);
+the optimizer steps run on one thread, where a parallel launch would cost more than the
+work. Numba and BLAS never run at the same time within a training step: each kernel sits
+between two GEMMs. What matters is how each pool waits when idle, since an idle pool
+that spins takes cores from the next one (the measurements:
+``benchmarks/results/numba_notes.md``):
+
+- Numba's threads: :func:`configure` picks Numba's own ``workqueue`` layer, whose idle
+  threads sleep, unless ``NUMBA_THREADING_LAYER`` (or ``numba.config.THREADING_LAYER``)
+  names one. The default OpenMP layer (GNU libgomp) keeps its threads spinning after each
+  parallel region, right when the next GEMM wants every core. The choice holds for the
+  whole process, the user's own parallel functions included, and takes effect only if
+  made before the process's first parallel launch.
+- OpenBLAS's threads: an idle worker spins (yielding) for 2**28 cycles, about 0.1 s,
+  after each GEMM, so a kernel launched after a GEMM shares its cores with it.
+  :func:`configure` tells OpenBLAS to put idle workers to sleep at once, as
+  ``OPENBLAS_THREAD_TIMEOUT=4`` would had it been set before NumPy loaded OpenBLAS
+  (:func:`_let_openblas_workers_sleep`), but only while no other Python thread exists:
+  with other threads (a notebook's, a data loader's) the workers keep spinning, which
+  costs speed on few cores and nothing else. An ``OPENBLAS_THREAD_TIMEOUT`` set by the
+  user is left as it is, and so is BLAS's thread count (``OPENBLAS_NUM_THREADS``,
+  threadpoolctl), since the GEMMs need every core more than the kernels do.
+
+Parallel launches are serialised by a lock (:func:`launch`): the workqueue pool must
+not be entered by two threads at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numba
+from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
+
+__all__ = ["cache_folder", "compiled", "configure", "ijit", "jit", "launch", "pjit"]
+
+# Every kernel made by compiled(), so that configure() can attach the cache to each.
+_KERNELS: list[Any] = []
+# The folder that configure() chose for the cache, once it has.
+_cache_folder: Path | None = None
+_configured = False
+_lock = threading.Lock()  # guards the three above
+
+
+def compiled(**options: Any) -> Callable[[Callable], Any]:
+    """A decorator: ``numba.njit(**options)`` with NumPy's division semantics, and the
+    kernel cache once :func:`configure` has chosen its folder.
+
+    ``error_model="numpy"``: a division by zero gives inf or nan, as in NumPy, instead of
+    raising ZeroDivisionError; the check Python semantics need would also keep loops from
+    vectorizing.
+    """
+
+    def decorate(function: Callable) -> Any:
+        kernel = numba.njit(error_model="numpy", **options)(function)
+        with _lock:
+            _KERNELS.append(kernel)
+            if _cache_folder is not None:
+                _attach_cache(kernel)
+        return kernel
+
+    return decorate
+
+
+jit = compiled(fastmath=False)
+pjit = compiled(fastmath=False, parallel=True)
+# Inlined into its callers (the hot loops of the direct convolution): for the smallest helpers.
+ijit = compiled(fastmath=False, inline="always")
+
+
+# The workqueue layer aborts the process when two threads launch parallel kernels at once;
+# this lock makes concurrent callers wait their turn instead.
+_LAUNCH = threading.Lock()
+
+
+def launch(kernel: Any, *args: Any) -> None:
+    """Run a parallel kernel, one caller at a time."""
+    with _LAUNCH:
+        kernel(*args)
+
+
+def configure() -> None:
+    """Apply the process settings the kernels are tuned for, once: the kernel cache (see
+    Compilation above), Numba's threading layer and OpenBLAS's idle workers (see Threads).
+
+    Called by the ``numba`` backend's factory; call it before the first kernel runs, as
+    a kernel compiled or a parallel launch made earlier does not see the settings. Later
+    calls do nothing.
+    """
+    global _configured
+    with _lock:
+        if _configured:
+            return
+        _configured = True
+        _use_cache(cache_folder())
+        _prefer_workqueue_threads()
+        _let_openblas_workers_sleep()
+
+
+def cache_folder() -> Path:
+    """Where :func:`configure` puts the kernel cache: ``$NUMBA_CACHE_DIR`` (as
+    ``numba.config.CACHE_DIR`` holds it) if the user set it, else
+    ``$XDG_CACHE_HOME/gpucnn/numba`` (``~/.cache/gpucnn/numba``)."""
+    if numba.config.CACHE_DIR:
+        return Path(numba.config.CACHE_DIR)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpucnn" / "numba"
+
+
+# -- the cache ----------------------------------------------------------------------
+
+
+def _use_cache(folder: Path) -> None:
+    """Cache every kernel, present and future, in ``folder``; with a warning, none when
+    the folder cannot be written. Called with ``_lock`` held."""
+    global _cache_folder
+    if numba.config.DISABLE_JIT:  # the kernels are plain Python functions
+        return
+    subfolder = folder / _KernelCacheLocator.get_suitable_cache_subpath(__file__)
+    try:
+        subfolder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=subfolder).close()  # the check Numba makes before it writes
+    except OSError as exc:
+        warnings.warn(
+            f"gpucnn cannot write its Numba cache folder {subfolder} ({exc}): the numba backend's "
+            "kernels are compiled again in every process (set XDG_CACHE_HOME or NUMBA_CACHE_DIR "
+            "to a writable folder to keep them)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    _cache_folder = folder
+    for kernel in _KERNELS:
+        _attach_cache(kernel)
+
+
+def _attach_cache(kernel: Any) -> None:
+    """What ``Dispatcher.enable_caching()`` does, with gpucnn's locator instead of Numba's
+    list of locators (whose first choice is the package's own ``__pycache__``)."""
+    kernel._cache = _KernelCache(kernel.py_func)
+
+
+class _KernelCacheLocator(_CacheLocator):
+    """Where Numba keeps a kernel's cache files: ``_cache_folder``, in the subfolder Numba
+    names after the kernel's directory; valid while the kernel files stay as they are."""
+
+    def __init__(self, py_func: Callable, py_file: str) -> None:
+        self._lineno = py_func.__code__.co_firstlineno
+        self._cache_path = os.path.join(_cache_folder, self.get_suitable_cache_subpath(py_file))
+
+    def get_cache_path(self) -> str:
+        return self._cache_path
+
+    def get_source_stamp(self) -> str:
+        return _kernel_sources_digest()
+
+    def get_disambiguator(self) -> str:
+        return str(self._lineno)
+
+    @classmethod
+    def from_function(cls, py_func: Callable, py_file: str) -> _KernelCacheLocator:
+        return cls(py_func, py_file)
+
+
+class _KernelCacheImpl(CompileResultCacheImpl):
+    _locator_classes = [_KernelCacheLocator]
+
+
+class _KernelCache(FunctionCache):
+    """Numba's cache of one kernel, except that a folder that can no longer be read or
+    written (a full disk, changed permissions) costs a warning and a compilation, not
+    the kernel's call."""
+
+    _impl_class = _KernelCacheImpl
+
+    def load_overload(self, sig: Any, target_context: Any) -> Any:
+        try:
+            return super().load_overload(sig, target_context)
+        except OSError as exc:
+            warnings.warn(f"gpucnn cannot read its Numba cache ({exc})", RuntimeWarning, stacklevel=2)
+            return None
+
+    def save_overload(self, sig: Any, data: Any) -> None:
+        try:
+            super().save_overload(sig, data)
+        except OSError as exc:
+            warnings.warn(f"gpucnn cannot write its Numba cache ({exc})", RuntimeWarning, stacklevel=2)
+
+
+@functools.cache
+def _kernel_sources_digest() -> str:
+    """A hash of every ``numba_*.py`` file beside this one (see Compilation above)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("numba_*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+# -- threads --------------------------------------------------------------------------
+
+
+def _prefer_workqueue_threads() -> None:
+    """Numba's own thread pool unless the user picked a threading layer (see Threads above)."""
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+def _let_openblas_workers_sleep() -> None:
+    """Make idle OpenBLAS workers sleep at once instead of spinning (see Threads above).
+
+    OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` when it loads, before gpucnn can set it; it
+    exports ``openblas_read_env`` to read the environment again and ``blas_thread_shutdown_``
+    to stop its workers, which start again with the new setting at the next GEMM. The
+    variable is set only for the reading, so child processes inherit the environment
+    unchanged.
+
+    Stopping the workers while a GEMM runs on them would leave that GEMM waiting forever
+    for workers that are gone. So this is done only when the calling thread is the only
+    Python thread: it is not inside a GEMM itself (it is here), no other thread exists to
+    be inside one, and none can start before the shutdown returns, since only this
+    thread could start it. NumPy's BLAS is called from Python threads: Numba's workers
+    run gpucnn's kernels, which make no BLAS calls (threads that a C library starts on
+    its own are assumed not to call NumPy's BLAS either). With other threads nothing is
+    done, and the workers keep spinning after each GEMM: the same values, a little slower
+    on few cores. Nothing is done either without threadpoolctl (to find the library),
+    with another BLAS, or when the user set the variable.
+    """
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ or threading.active_count() > 1:
+        return
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return
+    for pool in threadpool_info():
+        if pool.get("internal_api") != "openblas":
+            continue
+        try:
+            lib = ctypes.CDLL(pool["filepath"])
+            read_env, shutdown = lib.openblas_read_env, lib.blas_thread_shutdown_
+        except (OSError, AttributeError):  # an OpenBLAS without these entry points
+            continue
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"  # 2**4 cycles: sleep at once
+        try:
+            read_env()
+        finally:
+            del os.environ["OPENBLAS_THREAD_TIMEOUT"]
+        shutdown()
