@@ -22,6 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from .kernels import KernelSet
+from .kernels.cuda_set import CudaKernels, CupyLauncher
+from .kernels.emu import EmulationUnavailable, EmuLauncher
+from .kernels.numpy_set import NumpyKernels
+
 __all__ = [
     "Backend",
     "BackendUnavailable",
@@ -56,7 +61,7 @@ class Backend:
 
     name: str
     xp: Any
-    kernels: Any
+    kernels: KernelSet
     array_type: type
     is_gpu: bool = False
     _to_device: Callable[[Any], Any] = field(default=None, repr=False)
@@ -246,8 +251,6 @@ def _numpy_random(seed: int | None):
 def _numpy_backend() -> Backend:
     import array_api_compat.numpy as xp
 
-    from .kernels.numpy_set import NumpyKernels
-
     return Backend(
         name="numpy",
         xp=xp,
@@ -267,8 +270,12 @@ def _numba_backend() -> Backend:
         ) from exc
     import array_api_compat.numpy as xp
 
+    from .kernels import numba_runtime
     from .kernels.numba_set import NumbaKernels
 
+    # The process settings the kernels are tuned for: their cache folder, Numba's threading
+    # layer, OpenBLAS's idle workers (kernels/numba_runtime.py), before any kernel runs.
+    numba_runtime.configure()
     return Backend(
         name="numba",
         xp=xp,
@@ -299,8 +306,6 @@ def _cupy_backend() -> Backend:
         )
     import array_api_compat.cupy as xp
 
-    from .kernels.cuda_set import CudaKernels, CupyLauncher
-
     def memory_info() -> dict:
         pool = cupy.get_default_memory_pool()
         free, total = cupy.cuda.runtime.memGetInfo()
@@ -328,9 +333,6 @@ def _cupy_backend() -> Backend:
 
 def _cuda_emu_backend() -> Backend:
     import array_api_compat.numpy as xp
-
-    from .kernels.cuda_set import CudaKernels
-    from .kernels.emu import EmulationUnavailable, EmuLauncher
 
     try:
         launcher = EmuLauncher()

@@ -1,8 +1,8 @@
 """Hot-path kernels of gpucnn: one kernel set per backend, all with the same interface.
 
 Installed as ``gpucnn.kernels``. A *kernel set* is an object whose methods are the
-operations below. Every set produces the same values and the same layouts; the
-NumPy set is the oracle the others are tested against.
+operations below (:class:`KernelSet`). Every set produces the same values and the same
+layouts; the NumPy set is the oracle the others are tested against.
 
 Notation
 --------
@@ -103,44 +103,166 @@ Fused operations (a kernel set may override them; the generic set composes them)
     In-place optimizer steps on one parameter (see :mod:`gpucnn.optimizers`).
 
 Every method keeps the floating dtype it is given (float32 stays float32).
+
+One attribute:
+
+``max_array_elements``
+    The largest array, in elements, the set's kernels accept; None for no limit. The
+    NumPy and Numba sets index with 64-bit integers (None); the CUDA set indexes with
+    32-bit ones (2**31 - 1). :func:`gpucnn.memory.kernel_batch_limit` caps a model's
+    batch size by it.
 """
 
 from __future__ import annotations
 
+from typing import Any, Protocol, runtime_checkable
+
 __all__ = [
     "KERNEL_OPERATIONS",
+    "KernelSet",
     "conv_output_size",
     "check_pool_pad",
     "output_hw",
 ]
 
-# The names every kernel set answers to. Tests iterate over this tuple.
-KERNEL_OPERATIONS = (
-    "im2col",
-    "col2im",
-    "maxpool_forward",
-    "maxpool_backward",
-    "avgpool_forward",
-    "avgpool_backward",
-    "bias_relu_maxpool",
-    "bias_relu_maxpool_infer",
-    "maxpool_relu_backward",
-    "prefers_direct_conv",
-    "conv_bias_relu_maxpool",
-    "conv_bias_relu_maxpool_infer",
-    "conv_maxpool_relu_backward_params",
-    "bias_relu",
-    "softmax_cross_entropy",
-    "softmax_cross_entropy_backward",
-    "bias_grad",
-    "rows_to_nchw",
-    "nchw_to_rows",
-    "sgd_update",
-    "momentum_update",
-    "adagrad_update",
-    "rmsprop_update",
-    "adam_update",
-)
+Array = Any  # an array of the set's namespace (NumPy, CuPy, array_api_strict, ...)
+
+
+@runtime_checkable
+class KernelSet(Protocol):
+    """The interface every kernel set implements: one method per operation of "The
+    interface" above, which states shapes, layouts and conventions. ``isinstance`` checks
+    only that the methods and the attribute exist; the tests also compare the methods'
+    signatures."""
+
+    max_array_elements: int | None
+    """The largest array, in elements, the set's kernels accept; None for no limit."""
+
+    def im2col(self, x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0) -> Array:
+        """x (N, C, H, W) → col (N*OH*OW, C*KH*KW), in the column layout above."""
+
+    def col2im(
+        self, col: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: int = 1, pad: int = 0
+    ) -> Array:
+        """The adjoint of :meth:`im2col`: col (N*OH*OW, C*KH*KW) → dx of ``x_shape``."""
+
+    def maxpool_forward(self, x: Array, kh: int, kw: int, stride: int, pad: int = 0) -> tuple[Array, Array]:
+        """x (N, C, H, W) → (out, argmax), both (N, C, OH, OW); argmax int32 ``ky*KW + kx``."""
+
+    def maxpool_backward(
+        self,
+        dout: Array,
+        argmax: Array,
+        x_shape: tuple[int, int, int, int],
+        kh: int,
+        kw: int,
+        stride: int,
+        pad: int = 0,
+    ) -> Array:
+        """dout (N, C, OH, OW) routed through ``argmax`` → dx of ``x_shape``."""
+
+    def avgpool_forward(self, x: Array, kh: int, kw: int, stride: int, pad: int = 0) -> Array:
+        """x (N, C, H, W) → window means (N, C, OH, OW), pad cells counted as zeros."""
+
+    def avgpool_backward(
+        self, dout: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: int, pad: int = 0
+    ) -> Array:
+        """dout (N, C, OH, OW) → dx of ``x_shape``, ``dout / (KH*KW)`` spread over each window."""
+
+    def bias_relu_maxpool(
+        self, rows: Array, b: Array, n: int, oh: int, ow: int, kh: int, kw: int, stride: int, pad: int = 0
+    ) -> tuple[Array, Array]:
+        """GEMM rows (N*OH*OW, FN) and bias (FN,) → (out, argmax), both (N, FN, PH, PW)."""
+
+    def bias_relu_maxpool_infer(
+        self, rows: Array, b: Array, n: int, oh: int, ow: int, kh: int, kw: int, stride: int, pad: int = 0
+    ) -> Array:
+        """:meth:`bias_relu_maxpool`'s ``out`` alone."""
+
+    def maxpool_relu_backward(
+        self,
+        dout: Array,
+        argmax: Array,
+        out: Array,
+        n: int,
+        oh: int,
+        ow: int,
+        kh: int,
+        kw: int,
+        stride: int,
+        pad: int = 0,
+    ) -> Array:
+        """dout (N, FN, PH, PW) → the gradient of :meth:`bias_relu_maxpool`'s rows, (N*OH*OW, FN)."""
+
+    def prefers_direct_conv(self, c: int, fh: int, fw: int, stride: int) -> bool:
+        """Whether the ``conv_*`` operations compute such a convolution directly, faster than im2col and a GEMM."""
+
+    def conv_bias_relu_maxpool(
+        self, x: Array, w: Array, b: Array, stride: int, pad: int, kh: int, kw: int, pool_stride: int, pool_pad: int = 0
+    ) -> tuple[Array, Array]:
+        """x (N, C, H, W), w (FN, C, FH, FW), b (FN,) → (out, argmax), both (N, FN, PH, PW)."""
+
+    def conv_bias_relu_maxpool_infer(
+        self, x: Array, w: Array, b: Array, stride: int, pad: int, kh: int, kw: int, pool_stride: int, pool_pad: int = 0
+    ) -> Array:
+        """:meth:`conv_bias_relu_maxpool`'s ``out`` alone."""
+
+    def conv_maxpool_relu_backward_params(
+        self,
+        dout: Array,
+        argmax: Array,
+        out: Array,
+        x: Array,
+        w_shape: tuple[int, int, int, int],
+        stride: int,
+        pad: int,
+        kh: int,
+        kw: int,
+        pool_stride: int,
+        pool_pad: int = 0,
+    ) -> tuple[Array, Array]:
+        """dout (N, FN, PH, PW) → (dw of ``w_shape``, db (FN,)) of :meth:`conv_bias_relu_maxpool`."""
+
+    def bias_relu(self, rows: Array, b: Array) -> Array:
+        """``maximum(rows + b, 0)``: rows (M, F), b (F,) → (M, F)."""
+
+    def softmax_cross_entropy(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """Scores x (N, K), labels (N,) or targets (N, K) → (0-d mean loss, probs (N, K))."""
+
+    def softmax_cross_entropy_backward(self, probs: Array, t: Array, scale: float) -> Array:
+        """``(probs - targets) * scale``, (N, K)."""
+
+    def bias_grad(self, drows: Array) -> Array:
+        """Column sums: drows (M, F) → (F,)."""
+
+    def rows_to_nchw(self, y: Array, n: int, oh: int, ow: int) -> Array:
+        """GEMM rows (N*OH*OW, FN) → (N, FN, OH, OW)."""
+
+    def nchw_to_rows(self, dout: Array) -> Array:
+        """(N, FN, OH, OW) → GEMM rows (N*OH*OW, FN)."""
+
+    def sgd_update(self, param: Array, grad: Array, lr: float) -> None:
+        """``param -= lr * grad``, in place."""
+
+    def momentum_update(self, param: Array, grad: Array, velocity: Array, lr: float, momentum: float) -> None:
+        """``v = momentum*v - lr*grad; param += v``, in place."""
+
+    def adagrad_update(self, param: Array, grad: Array, h: Array, lr: float, eps: float) -> None:
+        """``h += grad*grad; param -= lr*grad / (sqrt(h) + eps)``, in place."""
+
+    def rmsprop_update(self, param: Array, grad: Array, h: Array, lr: float, decay: float, eps: float) -> None:
+        """``h = decay*h + (1 - decay)*grad*grad; param -= lr*grad / (sqrt(h) + eps)``, in place."""
+
+    def adam_update(
+        self, param: Array, grad: Array, m: Array, v: Array, lr_t: float, beta1: float, beta2: float, eps: float
+    ) -> None:
+        """``m += (1 - beta1)*(grad - m); v += (1 - beta2)*(grad*grad - v); param -= lr_t*m / (sqrt(v) + eps)``,
+        in place."""
+
+
+# The operations every kernel set answers to, in the order above (the methods of KernelSet;
+# its attribute, annotated without a value, is not among them). Tests iterate over this tuple.
+KERNEL_OPERATIONS: tuple[str, ...] = tuple(name for name in vars(KernelSet) if not name.startswith("_"))
 
 
 def conv_output_size(in_size: int, kernel_size: int, stride: int = 1, pad: int = 0) -> int:

@@ -4,6 +4,19 @@ It runs on any namespace that follows the array API standard (tested on
 ``array_api_strict``) and defines every operation of the interface, fused ones
 included, by composing the basic ones. Faster sets subclass it and override what they
 do better. Layouts and conventions: see :mod:`gpucnn.kernels`.
+
+Values
+------
+Against the NumPy set, as ``tests/test_kernel_agreement.py`` measured them on
+``array_api_strict`` (its ``TOLERANCES`` table). Equal bit for bit: ``im2col``,
+``col2im``, max pooling forward and backward (values and ``argmax``), ``avgpool_backward``,
+``bias_relu_maxpool`` and ``bias_relu_maxpool_infer``, ``maxpool_relu_backward``,
+``bias_relu``, the softmax cross-entropy and its backward, the layout changes and the
+optimizer steps: the same float operations in the same order. Equal to float rounding:
+``avgpool_forward``, which sums a window's stacked taps where the NumPy set reduces the
+window's axes, and ``bias_grad`` and the ``conv_*`` operations, whose products
+(``matmul``) take another BLAS path on ``array_api_strict``'s arrays than on NumPy's.
+On another namespace the values also depend on that library's ``exp``, ``log`` and ``matmul``.
 """
 
 from __future__ import annotations
@@ -20,6 +33,9 @@ class GenericKernels:
     """Kernel set written against the array API namespace ``xp``."""
 
     name = "generic"
+    # No limit on array size: indexing is the namespace's (64-bit on NumPy). A set whose
+    # kernels index with narrower integers overrides it (the CUDA set: 2**31 - 1).
+    max_array_elements: int | None = None
 
     def __init__(self, xp: Any) -> None:
         self.xp = xp
@@ -235,8 +251,17 @@ class GenericKernels:
         return (probs - self._targets(t, probs.shape[1], probs.dtype)) * scale
 
     def bias_grad(self, drows: Array) -> Array:
-        """Column sums of (M, F) rows → (F,): the gradient of a bias added to every row."""
-        return self.xp.sum(drows, axis=0)
+        """Column sums of (M, F) rows → (F,): the gradient of a bias added to every row.
+
+        Computed as the product ``ones(M) @ drows``, not ``sum(drows, axis=0)``: a
+        convolution's rows are tall and narrow (M = N*OH*OW in the tens of thousands, F a few
+        dozen), and a reduction down the first axis parallelizes over the F columns only
+        (CuPy's fallback reduction runs a block or two for such a shape), while a
+        matrix-vector product goes to BLAS (cuBLAS on CuPy), which splits the long axis too.
+        The NumPy set computes it the same way.
+        """
+        xp = self.xp
+        return xp.ones((drows.shape[0],), dtype=drows.dtype, device=_device(drows)) @ drows
 
     def rows_to_nchw(self, y: Array, n: int, oh: int, ow: int) -> Array:
         """(N*OH*OW, FN) GEMM rows → (N, FN, OH, OW)."""

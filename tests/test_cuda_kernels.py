@@ -1,42 +1,35 @@
-"""The CUDA kernel set against the NumPy oracle: on the CPU through the ``cuda-emu``
-backend (the very .cu sources compiled as C++), and on a GPU (``-m gpu``) through CuPy."""
+"""What is particular to the CUDA kernel set: its launch geometry, its argument checks, the
+emulation that runs its sources on the CPU (``cuda-emu``) and, on a GPU (``-m gpu``), whole
+networks. Its operations are compared with the oracle in ``test_kernel_agreement.py``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import gpucnn
-from gpucnn.backend import BackendUnavailable
 from gpucnn.kernels import KERNEL_OPERATIONS
-from gpucnn.kernels.cuda_set import CUDA_SOURCES, CudaKernels, CudaSource
+from gpucnn.kernels.cuda_set import BLOCK_SIZE, CUDA_SOURCES, CudaKernels, CudaSource
 from gpucnn.kernels.generic import GenericKernels
 from gpucnn.kernels.numpy_set import NumpyKernels
 
-from .strategies import window_case
+from .conftest import backend_or_skip
 
 NP = NumpyKernels()
 
-
-def _kernels_or_skip(name: str) -> CudaKernels:
-    try:
-        return gpucnn.get_backend(name).kernels
-    except BackendUnavailable as exc:
-        pytest.skip(f"backend {name!r} unavailable: {exc}")
+# The CUDA set's two launchers: the emulation on the CPU, and CuPy on a GPU.
+LAUNCHERS = ["cuda-emu", pytest.param("cupy", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture(scope="module")
 def emu() -> CudaKernels:
-    return _kernels_or_skip("cuda-emu")
+    return backend_or_skip("cuda-emu").kernels
 
 
-def _tol(dtype) -> dict:
-    return {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
-
-
-# -- the kernels against the NumPy oracle (cuda-emu) ------------------------------------------
+@pytest.fixture(scope="module", params=LAUNCHERS)
+def cuda(request) -> gpucnn.Backend:
+    """The CUDA set's backends: ``cuda-emu``, and ``cupy`` where a GPU is usable."""
+    return backend_or_skip(request.param)
 
 
 def test_every_cuda_kernel_backs_an_operation():
@@ -46,118 +39,31 @@ def test_every_cuda_kernel_backs_an_operation():
         assert getattr(CudaKernels, name) is not getattr(GenericKernels, name), name
 
 
-@settings(max_examples=25, deadline=None)
-@given(window_case())
-def test_im2col_and_col2im_match_numpy(emu, case):
-    x, kh, kw, stride, pad, _ = case
-    col = emu.im2col(x, kh, kw, stride, pad)
-    assert col.dtype == x.dtype
-    np.testing.assert_array_equal(col, NP.im2col(x, kh, kw, stride, pad))
-    c = np.random.default_rng(0).standard_normal(col.shape).astype(x.dtype)
-    dx = emu.col2im(c, x.shape, kh, kw, stride, pad)
-    assert dx.shape == x.shape and dx.dtype == x.dtype
-    np.testing.assert_allclose(dx, NP.col2im(c, x.shape, kh, kw, stride, pad), **_tol(x.dtype))
+# -- launch geometry ----------------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None)
-@given(window_case(pool=True, max_window=7))
-def test_pooling_matches_numpy(emu, case):
-    x, kh, kw, stride, pad, _ = case
-    out, argmax = emu.maxpool_forward(x, kh, kw, stride, pad)
-    ref_out, ref_argmax = NP.maxpool_forward(x, kh, kw, stride, pad)
-    assert out.dtype == x.dtype and argmax.dtype == np.int32
-    np.testing.assert_array_equal(out, ref_out)
-    np.testing.assert_array_equal(argmax, ref_argmax)
-
-    dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
-    np.testing.assert_allclose(
-        emu.maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad),
-        NP.maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad),
-        **_tol(x.dtype),
-    )
-    np.testing.assert_allclose(
-        emu.avgpool_forward(x, kh, kw, stride, pad), NP.avgpool_forward(x, kh, kw, stride, pad), **_tol(x.dtype)
-    )
-    np.testing.assert_allclose(
-        emu.avgpool_backward(dout, x.shape, kh, kw, stride, pad),
-        NP.avgpool_backward(dout, x.shape, kh, kw, stride, pad),
-        **_tol(x.dtype),
-    )
+def test_im2col_rows_wider_than_a_block(cuda):
+    x = np.random.default_rng(5).standard_normal((2, 30, 5, 4))  # 270 columns: two blocks per row
+    assert 30 * 3 * 3 > BLOCK_SIZE
+    col = cuda.kernels.im2col(cuda.asarray(x), 3, 3, 2, 1)
+    np.testing.assert_array_equal(cuda.to_numpy(col), NP.im2col(x, 3, 3, 2, 1))
 
 
-@settings(max_examples=25, deadline=None)
-@given(window_case(pool=True, max_window=7), st.integers(1, 6))
-def test_fused_and_layout_kernels_match_numpy(emu, case, fn):
-    x, kh, kw, stride, pad, _ = case
-    n, _, oh, ow = x.shape  # x only gives the shapes: rows are a conv output of OH x OW pixels
-    rng = np.random.default_rng(2)
-    rows = rng.standard_normal((n * oh * ow, fn)).astype(x.dtype)
-    b = rng.standard_normal(fn).astype(x.dtype)
-
-    nchw = emu.rows_to_nchw(rows, n, oh, ow)
-    np.testing.assert_array_equal(nchw, NP.rows_to_nchw(rows, n, oh, ow))
-    np.testing.assert_array_equal(emu.nchw_to_rows(nchw), rows)
-
-    out, argmax = emu.bias_relu_maxpool(rows, b, n, oh, ow, kh, kw, stride, pad)
-    ref_out, ref_argmax = NP.bias_relu_maxpool(rows, b, n, oh, ow, kh, kw, stride, pad)
-    np.testing.assert_array_equal(out, ref_out)
-    np.testing.assert_array_equal(argmax, ref_argmax)
-    dout = rng.standard_normal(out.shape).astype(x.dtype)
-    np.testing.assert_allclose(
-        emu.maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad),
-        NP.maxpool_relu_backward(dout, argmax, out, n, oh, ow, kh, kw, stride, pad),
-        **_tol(x.dtype),
-    )
-
-
-@st.composite
-def loss_case(draw):
-    """(x, t, b): scores x (N, K) with N 1-9 and K 1-12, large (30*randn: exp() alone would
-    overflow), int32 or int64 labels t (N,) and a bias b (K,) for bias_relu."""
-    n, k = draw(st.integers(1, 9)), draw(st.integers(1, 12))
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    x = (30 * rng.standard_normal((n, k))).astype(dtype)
-    t = rng.integers(0, k, n).astype(draw(st.sampled_from([np.int32, np.int64])))
-    b = rng.standard_normal(k).astype(dtype)
-    return x, t, b
-
-
-@settings(max_examples=40, deadline=None)
-@given(loss_case())
-def test_bias_relu_and_softmax_cross_entropy_match_numpy(emu, case):
-    x, t, b = case
-    out = emu.bias_relu(x, b)
-    assert out.dtype == x.dtype
-    np.testing.assert_array_equal(out, NP.bias_relu(x, b))
-
-    loss, probs = emu.softmax_cross_entropy(x, t)
-    ref_loss, ref_probs = NP.softmax_cross_entropy(x, t)
-    assert isinstance(loss, np.ndarray) and loss.shape == () and loss.dtype == x.dtype
-    assert probs.shape == x.shape and probs.dtype == x.dtype
-    np.testing.assert_allclose(loss, ref_loss, **_tol(x.dtype))
-    np.testing.assert_allclose(probs, ref_probs, **_tol(x.dtype))
-
-    scale = 0.7 / x.shape[0]  # dout / N
-    dx = emu.softmax_cross_entropy_backward(ref_probs, t, scale)
-    assert dx.dtype == x.dtype
-    np.testing.assert_array_equal(dx, NP.softmax_cross_entropy_backward(ref_probs, t, scale))
-
-    onehot = np.eye(x.shape[1], dtype=x.dtype)[t]  # (N, K) targets: the generic path, same values
-    np.testing.assert_allclose(emu.softmax_cross_entropy(x, onehot)[0], ref_loss, **_tol(x.dtype))
-    np.testing.assert_allclose(emu.softmax_cross_entropy_backward(ref_probs, onehot, scale), dx, **_tol(x.dtype))
-
-
-def test_softmax_cross_entropy_rows_in_several_blocks(emu):
+def test_softmax_cross_entropy_rows_in_several_blocks(cuda):
     rng = np.random.default_rng(9)
-    x, t = 30 * rng.standard_normal((600, 10)), rng.integers(0, 10, 600)  # 600 rows: 3 blocks of 256
-    loss, probs = emu.softmax_cross_entropy(x, t)
+    x, t = 30 * rng.standard_normal((600, 10)), rng.integers(0, 10, 600)  # one thread a row: 3 blocks
+    assert len(x) > 2 * BLOCK_SIZE
+    loss, probs = cuda.kernels.softmax_cross_entropy(cuda.asarray(x), cuda.asarray(t))
     ref_loss, ref_probs = NP.softmax_cross_entropy(x, t)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
-    np.testing.assert_allclose(probs, ref_probs, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(cuda.to_numpy(loss), ref_loss, rtol=1e-12)  # exp and log of another library
+    np.testing.assert_allclose(cuda.to_numpy(probs), ref_probs, rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(
-        emu.softmax_cross_entropy_backward(probs, t, 0.5), NP.softmax_cross_entropy_backward(probs, t, 0.5)
+        cuda.to_numpy(cuda.kernels.softmax_cross_entropy_backward(probs, cuda.asarray(t), 0.5)),
+        NP.softmax_cross_entropy_backward(cuda.to_numpy(probs), t, 0.5),
     )
+
+
+# -- arguments --------------------------------------------------------------------------------------
 
 
 def test_labels_outside_the_classes_match_no_class_as_in_numpy(emu):
@@ -170,16 +76,6 @@ def test_labels_outside_the_classes_match_no_class_as_in_numpy(emu):
     np.testing.assert_array_equal(
         emu.softmax_cross_entropy_backward(probs, t, 1.0), NP.softmax_cross_entropy_backward(probs, t, 1.0)
     )
-
-
-def test_nan_propagates_through_bias_relu_and_the_softmax(emu):
-    rows = np.array([[np.nan, -1.0, 2.0], [1.0, -3.0, np.inf]], dtype=np.float32)
-    out = emu.bias_relu(rows, np.zeros(3, np.float32))
-    np.testing.assert_array_equal(out, NP.bias_relu(rows, np.zeros(3, np.float32)))  # [[nan, 0, 2], [1, 0, inf]]
-    loss, probs = emu.softmax_cross_entropy(rows, np.array([1, 0]))
-    assert np.isnan(loss) and np.isnan(probs).all()
-    with np.errstate(invalid="ignore"):  # NumPy warns about inf - inf
-        assert np.isnan(NP.softmax_cross_entropy(rows, np.array([1, 0]))[0])
 
 
 def test_loss_and_bias_relu_bad_arguments_raise_clear_errors(emu):
@@ -196,52 +92,6 @@ def test_loss_and_bias_relu_bad_arguments_raise_clear_errors(emu):
         emu.softmax_cross_entropy(np.ones((3, 0), np.float32), np.zeros(3, np.int64))
 
 
-UPDATES = [
-    ("sgd_update", 0, (0.1,)),
-    ("momentum_update", 1, (0.1, 0.9)),
-    ("adagrad_update", 1, (0.1, 1e-7)),
-    ("rmsprop_update", 1, (0.1, 0.99, 1e-7)),
-    ("adam_update", 2, (0.01, 0.9, 0.999, 1e-7)),
-]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(("op", "n_state", "scalars"), UPDATES)
-def test_optimizer_updates_match_numpy_in_place(emu, op, n_state, scalars, dtype):
-    rng = np.random.default_rng(3)
-    shape = (7, 5)
-    param, grad = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
-    state = [np.abs(rng.standard_normal(shape)).astype(dtype) for _ in range(n_state)]
-    ref = [a.copy() for a in (param, *state)]
-    for _ in range(3):
-        getattr(emu, op)(param, grad, *state, *scalars)
-        getattr(NP, op)(ref[0], grad, *ref[1:], *scalars)
-    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-14}
-    for got, want in zip((param, *state), ref):
-        assert got.dtype == dtype
-        np.testing.assert_allclose(got, want, **tol)
-
-
-def test_optimizer_update_of_a_strided_view_takes_the_generic_path(emu):
-    param = np.ones((4, 6))
-    view = param[:, ::2]
-    emu.sgd_update(view, np.ones_like(view), 0.5)
-    np.testing.assert_array_equal(param[:, ::2], 0.5)
-    np.testing.assert_array_equal(param[:, 1::2], 1.0)
-
-
-def test_strided_inputs_are_read_as_their_values(emu):
-    x = np.random.default_rng(4).standard_normal((5, 3, 2, 4)).transpose(2, 1, 3, 0)  # (2, 3, 4, 5) view
-    np.testing.assert_array_equal(emu.im2col(x, 3, 2, 1, 1), NP.im2col(x, 3, 2, 1, 1))
-    out, argmax = emu.maxpool_forward(x, 2, 2, 2, 0)
-    np.testing.assert_array_equal(out, NP.maxpool_forward(x, 2, 2, 2, 0)[0])
-
-
-def test_im2col_rows_wider_than_a_block(emu):
-    x = np.random.default_rng(5).standard_normal((2, 30, 5, 4))  # 270 columns: two blocks per row
-    np.testing.assert_array_equal(emu.im2col(x, 3, 3, 2, 1), NP.im2col(x, 3, 3, 2, 1))
-
-
 def test_bad_arguments_raise_clear_errors(emu):
     with pytest.raises(TypeError, match="float32 or float64.*int64"):
         emu.im2col(np.ones((1, 1, 4, 4), dtype=np.int64), 2, 2)
@@ -256,7 +106,14 @@ def test_bad_arguments_raise_clear_errors(emu):
     assert str(ours.value) == str(oracle.value)
 
 
-# -- a whole network: same losses on numpy and cuda-emu ---------------------------------------
+def test_an_optimizer_step_the_kernels_cannot_take_takes_the_generic_path(emu):
+    """A strided view or a gradient of another dtype: the generic composition, in place."""
+    param = np.ones((4, 6))
+    emu.sgd_update(param[:, ::2], np.ones((4, 3)), 0.5)
+    np.testing.assert_array_equal(param, np.tile([0.5, 1.0], (4, 3)))
+    param = np.ones(5)
+    emu.sgd_update(param, np.ones(5, np.float32), 0.25)
+    np.testing.assert_array_equal(param, 0.75)
 
 
 # -- the emulation harness ----------------------------------------------------------------------
@@ -310,111 +167,12 @@ def test_emulation_without_a_compiler_is_unavailable():
         EmuLauncher(compiler="no-such-c++-compiler")
 
 
-# -- on a GPU (python -m benchmarks.gpu_check, or pytest -m gpu) --------------------------------
+# -- whole networks on a GPU (python -m benchmarks.gpu_check, or pytest -m gpu) ----------------------
 
 
 @pytest.fixture(scope="module")
 def gpu() -> CudaKernels:
-    return _kernels_or_skip("cupy")
-
-
-GPU_CASES = [  # (N, C, H, W, KH, KW, stride, pad)
-    (1, 1, 5, 7, 3, 3, 1, 1),
-    (3, 16, 13, 9, 3, 2, 2, 1),
-    (2, 5, 12, 12, 5, 5, 3, 2),
-    (4, 8, 28, 28, 2, 2, 2, 0),
-]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", GPU_CASES)
-def test_gpu_kernels_match_numpy(gpu, case, dtype):
-    import cupy
-
-    n, c, h, w, kh, kw, stride, pad = case
-    rng = np.random.default_rng(5)
-    x = rng.integers(-2, 3, (n, c, h, w)).astype(dtype)
-    x_gpu = cupy.asarray(x)
-    col = gpu.im2col(x_gpu, kh, kw, stride, pad)
-    np.testing.assert_array_equal(col.get(), NP.im2col(x, kh, kw, stride, pad))
-    dcol = rng.standard_normal(col.shape).astype(dtype)
-    np.testing.assert_allclose(
-        gpu.col2im(cupy.asarray(dcol), x.shape, kh, kw, stride, pad).get(),
-        NP.col2im(dcol, x.shape, kh, kw, stride, pad),
-        **_tol(dtype),
-    )
-
-    out, argmax = gpu.maxpool_forward(x_gpu, kh, kw, stride, pad)
-    ref_out, ref_argmax = NP.maxpool_forward(x, kh, kw, stride, pad)
-    np.testing.assert_array_equal(out.get(), ref_out)
-    np.testing.assert_array_equal(argmax.get(), ref_argmax)
-    dout = rng.standard_normal(out.shape).astype(dtype)
-    np.testing.assert_allclose(
-        gpu.maxpool_backward(cupy.asarray(dout), argmax, x.shape, kh, kw, stride, pad).get(),
-        NP.maxpool_backward(dout, ref_argmax, x.shape, kh, kw, stride, pad),
-        **_tol(dtype),
-    )
-    np.testing.assert_allclose(
-        gpu.avgpool_forward(x_gpu, kh, kw, stride, pad).get(), NP.avgpool_forward(x, kh, kw, stride, pad), **_tol(dtype)
-    )
-    np.testing.assert_allclose(
-        gpu.avgpool_backward(cupy.asarray(dout), x.shape, kh, kw, stride, pad).get(),
-        NP.avgpool_backward(dout, x.shape, kh, kw, stride, pad),
-        **_tol(dtype),
-    )
-
-    fn = 3
-    rows = rng.standard_normal((n * h * w, fn)).astype(dtype)
-    b = rng.standard_normal(fn).astype(dtype)
-    fused, fused_argmax = gpu.bias_relu_maxpool(cupy.asarray(rows), cupy.asarray(b), n, h, w, kh, kw, stride, pad)
-    ref_fused, ref_fused_argmax = NP.bias_relu_maxpool(rows, b, n, h, w, kh, kw, stride, pad)
-    np.testing.assert_array_equal(fused.get(), ref_fused)
-    np.testing.assert_array_equal(fused_argmax.get(), ref_fused_argmax)
-    dfused = rng.standard_normal(fused.shape).astype(dtype)
-    drows = gpu.maxpool_relu_backward(cupy.asarray(dfused), fused_argmax, fused, n, h, w, kh, kw, stride, pad)
-    np.testing.assert_allclose(
-        drows.get(),
-        NP.maxpool_relu_backward(dfused, ref_fused_argmax, ref_fused, n, h, w, kh, kw, stride, pad),
-        **_tol(dtype),
-    )
-    np.testing.assert_array_equal(gpu.rows_to_nchw(cupy.asarray(rows), n, h, w).get(), NP.rows_to_nchw(rows, n, h, w))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize(("op", "n_state", "scalars"), UPDATES)
-def test_gpu_optimizer_updates_match_numpy(gpu, op, n_state, scalars):
-    import cupy
-
-    rng = np.random.default_rng(6)
-    param, grad = rng.standard_normal((64, 33)), rng.standard_normal((64, 33))
-    state = [np.abs(rng.standard_normal(param.shape)) for _ in range(n_state)]
-    on_gpu = [cupy.asarray(a) for a in (param, *state)]
-    getattr(gpu, op)(on_gpu[0], cupy.asarray(grad), *on_gpu[1:], *scalars)
-    getattr(NP, op)(param, grad, *state, *scalars)
-    for got, want in zip(on_gpu, (param, *state)):
-        np.testing.assert_allclose(got.get(), want, rtol=1e-12, atol=1e-15)  # GPU fma: not bit-equal
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 10), (600, 12)])  # 600 rows: several blocks
-def test_gpu_bias_relu_and_softmax_cross_entropy_match_numpy(gpu, n, k, dtype):
-    import cupy
-
-    rng = np.random.default_rng(11)
-    x = (30 * rng.standard_normal((n, k))).astype(dtype)
-    t, b = rng.integers(0, k, n), rng.standard_normal(k).astype(dtype)
-    x_gpu, t_gpu = cupy.asarray(x), cupy.asarray(t)
-    np.testing.assert_array_equal(gpu.bias_relu(x_gpu, cupy.asarray(b)).get(), NP.bias_relu(x, b))
-
-    loss, probs = gpu.softmax_cross_entropy(x_gpu, t_gpu)
-    ref_loss, ref_probs = NP.softmax_cross_entropy(x, t)
-    assert isinstance(loss, cupy.ndarray) and loss.shape == () and loss.dtype == dtype
-    np.testing.assert_allclose(loss.get(), ref_loss, **_tol(dtype))  # GPU exp/log: not bit-equal
-    np.testing.assert_allclose(probs.get(), ref_probs, **_tol(dtype))
-    dx = gpu.softmax_cross_entropy_backward(cupy.asarray(ref_probs), t_gpu, 0.5 / n)
-    np.testing.assert_allclose(dx.get(), NP.softmax_cross_entropy_backward(ref_probs, t, 0.5 / n), **_tol(dtype))
+    return backend_or_skip("cupy").kernels
 
 
 @pytest.mark.gpu
