@@ -3,7 +3,11 @@
     python -m benchmarks.gpu_check [--quick] [--no-tests] [--out benchmarks/results]
 
 1. Runs ``pytest -m gpu`` on the tests (kernel equivalence on CuPy arrays, gradient check,
-   a short training run, memory-pool behaviour).
+   a short training run, memory-pool behaviour, data-parallel training's NCCL path on one
+   rank: a sum of device buffers in place, a step without a host copy, the weights of the
+   host path; it skips where CuPy has no NCCL) and on the GPU-marked cases of the
+   benchmark suite (host→device transfers, ``fit(prefetch=True)``, CuPy throughput), each
+   run once, untimed, at its smallest size: proof that they run, not figures.
 2. Times gpucnn's CUDA kernels at large sizes with CUDA events and reports each one's
    achieved bandwidth, the bytes it must move (every input read once, every output written
    once) over its median time, against the device's measured device-to-device copy
@@ -11,8 +15,8 @@
 3. Prints a markdown report (GPU, driver, CUDA, CuPy, date, test summary, table) and writes
    it to ``benchmarks/results/gpu-check-<date>-<gpu>.md``.
 
-Exits 2 when no GPU is usable, 1 when a GPU test fails. gpucnn must be the installed
-package, not the source tree (see CONTRIBUTING.md for the offline steps).
+Exits 2 when no GPU is usable, 1 when a GPU test fails. gpucnn and its dependencies must
+be importable (see CONTRIBUTING.md for the offline steps).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 TESTS = Path(__file__).parent.parent / "tests"
+BENCHMARKS = Path(__file__).parent
 GB = 1e9
 
 # -- pure parts (tested on the CPU) --------------------------------------------------------
@@ -233,7 +238,8 @@ def _nvidia_smi_driver() -> str | None:
 
 
 def run_gpu_tests() -> tuple[int, str]:
-    """``pytest -m gpu`` on the tests, in this process (so it uses this gpucnn): exit code and summary."""
+    """``pytest -m gpu`` on the tests and the benchmark suite (its cases untimed), in this
+    process (so it uses this gpucnn): exit code and summary."""
     import pytest
 
     class Summary:
@@ -245,7 +251,7 @@ def run_gpu_tests() -> tuple[int, str]:
                 self.counts[report.outcome] = self.counts.get(report.outcome, 0) + 1
 
     summary = Summary()
-    code = pytest.main(["-m", "gpu", "-q", "-p", "no:cacheprovider", str(TESTS)], plugins=[summary])
+    code = pytest.main(["-m", "gpu", "-q", "-p", "no:cacheprovider", str(TESTS), str(BENCHMARKS)], plugins=[summary])
     return int(code), ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "no test ran"
 
 
@@ -260,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         import gpucnn
     except ImportError as exc:
         print(
-            f"cannot import gpucnn ({exc}): install its wheel and run from outside the source tree, "
-            "or put the install first on PYTHONPATH (see CONTRIBUTING.md)",
+            f"cannot import gpucnn ({exc}): install it with its dependencies "
+            '(CONTRIBUTING.md, "On a lent machine without network")',
             file=sys.stderr,
         )
         return 2

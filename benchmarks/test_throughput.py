@@ -3,6 +3,12 @@
 Ids read ``test_train_step[numba-simple_convnet-b100]``. The batch is already in the
 backend's memory (transfers are measured in ``test_transfer.py``); a training step is
 what ``fit`` runs per batch: forward, loss, backward and an AdaGrad update.
+
+Each case records two figures (the ``measure`` fixture in the root ``conftest.py``):
+``images_per_s``, the pipelined throughput (steps queued back to back and synchronized
+once at the end, as ``fit`` runs them), and ``latency_images_per_s`` (each step
+synchronized). On the CPU backends they are one measurement. GPU cases are marked ``gpu``,
+so ``python -m benchmarks.gpu_check`` runs each once.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import gpucnn
 from gpucnn.memory import estimate_memory
 from gpucnn.models import build_model
 from gpucnn.optimizers import AdaGrad
-from gpucnn.report import bench_batch_sizes
+
+from .report import bench_batch_sizes
 
 MODELS = ("simple_convnet", "mnist_cnn")
 INPUT_SHAPE = (1, 28, 28)
@@ -26,8 +33,10 @@ def cases() -> list:
     params = []
     for backend in BACKENDS:
         for model in MODELS:
-            for batch in bench_batch_sizes(gpu=gpucnn.get_backend(backend).is_gpu):
-                params.append(pytest.param(backend, model, batch, id=f"{backend}-{model}-b{batch}"))
+            gpu = gpucnn.get_backend(backend).is_gpu
+            marks = [pytest.mark.gpu] if gpu else []
+            for batch in bench_batch_sizes(gpu=gpu):
+                params.append(pytest.param(backend, model, batch, id=f"{backend}-{model}-b{batch}", marks=marks))
     return params
 
 
@@ -44,17 +53,17 @@ def setup_model(backend_name: str, model_name: str, batch_size: int, training: b
         if needed > 0.8 * free:
             pytest.skip(f"batch {batch_size} needs about {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free")
     rng = np.random.default_rng(0)
-    x = model._as_input(rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32))
-    t = model._as_target(rng.integers(0, CLASSES, batch_size))
+    x = backend.asarray(rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32), dtype=model.dtype)
+    t = backend.asarray(rng.integers(0, CLASSES, batch_size))
     return backend, model, x, t
 
 
 @pytest.mark.parametrize("backend_name, model_name, batch_size", cases())
 def test_train_step(measure, backend_name, model_name, batch_size):
     backend, model, x, t = setup_model(backend_name, model_name, batch_size, training=True)
-    # _train_step is fit's inner loop: no host synchronisation but the timer's own.
+    # train_step is fit's inner loop: no host synchronization of its own, so steps queue.
     measure(
-        lambda: model._train_step(x, t),
+        lambda: model.train_step(x, t),
         backend=backend,
         images=batch_size,
         kind="train_step",

@@ -8,7 +8,10 @@
   batch i computes) and ``on_device`` (``fit(data_on_device=True)``: one copy of the
   whole set, batches indexed on the device; that copy is timed apart as ``copy_s``).
   The report turns the three epoch times into the share of an epoch spent copying
-  (:func:`gpucnn.report.transfer_shares`).
+  (:func:`benchmarks.report.transfer_shares`).
+
+Every case is marked ``gpu``: ``python -m benchmarks.gpu_check`` runs them (once, untimed),
+so the transfer paths, ``prefetch`` included, run on every GPU check.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import gpucnn
 from gpucnn.memory import estimate_memory
 from gpucnn.models import build_model
 from gpucnn.optimizers import AdaGrad
-from gpucnn.report import bench_batch_sizes
+
+from .report import bench_batch_sizes
 
 INPUT_SHAPE = (1, 28, 28)
 CLASSES = 10
@@ -31,6 +35,8 @@ MODES = ("pageable", "prefetch", "on_device")
 SAMPLE_BYTES = int(np.prod(INPUT_SHAPE)) * 4 + 8  # one float32 image and its int64 label
 SAMPLES = 2_000 if bench_batch_sizes() == bench_batch_sizes(spec="small") else 10_240
 GPU_BACKENDS = [name for name in gpucnn.available_backends() if gpucnn.get_backend(name).is_gpu]
+pytestmark = pytest.mark.gpu
+
 NO_GPU = pytest.mark.skip(
     reason="no usable GPU backend (CuPy with a CUDA device): host→device transfers are measured on GPUs only"
 )

@@ -10,8 +10,13 @@ the device. Two CUDA events per slot keep the slots safe:
 * ``released`` (recorded on the compute stream after the step that used the slot was
   queued): the copy stream waits on it before it overwrites the device buffer.
 
-Pinned (page-locked) memory is what makes the copy asynchronous: from pageable memory
-the driver stages through a bounce buffer and the host call returns only when done.
+What this buys over ``cupy.asarray(x[idx])`` per batch (the default): not an asynchronous
+copy as such, since ``cupy.asarray`` of a NumPy array already returns before the copy
+ends (CuPy 13 and 14 copy the array into a pinned staging buffer of their own on the host,
+then queue the host→device copy on the current stream). Two things differ. That copy is
+queued on the compute stream, so the device runs it between two steps instead of during
+one; here it runs on its own stream, beside the step. And the batch is gathered straight
+into the pinned buffer, not gathered and then copied once more into CuPy's.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ def prefetch_batches(model: Any, x: np.ndarray, t: np.ndarray, batches: list[np.
     """Yield ``(x_batch, t_batch)`` device arrays for each index array in ``batches``.
 
     Args:
-        model: a model on a CuPy backend (its dtype decides the device dtype of ``x``).
+        model: a model on a CuPy backend: its ``np_dtype`` is the device dtype of ``x``, and
+            ``as_input`` / ``as_target`` move data that is already on the device.
         x: host samples (N, ...) already in the model's dtype; t: host labels (N,) or (N, K).
         batches: index arrays, one per batch.
 
@@ -58,10 +64,10 @@ def prefetch_batches(model: Any, x: np.ndarray, t: np.ndarray, batches: list[np.
         return
     if not (isinstance(x, np.ndarray) and isinstance(t, np.ndarray)):  # already on the device: nothing to copy
         for idx in batches:
-            yield model._as_input(x[idx]), model._as_target(t[idx])
+            yield model.as_input(x[idx]), model.as_target(t[idx])
         return
-    x_dtype = np.dtype(model._np_dtype())
-    t_dtype = t.dtype if t.dtype.kind in "iub" else x_dtype  # as model._as_target casts
+    x_dtype = model.np_dtype
+    t_dtype = t.dtype if t.dtype.kind in "iub" else x_dtype  # as model.as_target casts
     rows = max(len(idx) for idx in batches)
     slots = [_Slot(rows, x.shape[1:], x_dtype, t.shape[1:], t_dtype) for _ in range(2)]
     compute = cupy.cuda.get_current_stream()

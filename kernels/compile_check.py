@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cuda_set import CUDA_SOURCES, CudaSource
+from .cuda_set import CUDA_SOURCES, NVRTC_OPTIONS, CudaSource
 
 __all__ = ["ARCHS", "CompileError", "CompilerUnavailable", "KernelUsage", "check", "find_compiler", "format_table"]
 
@@ -177,7 +177,7 @@ def _compile_nvcc(source: CudaSource, arch: str) -> str:
         command = [
             _nvcc(),
             f"-arch={arch}",
-            "-std=c++17",
+            *NVRTC_OPTIONS,  # what the launcher compiles with (nvcc takes the same spellings)
             "-cubin",
             "--resource-usage",
             "-diag-suppress=177",  # gpucnn_instances is never read: that is its point
@@ -220,7 +220,7 @@ def _compile_nvrtc(source: CudaSource, arch: str) -> str:
     try:
         for name in source.name_expressions:
             call(nvrtc.nvrtcAddNameExpression(program, name.encode()))
-        options = [f"-arch={arch}".encode(), b"-std=c++17", b"--ptxas-options=--verbose"]
+        options = [f"-arch={arch}".encode(), *(o.encode() for o in NVRTC_OPTIONS), b"--ptxas-options=--verbose"]
         (status,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
         size = call(nvrtc.nvrtcGetProgramLogSize(program))
         log = b" " * size

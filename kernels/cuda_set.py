@@ -18,10 +18,31 @@ Every kernel is a template over the element type, instantiated for ``float`` and
 ``numpy.int32`` sizes and scalars of the arrays' dtype, in the kernel's parameter order.
 GEMMs are not kernels of this set: layers call ``xp.matmul`` (cuBLAS on CuPy).
 Layouts and conventions: see :mod:`gpucnn.kernels`.
+
+Values
+------
+Against the NumPy set, as ``tests/test_kernel_agreement.py`` measured them on ``cuda-emu``
+(its ``TOLERANCES`` table). Equal bit for bit: ``im2col``, ``col2im``, max pooling forward
+and backward (values and ``argmax``), ``avgpool_backward``, ``bias_relu_maxpool`` and
+``bias_relu_maxpool_infer``, ``maxpool_relu_backward``, ``bias_relu``, the layout changes,
+``softmax_cross_entropy_backward``, the optimizer steps, and ``conv_bias_relu_maxpool`` and
+its ``_infer`` (composed, with NumPy's GEMM). The sources are compiled without fused
+multiply-adds (``NVRTC_OPTIONS``; ``-ffp-contract=off`` in the emulation), so every product
+is rounded as NumPy rounds it. Equal to float rounding: ``avgpool_forward`` (a thread sums
+its window in its own order), ``bias_grad`` and the bias gradient of
+``conv_maxpool_relu_backward_params`` (sums in another order), and ``softmax_cross_entropy``
+(``exp`` and ``log`` from the C++ library, not NumPy's).
+
+On a GPU (backend ``cupy``) the table's row comes from reading the kernels, not from a
+measurement: the same, except that the GEMMs are cuBLAS's, so every ``conv_*`` operation
+is equal to float rounding too, ``exp`` and ``log`` are the device's, and the optimizer
+steps are allowed a few ulps for fused multiply-adds, a margin: with ``--fmad=false`` their
+products are rounded one by one.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import re
 from dataclasses import dataclass
@@ -33,7 +54,7 @@ import numpy as np
 from . import check_pool_pad, output_hw
 from .generic import GenericKernels
 
-__all__ = ["CUDA_SOURCES", "CudaKernels", "CudaSource", "CupyLauncher", "Launcher"]
+__all__ = ["CUDA_SOURCES", "MAX_ELEMENTS", "NVRTC_OPTIONS", "CudaKernels", "CudaSource", "CupyLauncher", "Launcher"]
 
 Array = Any
 
@@ -50,6 +71,12 @@ MAX_ELEMENTS = 2**31 - 1
 # The largest grid.y (and grid.z) of a CUDA launch; grid.x goes up to MAX_ELEMENTS.
 MAX_GRID_Y = 65535
 
+# NVRTC's options, for the launcher and the compile check alike. -std=c++17 for the
+# templates. --fmad=false: no fused multiply-adds (NVRTC fuses by default), so that a
+# kernel rounds every product as NumPy and the emulation (-ffp-contract=off) do. Nothing
+# device-specific, so one source serves every GPU.
+NVRTC_OPTIONS = ("-std=c++17", "--fmad=false")
+
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 
 
@@ -64,8 +91,9 @@ class CudaSource:
     kernels: tuple[str, ...]
     directory: Path | None = None
 
-    @property
+    @functools.cached_property
     def path(self) -> Path:
+        """The file, resolved once (``importlib.resources`` is slow enough to matter per launch)."""
         base = self.directory or Path(str(importlib.resources.files("gpucnn.kernels") / "cuda"))
         return Path(base) / self.file
 
@@ -149,6 +177,12 @@ class CudaKernels(GenericKernels):
     def __init__(self, xp: Any, launcher: Launcher) -> None:
         super().__init__(xp)
         self.launcher = launcher
+
+    @property
+    def max_array_elements(self) -> int:
+        """The most elements an array handed to a kernel may have (32-bit indices): the
+        memory model caps the batch size by it (:func:`gpucnn.memory.kernel_batch_limit`)."""
+        return MAX_ELEMENTS
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -466,12 +500,15 @@ class CudaKernels(GenericKernels):
         if not self._update("adagrad_update", param, grad, (h,), (lr, eps)):
             super().adagrad_update(param, grad, h, lr, eps)
 
+    # The complements (1 - decay, 1 - beta) are computed here, in double, and rounded once
+    # to the parameter's dtype, as the generic set's Python (1 - decay) is.
+
     def rmsprop_update(self, param, grad, h, lr, decay, eps):
-        if not self._update("rmsprop_update", param, grad, (h,), (lr, decay, eps)):
+        if not self._update("rmsprop_update", param, grad, (h,), (lr, decay, 1 - decay, eps)):
             super().rmsprop_update(param, grad, h, lr, decay, eps)
 
     def adam_update(self, param, grad, m, v, lr_t, beta1, beta2, eps):
-        if not self._update("adam_update", param, grad, (m, v), (lr_t, beta1, beta2, eps)):
+        if not self._update("adam_update", param, grad, (m, v), (lr_t, 1 - beta1, 1 - beta2, eps)):
             super().adam_update(param, grad, m, v, lr_t, beta1, beta2, eps)
 
 
@@ -504,22 +541,27 @@ class CupyLauncher:
     """Launches the kernels on CuPy arrays through ``cupy.RawModule``.
 
     Each source is compiled by NVRTC the first time one of its kernels runs on a device,
-    then kept (per device and source); CuPy also caches the binary on disk.
+    then kept (per device and source); CuPy also caches the binary on disk. A launch after
+    the first looks its function up by (device, source, name) and calls it: no path, file or
+    package lookup on the way, since it runs once per kernel call of every step.
+
+    ``cupy`` is the CuPy module (default: imported); a stand-in with ``RawModule`` and
+    ``cuda.runtime.getDevice`` lets the host side be exercised without a GPU.
     """
 
-    # -std=c++17 for the templates; nothing device-specific, so one source serves every GPU.
-    OPTIONS = ("-std=c++17",)
+    OPTIONS = NVRTC_OPTIONS
 
-    def __init__(self) -> None:
-        import cupy
-
+    def __init__(self, cupy: Any = None) -> None:
+        if cupy is None:
+            import cupy
         self._cupy = cupy
-        self._modules: dict[tuple[int, str], Any] = {}
-        self._functions: dict[tuple[int, str, str], Any] = {}
+        self._device_id = cupy.cuda.runtime.getDevice
+        self._modules: dict[tuple[int, CudaSource], Any] = {}
+        self._functions: dict[tuple[int, CudaSource, str], Any] = {}
 
     def module(self, source: CudaSource) -> Any:
         """The compiled ``RawModule`` of ``source`` on the current device."""
-        key = (self._cupy.cuda.Device().id, str(source.path))
+        key = (self._device_id(), source)
         module = self._modules.get(key)
         if module is None:
             module = self._cupy.RawModule(
@@ -529,7 +571,7 @@ class CupyLauncher:
         return module
 
     def launch(self, source, name, grid, block, args):
-        key = (self._cupy.cuda.Device().id, str(source.path), name)
+        key = (self._device_id(), source, name)
         function = self._functions.get(key)
         if function is None:
             function = self._functions[key] = self.module(source).get_function(name)
