@@ -153,7 +153,7 @@ def worker_compile(backend: str, batch: int) -> dict:
     t0 = time.perf_counter()
     import gpucnn
 
-    gpucnn.get_backend(backend)  # imports the kernel module: Numba itself, the cache directory
+    gpucnn.get_backend(backend)  # builds the backend: imports Numba, configures its cache and threads
     imported = time.perf_counter() - t0
     net, opt = _gpucnn_model(backend)
     x, t = _data(batch)

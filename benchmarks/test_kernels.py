@@ -12,7 +12,8 @@ import pytest
 
 import gpucnn
 from gpucnn.kernels import conv_output_size
-from gpucnn.report import bench_batch_sizes
+
+from .report import bench_batch_sizes
 
 BACKENDS = [name for name in gpucnn.available_backends() if name != "cuda-emu"]
 BATCH = 8 if bench_batch_sizes() == bench_batch_sizes(spec="small") else 100

@@ -15,7 +15,8 @@ import gpucnn
 from gpucnn.memory import estimate_memory, training_step_peak
 from gpucnn.models import build_model
 from gpucnn.optimizers import AdaGrad
-from gpucnn.report import bench_batch_sizes
+
+from .report import bench_batch_sizes
 
 MODELS = ("simple_convnet", "mnist_cnn")
 INPUT_SHAPE = (1, 28, 28)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from gpucnn.report import PEER, bench_batch_sizes
+from .report import PEER, bench_batch_sizes
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional peer: pip install torch")
 
@@ -110,6 +110,7 @@ class _Worker:
     """What ``measure`` needs of a backend: a name and a synchronize (the worker's reply is one)."""
 
     name = PEER
+    is_gpu = False
 
     @staticmethod
     def synchronize() -> None:

@@ -1,4 +1,5 @@
-"""`gpucnn bench` and `gpucnn sweep` on small inputs, and the `--benchmark` switch."""
+"""The benchmark report (``benchmarks/report.py``), `gpucnn bench`, `gpucnn sweep` on small
+inputs, and the `--benchmark` switch."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gpucnn import report
+from benchmarks import report
 from gpucnn.cli import main
+from gpucnn.machine import machine_description
 
 from .idx_files import write_mnist
 
@@ -93,7 +95,7 @@ def tiny_results() -> dict:
             )
         )
     cases.append({"name": "test_unrelated", "stats": {"median": 1.0}, "extra_info": {}})
-    machine = {"python_version": "3.11", "gpucnn": report.machine_description()}
+    machine = {"python_version": "3.11", "gpucnn": machine_description()}
     return {"machine_info": machine, "datetime": "2026-01-01T00:00:00", "benchmarks": cases}
 
 
@@ -122,7 +124,7 @@ def test_report_from_json(tmp_path, capsys):
     source = tmp_path / "run.json"
     source.write_text(json.dumps(tiny_results()))
     out = tmp_path / "report"
-    assert main(["bench", "--from", str(source), "--out", str(out)]) == 0
+    assert report.main(["--from", str(source), "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
     for name in ("throughput.png", "transfer.png", "memory.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
@@ -136,6 +138,34 @@ def test_report_from_json(tmp_path, capsys):
     assert "![throughput](throughput.png)" in text and "CPU:" in text
 
 
+def test_report_shows_latency_where_it_differs_and_launch_overhead(tmp_path):
+    results = tiny_results()
+    for backend, throughput, latency in (("cupy", 4000.0, 2500.0), ("numpy", 300.0, 300.0)):
+        results["benchmarks"].append(
+            case(
+                f"test_train_step[{backend}-mnist_cnn-b32]",
+                32 / latency,
+                kind="train_step",
+                backend=backend,
+                model="mnist_cnn",
+                batch_size=32,
+                images_per_s=throughput,
+                latency_images_per_s=latency,
+            )
+        )
+    for name, extra in (("cuda_emu_sgd", {"us_per_launch": 4.0}), ("untimed", {})):
+        launch = {"kind": "launch", "backend": "cuda-emu", "case": f"{name}-case", "launches": 1000, **extra}
+        results["benchmarks"].append(case(f"test_launch_overhead_{name}", 4e-3, **launch))
+    written = report.write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    # A latency column beside cupy's throughput; none for numpy, whose two figures are one.
+    assert "| batch | cupy | cupy latency | numpy |" in text and "| 32 | 4,000 | 2,500 | 300 |" in text
+    assert "| batch | numpy | torch | numpy/torch |" in text  # no latency recorded: the table as before
+    assert "| case | launches per call | µs per launch |" in text
+    assert "| cuda_emu_sgd-case | 1,000 | 4.00 |" in text and "untimed-case" not in text
+    assert tmp_path / "throughput.png" in written
+
+
 def test_report_of_a_cpu_run_says_why_transfer_is_missing(tmp_path):
     results = tiny_results()
     results["benchmarks"] = [c for c in results["benchmarks"] if c["extra_info"].get("kind") not in ("epoch", "h2d")]
@@ -144,17 +174,48 @@ def test_report_of_a_cpu_run_says_why_transfer_is_missing(tmp_path):
     assert "No GPU backend in this run" in (tmp_path / "report.md").read_text()
 
 
-def test_bench_errors(tmp_path):
+def test_report_errors(tmp_path):
     not_bench = tmp_path / "other.json"
     not_bench.write_text('{"a": 1}')
     with pytest.raises(SystemExit, match="not a pytest-benchmark JSON"):
-        main(["bench", "--from", str(not_bench), "--out", str(tmp_path / "r")])
+        report.main(["--from", str(not_bench), "--out", str(tmp_path / "r")])
     empty = tmp_path / "empty.json"
     empty.write_text('{"benchmarks": []}')
     with pytest.raises(SystemExit, match="no case of the gpucnn benchmark suite"):
-        main(["bench", "--from", str(empty), "--out", str(tmp_path / "r")])
-    with pytest.raises(SystemExit, match="is not the benchmarks/ folder of a gpucnn source tree"):
+        report.main(["--from", str(empty), "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match="must be 'default', 'small' or batch sizes"):
+        report.main(["--sizes", "big", "--out", str(tmp_path / "r")])
+
+
+def test_gpucnn_bench_runs_the_checkouts_report(tmp_path, monkeypatch):
+    source = tmp_path / "run.json"
+    source.write_text(json.dumps(tiny_results()))
+    monkeypatch.chdir(tmp_path)  # out and --from are taken relative to here, the child runs elsewhere
+    assert main(["bench", "--from", "run.json", "--out", "report", "--suite", str(ROOT / "benchmarks")]) == 0
+    assert "| im2col | conv | 8 | numpy | 1.000 | 2.50 |" in (tmp_path / "report" / "report.md").read_text()
+    assert main(["bench", "--from", "missing.json", "--out", "report", "--suite", str(ROOT / "benchmarks")]) == 1
+
+
+def test_gpucnn_bench_refuses_a_folder_that_is_not_the_suite(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
         main(["bench", "--suite", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert stop.value.code == 2 and not (tmp_path / "r").exists()
+    assert f"--suite {tmp_path} is not the benchmarks/ folder of a gpucnn source checkout" in capsys.readouterr().err
+
+
+def test_suite_json_records_the_machine_and_the_settings(tmp_path):
+    json_path = tmp_path / "bench.json"
+    case = "test_im2col and numpy-simple_convnet-conv1"
+    code = report.run_suite(json_path, sizes="small", pytest_args=["-k", case, "--benchmark-max-time=0.01"])
+    assert code == 0
+    results = report.load_results(json_path)
+    assert [c["name"] for c in results["benchmarks"]] == ["test_im2col[numpy-simple_convnet-conv1-b8]"]
+    machine = results["machine_info"]["gpucnn"]
+    assert machine["environment"][report.SIZES_ENV] == "small" and machine["cores"] == os.cpu_count()
+    assert machine["libraries"]["pytest-benchmark"] and machine["libraries"]["gpucnn"]
+    report.write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| im2col | simple_convnet-conv1 | 8 | numpy |" in text and f"{report.SIZES_ENV}=small" in text
 
 
 def test_sweep_two_batch_sizes(tmp_path, capsys):
@@ -197,33 +258,31 @@ def test_sweep_rejects_bad_batch_sizes():
         main(["sweep", "--batch-sizes", "8,zero"])
 
 
-def collected(*args: str, sizes: str = "1,4") -> list[str]:
-    """Test ids that pytest collects in benchmarks/test_throughput.py with ``args``."""
+def collect_only(*args: str, sizes: str = "1,4") -> str:
+    """What ``pytest --collect-only -q ARGS`` prints, run from the checkout's root."""
     env = {**os.environ, report.SIZES_ENV: sizes}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--collect-only",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            *args,
-            "benchmarks/test_throughput.py",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    return [line for line in run.stdout.splitlines() if "::" in line]
+    return run.stdout
+
+
+def collected(*args: str, sizes: str = "1,4") -> list[str]:
+    """Test ids that ``pytest --collect-only ARGS`` collects from the checkout's root."""
+    return [line for line in collect_only(*args, sizes=sizes).splitlines() if "::" in line]
 
 
 def test_benchmark_switch_selects_sizes():
-    plain = collected()
+    plain = collected("benchmarks/test_throughput.py")
     assert plain and all(line.endswith("-b1]") for line in plain)
-    timed = collected("--benchmark")
+    timed = collected("--benchmark", "benchmarks/test_throughput.py")
     assert {line.rsplit("-", 1)[1] for line in timed} == {"b1]", "b4]"}
     assert "test_train_step[numpy-simple_convnet-b4]" in "\n".join(timed)
+
+
+def test_benchmark_switch_without_paths_collects_the_suite_only():
+    printed = collect_only("--benchmark")
+    suite = [line for line in printed.splitlines() if "::" in line]
+    assert suite and all(line.startswith("benchmarks/test_") for line in suite)
+    assert any(line.startswith("benchmarks/test_throughput.py::") for line in suite)
+    assert "deselected" not in printed  # the tests of testpaths were never collected

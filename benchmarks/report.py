@@ -1,15 +1,21 @@
-"""``gpucnn bench``: run the benchmark suite (or read its JSON) and draw the answer.
+"""The benchmark suite's report: run ``pytest --benchmark``, read its JSON, draw the answer.
 
-The suite (``benchmarks/`` in the source tree, run with ``pytest --benchmark``) stores
-what every case measured in pytest-benchmark's ``extra_info``: ``kind``
-(``train_step``, ``inference``, ``kernel``, ``memory``, ``epoch``, ``h2d``),
-``backend``, ``model``, ``batch_size`` and the figures (``images_per_s``, ``gb_per_s``,
-``peak_bytes``, ...). The report groups by those fields, never by parsing test names,
-and writes into one folder:
+    python -m benchmarks.report --out bench-report                 # run the suite, then the report
+    python -m benchmarks.report --sizes small --out bench-report   # batch sizes 1, 8, 32 only
+    python -m benchmarks.report --from bench.json --out report     # report on an earlier run
 
-* ``report.md``: the machine, then tables of throughput (with the PyTorch peer and the
-  ratio to it), kernels, transfer overhead and memory;
-* ``throughput.png``: images/s against batch size, log axes, one line per backend and peer;
+``gpucnn bench`` runs this module from the root of a source checkout. Every case of the
+suite stores what it measured in pytest-benchmark's ``extra_info``: ``kind``
+(``train_step``, ``inference``, ``kernel``, ``launch``, ``memory``, ``epoch``, ``h2d``),
+``backend``, ``model``, ``batch_size`` and the figures (``images_per_s``,
+``latency_images_per_s``, ``gb_per_s``, ``us_per_launch``, ``peak_bytes``, ...). The
+report groups by those fields, never by parsing test names, and writes into one folder:
+
+* ``report.md``: the machine, then tables of throughput (with the latency where it
+  differs, the PyTorch peer and the ratio to it), kernels, launch overhead, transfer
+  overhead and memory;
+* ``throughput.png``: images/s against batch size, log axes, one line per backend and peer
+  (and a dotted one for a backend's latency where it differs);
 * ``transfer.png``: the share of an epoch spent on host→device copies (GPU runs only);
 * ``memory.png``: peak memory of a training step against batch size, with the memory model;
 * ``bench.json``: the pytest-benchmark JSON itself (``machine_info`` holds the machine).
@@ -17,28 +23,36 @@ and writes into one folder:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
-from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from gpucnn.io import atomic_write
+from gpucnn.memory import format_bytes
+from gpucnn.plotting import save_figure
+
 __all__ = [
     "DEFAULT_BATCH_SIZES",
+    "PEER",
     "SIZES_ENV",
+    "SMALL_BATCH_SIZES",
     "bench_batch_sizes",
     "load_results",
-    "machine_description",
+    "main",
     "run_suite",
+    "transfer_shares",
     "write_report",
 ]
 
+SUITE = Path(__file__).resolve().parent
 SIZES_ENV = "GPUCNN_BENCH_SIZES"
 DEFAULT_BATCH_SIZES = (1, 8, 32, 100, 256, 1024)
 SMALL_BATCH_SIZES = (1, 8, 32)
@@ -72,121 +86,21 @@ def bench_batch_sizes(gpu: bool = False, spec: str | None = None) -> list[int]:
     return sizes
 
 
-# -- the machine ------------------------------------------------------------------------------
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _memory_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _gpu_description() -> dict | None:
-    """Name, memory, driver and runtime of CUDA device 0 through CuPy, or None."""
-    from importlib.util import find_spec
-
-    if find_spec("cupy") is None:
-        return None
-    try:
-        import cupy
-
-        if not cupy.is_available():
-            return None
-        runtime = cupy.cuda.runtime
-        props = runtime.getDeviceProperties(0)
-        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-        return {
-            "name": name,
-            "memory_bytes": int(props["totalGlobalMem"]),
-            "compute_capability": f"{props['major']}.{props['minor']}",
-            "driver_version": runtime.driverGetVersion(),
-            "runtime_version": runtime.runtimeGetVersion(),
-            "devices": runtime.getDeviceCount(),
-        }
-    except Exception as exc:  # a broken driver must not break the report
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def _blas_description() -> list[dict]:
-    try:
-        import numpy  # noqa: F401  (loads the BLAS that threadpoolctl then reports)
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
-    keys = ("internal_api", "version", "num_threads", "threading_layer", "architecture")
-    return [{k: pool.get(k) for k in keys if pool.get(k) is not None} for pool in threadpool_info()]
-
-
-def machine_description() -> dict:
-    """CPU, cores, memory, GPU, driver and library versions: what a benchmark ran on."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu": _cpu_name(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "memory_bytes": _memory_total(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "libraries": {
-            name: _version(name)
-            for name in ("gpucnn", "numpy", "numba", "cupy-cuda12x", "cupy-cuda13x", "torch", "pytest-benchmark")
-        },
-        "blas": _blas_description(),
-        "gpu": _gpu_description(),
-        "environment": {
-            k: os.environ[k]
-            for k in (SIZES_ENV, "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
-            if k in os.environ
-        },
-    }
-
-
 # -- running the suite -----------------------------------------------------------------------
 
 
-def run_suite(
-    json_path: str | os.PathLike,
-    suite: str | os.PathLike = "benchmarks",
-    sizes: str | None = None,
-    pytest_args: Iterable[str] = (),
-) -> int:
-    """``pytest --benchmark SUITE --benchmark-json JSON_PATH`` in a child process; its exit code.
+def run_suite(json_path: str | os.PathLike, sizes: str | None = None, pytest_args: Iterable[str] = ()) -> int:
+    """``pytest --benchmark benchmarks/ --benchmark-json JSON_PATH`` in a child process; its exit code.
 
-    ``suite`` is the ``benchmarks/`` folder of a gpucnn source tree (pytest runs from
-    its parent, so that the tree's ``conftest.py`` applies). ``sizes`` sets
-    ``$GPUCNN_BENCH_SIZES`` for the run.
+    pytest runs from the checkout's root, so that its ``conftest.py`` (the ``--benchmark``
+    switch and the ``measure`` fixture) applies. ``sizes`` sets ``$GPUCNN_BENCH_SIZES``
+    for the run.
     """
-    suite = Path(suite).resolve()
-    if not (suite / "__init__.py").is_file() or not (suite.parent / "conftest.py").is_file():
-        raise FileNotFoundError(
-            f"{suite} is not the benchmarks/ folder of a gpucnn source tree "
-            f"(run from the repository root, pass --suite, or read a JSON with --from)"
+    missing = [name for name in ("pytest", "pytest_benchmark") if find_spec(name) is None]
+    if missing:
+        raise RuntimeError(
+            f"the benchmark suite needs {' and '.join(missing)} in {sys.executable}: "
+            "pip install pytest pytest-benchmark (or pip install -e '.[dev]' in the checkout)"
         )
     env = dict(os.environ)
     if sizes is not None:
@@ -197,14 +111,14 @@ def run_suite(
         "-m",
         "pytest",
         "--benchmark",
-        str(suite),
+        str(SUITE),
         f"--benchmark-json={Path(json_path).resolve()}",
         "-q",
         "-p",
         "no:cacheprovider",
         *pytest_args,
     ]
-    return subprocess.run(command, cwd=suite.parent, env=env).returncode
+    return subprocess.run(command, cwd=SUITE.parent, env=env).returncode
 
 
 def load_results(path: str | os.PathLike) -> dict:
@@ -240,8 +154,6 @@ def _fmt_rate(value: float | None) -> str:
 
 
 def _fmt_bytes(value: float | None) -> str:
-    from .memory import format_bytes
-
     return "–" if value is None else format_bytes(value)
 
 
@@ -294,21 +206,32 @@ def _throughput_section(records: list[dict]) -> list[str]:
         "## Throughput (images/s)",
         "",
         "Training step = forward, backward and AdaGrad update on one batch already in the backend's "
-        "memory; inference = forward only. Median of the timed rounds. `torch`: the same network in "
-        "PyTorch, run in a worker process of its own so that thread pools never share a process; the "
-        "last columns divide gpucnn's images/s by PyTorch's (above 1: gpucnn is faster).",
+        "memory; inference = forward only. Median of the timed rounds. Throughput: calls queued back "
+        "to back and synchronized once, as `fit` runs them; a `latency` column, where a backend's "
+        "differs (a GPU's, whose device works while the host queues the next call), gives the images/s "
+        "of calls each synchronized (on a CPU backend the two are one measurement, shown once). "
+        "`torch`: the same network in PyTorch, run in a worker process of its own so that thread pools "
+        "never share a process; the last columns divide gpucnn's throughput by PyTorch's (above 1: "
+        "gpucnn is faster).",
         "",
     ]
     table: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in records:
         if r["kind"] in ("train_step", "inference") and r.get("images_per_s"):
             table[(r["model"], r["kind"])][r["backend"]][int(r["batch_size"])] = r["images_per_s"]
+    latency = {kind: _latency_series(records, kind) for kind in ("train_step", "inference")}
     order = {"train_step": 0, "inference": 1}
     for (model, kind), series in sorted(table.items(), key=lambda item: (item[0][0], order[item[0][1]])):
         backends = sorted(b for b in series if b != PEER) + ([PEER] if PEER in series else [])
         ours = [b for b in backends if b != PEER]
         sizes = sorted({b for s in series.values() for b in s})
-        head = ["batch", *backends] + ([f"{b}/{PEER}" for b in ours] if PEER in series else [])
+        waited = latency[kind].get(model, {})
+        columns = []  # (points, header): each backend's throughput, then its latency where it differs
+        for b in backends:
+            columns.append((series[b], b))
+            if b in waited:
+                columns.append((waited[b], f"{b} latency"))
+        head = ["batch", *(name for _, name in columns)] + ([f"{b}/{PEER}" for b in ours] if PEER in series else [])
         lines += [
             f"### {model}, {'training step' if kind == 'train_step' else 'inference'}",
             "",
@@ -316,7 +239,7 @@ def _throughput_section(records: list[dict]) -> list[str]:
             "|" + "---:|" * len(head),
         ]
         for size in sizes:
-            row = [str(size)] + [_fmt_rate(series[b].get(size)) for b in backends]
+            row = [str(size)] + [_fmt_rate(points.get(size)) for points, _ in columns]
             if PEER in series:
                 peer = series[PEER].get(size)
                 row += [f"{series[b][size] / peer:.2f}" if peer and size in series[b] else "–" for b in ours]
@@ -326,6 +249,36 @@ def _throughput_section(records: list[dict]) -> list[str]:
     return lines if table else []
 
 
+def _latency_series(records: list[dict], kind: str) -> dict[str, dict[str, dict[int, float]]]:
+    """``{model: {backend: {batch: latency images/s}}}`` of the records of one kind whose
+    latency differs from their throughput (pipelined GPU calls); on a host backend the two
+    are one measurement and the latency adds nothing."""
+    out: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        waited = r.get("latency_images_per_s")
+        if r["kind"] == kind and waited and waited != r.get("images_per_s"):
+            out[r["model"]][r["backend"]][int(r["batch_size"])] = waited
+    return out
+
+
+def _launch_section(records: list[dict]) -> list[str]:
+    rows = [r for r in records if r["kind"] == "launch" and r.get("us_per_launch") is not None]
+    if not rows:
+        return []
+    lines = [
+        "## Kernel launch overhead",
+        "",
+        "Host time of one launch of the CUDA set, on the CPU (`benchmarks/test_launch.py`): the median "
+        "time of a call that makes `launches` launches, divided by their number.",
+        "",
+        "| case | launches per call | µs per launch |",
+        "|---|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: r["case"]):
+        lines.append(f"| {r['case']} | {r['launches']:,} | {r['us_per_launch']:.2f} |")
+    return [*lines, ""]
+
+
 def _kernel_section(records: list[dict]) -> list[str]:
     rows = [r for r in records if r["kind"] == "kernel"]
     if not rows:
@@ -333,7 +286,9 @@ def _kernel_section(records: list[dict]) -> list[str]:
     lines = [
         "## Kernels",
         "",
-        "Effective bandwidth = (bytes read once + bytes written once) / time: the least traffic the operation needs.",
+        "GB/s: effective bandwidth = (bytes read once + bytes written once), the least traffic the operation "
+        "needs, / the time per call of calls queued back to back. Time: one synchronized call (on a CPU "
+        "backend the two times are one measurement).",
         "",
         "| kernel | layer shape | batch | backend | time (ms) | GB/s |",
         "|---|---|---:|---|---:|---:|",
@@ -453,10 +408,9 @@ def _plot_throughput(records: list[dict], path: Path) -> bool:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .plotting import save_figure
-
     kinds = [("train_step", "training step"), ("inference", "inference")]
     data = {kind: _series(records, kind, "images_per_s") for kind, _ in kinds}
+    latency = {kind: _latency_series(records, kind) for kind, _ in kinds}
     models = sorted({m for d in data.values() for m in d})
     if not models:
         return False
@@ -465,10 +419,22 @@ def _plot_throughput(records: list[dict], path: Path) -> bool:
         for col, (kind, title) in enumerate(kinds):
             ax = axes[row][col]
             every = set()
+            waited = latency[kind].get(model, {})
             for backend, points in sorted(data[kind].get(model, {}).items()):
                 sizes = sorted(points)
                 every.update(sizes)
-                ax.plot(sizes, [points[s] for s in sizes], label=backend, **_line_style(backend))
+                (line,) = ax.plot(sizes, [points[s] for s in sizes], label=backend, **_line_style(backend))
+                if backend in waited:  # dotted, in the colour of the backend's throughput
+                    slow = waited[backend]
+                    sizes = sorted(slow)
+                    ax.plot(
+                        sizes,
+                        [slow[s] for s in sizes],
+                        color=line.get_color(),
+                        linestyle=":",
+                        marker=".",
+                        label=f"{backend} latency",
+                    )
             _log_axes(ax, every)
             ax.set_xlabel("batch size")
             ax.set_ylabel("images / s")
@@ -488,8 +454,6 @@ def _plot_transfer(records: list[dict], path: Path) -> bool:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from .plotting import save_figure
 
     models = sorted({model for _, model, _ in shares})
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False, constrained_layout=True)
@@ -524,8 +488,6 @@ def _plot_memory(records: list[dict], path: Path) -> bool:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .plotting import save_figure
-
     estimated = _series(records, "memory", "model_bytes")
     models = sorted(measured)
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False, constrained_layout=True)
@@ -555,8 +517,6 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> list[Path]:
     Returns the files written. Plots without data (transfer on a CPU-only run) are left out,
     and the markdown says why.
     """
-    from .io import atomic_write
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = _records(results)
@@ -571,7 +531,7 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> list[Path]:
             drawn.append(name)
     lines = ["# gpucnn benchmark report", "", *_machine_lines(results), ""]
     lines += [f"![{name[:-4]}]({name})" for name in drawn] + [""]
-    for section in (_throughput_section, _kernel_section, _transfer_section, _memory_section):
+    for section in (_throughput_section, _kernel_section, _launch_section, _transfer_section, _memory_section):
         lines += section(records)
     with atomic_write(out / "report.md", "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
@@ -579,13 +539,10 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> list[Path]:
 
 
 def bench(
-    out_dir: str | os.PathLike,
-    from_json: str | os.PathLike | None = None,
-    suite: str | os.PathLike = "benchmarks",
-    sizes: str | None = None,
+    out_dir: str | os.PathLike, from_json: str | os.PathLike | None = None, sizes: str | None = None
 ) -> list[Path]:
-    """What ``gpucnn bench`` does: run the suite into ``OUT/bench.json`` (or copy ``from_json``
-    there) and write the report beside it."""
+    """Run the suite into ``OUT/bench.json`` (or copy ``from_json`` there) and write the
+    report beside it; returns the files written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "bench.json"
@@ -594,10 +551,37 @@ def bench(
         if Path(from_json).resolve() != json_path.resolve():
             shutil.copyfile(from_json, json_path)
     else:
-        code = run_suite(json_path, suite=suite, sizes=sizes)
+        code = run_suite(json_path, sizes=sizes)
         if not json_path.is_file():
             raise RuntimeError(f"the benchmark run failed (pytest exit code {code}) and wrote no {json_path}")
         if code != 0:
-            print(f"gpucnn bench: pytest exited with code {code}; reporting what was measured", file=sys.stderr)
+            print(f"pytest exited with code {code}; reporting what was measured", file=sys.stderr)
         results = load_results(json_path)
     return [*write_report(results, out), json_path]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", metavar="DIR", default="bench-report", help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--from",
+        dest="from_json",
+        metavar="FILE",
+        help="a pytest-benchmark JSON to report on, instead of running the suite",
+    )
+    parser.add_argument(
+        "--sizes",
+        metavar="SPEC",
+        help=f"batch sizes: default, small or a list like 1,32,256 (sets ${SIZES_ENV} for the run)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        written = bench(args.out, from_json=args.from_json, sizes=args.sizes)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise SystemExit(f"{parser.prog}: error: {exc}") from None
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
