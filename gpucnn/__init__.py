@@ -7,7 +7,20 @@
 ...                              gpucnn.layers.Affine(10)], input_shape=(784,))
 """
 
-from . import datasets, initializers, kernels, layers, memory, models, optimizers
+from . import (
+    datasets,
+    distributed,
+    fused,
+    initializers,
+    kernels,
+    layers,
+    memory,
+    metrics,
+    models,
+    optimizers,
+    schedules,
+    tables,
+)
 from .backend import (
     Backend,
     BackendUnavailable,
@@ -36,6 +49,8 @@ __all__ = [
     "available_backends",
     "conv_output_size",
     "datasets",
+    "distributed",
+    "fused",
     "get_backend",
     "initializers",
     "kernels",
@@ -44,8 +59,11 @@ __all__ = [
     "load",
     "max_batch_size",
     "memory",
+    "metrics",
     "models",
     "optimizers",
+    "schedules",
     "set_backend",
+    "tables",
     "use_backend",
 ]

@@ -1,10 +1,19 @@
 """Layers, written once against the array API and the backend's kernel set (NCHW).
 
 Every layer has ``forward(x, train=True)`` and ``backward(dout)``; loss layers have
-``forward(x, t)`` and ``backward(dout=1)``. Arrays a layer keeps between forward and
-backward are declared in its ``__init__``. Trainable arrays live in ``layer.params``
-and their gradients in ``layer.grads`` (same keys), which is all an optimizer sees;
-the book's names ``W``, ``b``, ``dW``, ``db`` are properties over those dicts.
+``forward(x, t)`` and ``backward(dout=1)``. What a layer holds is declared once:
+
+* trainable arrays are registered with ``add_param`` and live in ``layer.params``, their
+  gradients in ``layer.grads`` (same keys), which is all an optimizer sees; the book's
+  names ``W``, ``b``, ``dW``, ``db`` are properties over those dicts;
+* non-trainable arrays that travel with the layer (BatchNormalization's running
+  statistics) are registered with ``add_state`` and live in ``layer.state``;
+* arrays kept from forward for backward are named in the class's ``cache_names``, set to
+  None on construction and by ``clear_cache()``.
+
+``state_dict()`` / ``load_state_dict()`` read and write the registered arrays; saving,
+loading and ``to()`` go through them. Each layer also answers its own memory terms
+(``memory()``, see :mod:`gpucnn.memory`).
 
 A layer is bound to the backend that was current when it was made (``layer.backend``);
 it refuses arrays of any other backend instead of copying them silently, and never
@@ -14,6 +23,8 @@ asks which backend it is on: it calls ``xp`` and ``backend.kernels``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,57 +34,173 @@ from .initializers import get_initializer
 from .kernels import check_pool_pad, output_hw
 
 __all__ = [
+    "SUPPORTED_DTYPES",
     "Affine",
-    "ConvReluMaxPool",
-    "LinearReLU",
     "AvgPooling",
     "BatchNormalization",
     "Convolution",
     "Dropout",
     "Flatten",
+    "GemmMemory",
     "Layer",
     "LossLayer",
     "MaxPooling",
+    "MemoryTerms",
     "ReLU",
     "Relu",
     "Sigmoid",
     "SigmoidWithLoss",
     "SoftmaxWithLoss",
+    "Step",
 ]
 
 Array = Any
 Shape = tuple[int, ...]
 
+# Bytes per element of cached arrays whose dtype does not follow the model's.
+ARGMAX_BYTES = 4  # int32 window-local indices of max pooling
+MASK_BYTES = 1  # ReLU's boolean mask
+
+
+# The dtypes layers and models compute in; every kernel set has both.
+SUPPORTED_DTYPES = ("float32", "float64")
+
 
 def xp_dtype(xp: Any, spec: Any) -> Any:
-    """The namespace's dtype object for ``spec`` (a name, a NumPy dtype or an xp dtype)."""
+    """The namespace's dtype object for ``spec`` (a name, a NumPy dtype or an xp dtype),
+    which must be one of :data:`SUPPORTED_DTYPES`; None stays None."""
     if spec is None:
         return None
-    if isinstance(spec, str):
-        return getattr(xp, spec)
-    try:
-        return getattr(xp, np.dtype(spec).name)
-    except TypeError:
-        return spec  # already the namespace's own dtype object
+    name = dtype_name(spec)
+    if name not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype {name!r} is not supported: gpucnn computes in {' or '.join(SUPPORTED_DTYPES)}")
+    return getattr(xp, name)
 
 
 def dtype_name(dtype: Any) -> str:
+    """``"float32"`` for float32 whatever spells it: a name (``"f4"``), a NumPy dtype or an xp dtype."""
     try:
         return np.dtype(dtype).name
     except TypeError:
         return str(dtype).rsplit(".", 1)[-1]
 
 
-class Layer:
-    """Base class: backend binding, dtype rules, parameter bookkeeping, lazy building."""
+def _integer(value: Any, what: str, minimum: int) -> int:
+    """``value`` as an ``int``: an integer (not a bool, a float or a string) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    return int(value)
 
-    param_names: tuple[str, ...] = ()
+
+def _nbytes(batch_size: int, shape: Shape, itemsize: int) -> int:
+    """Bytes of a (batch_size, *shape) array."""
+    return batch_size * math.prod(shape) * itemsize
+
+
+@dataclass(frozen=True)
+class MemoryTerms:
+    """What one step (a layer or a fused step) holds at one batch size, in bytes.
+
+    :mod:`gpucnn.memory` turns these terms into the peak of a training step.
+
+    Attributes:
+        output: the step's output array.
+        kept: arrays kept from forward to backward (the step's cache), im2col's columns included.
+        columns: the part of ``kept`` that is im2col's columns.
+        forward: the peak of arrays alive only while forward runs, the output included.
+        backward: the peak of arrays alive only while backward runs (the input gradient
+            included, the incoming gradient not).
+        output_in_cache: whether ``kept`` includes the output array itself.
+        keeps_input: whether the cache holds the input array (or a view of it).
+        view: whether the output is a view of the input (whoever keeps the output keeps the input).
+    """
+
+    output: int
+    kept: int = 0
+    columns: int = 0
+    forward: int = 0
+    backward: int = 0
+    output_in_cache: bool = False
+    keeps_input: bool = False
+    view: bool = False
+
+
+@dataclass(frozen=True)
+class GemmMemory:
+    """The arrays of a layer computed as one GEMM (Affine, Convolution), in bytes.
+
+    Attributes:
+        columns: im2col's columns, kept for backward (0 for Affine).
+        rows: the GEMM output, (N*OH*OW, FN) or (N, units).
+        input_grad: backward's arrays for the input gradient (dcol and dx); 0 when the
+            input needs no gradient.
+        keeps_input: whether the layer keeps (a view of) its input for backward.
+        output_is_rows: whether the output has the rows' layout (no NCHW copy).
+    """
+
+    columns: int
+    rows: int
+    input_grad: int
+    keeps_input: bool
+    output_is_rows: bool
+
+
+class Step:
+    """Anything a model runs in order: a layer, or a fused step over several layers
+    (:mod:`gpucnn.fused`).
+
+    The contract:
+
+    * ``forward(x, train=True)`` returns the output;
+    * ``backward(dout)`` returns the input gradient, or None when nothing upstream needs
+      it, and leaves each parameter's gradient in its layer's ``grads``;
+    * ``clear_cache()`` drops the arrays kept from the last forward (named once, in
+      ``cache_names``);
+    * ``memory(batch_size, itemsize, training)`` returns the step's :class:`MemoryTerms`;
+    * ``layers`` is the tuple of layers the step runs, in order.
+    """
+
+    cache_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.clear_cache()
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        raise NotImplementedError
+
+    def forward(self, x: Array, train: bool = True) -> Array:
+        raise NotImplementedError
+
+    def backward(self, dout: Array) -> Array | None:
+        raise NotImplementedError
+
+    def clear_cache(self) -> None:
+        """Drop the arrays kept from the last forward pass."""
+        for name in self.cache_names:
+            setattr(self, name, None)
+
+    def memory(self, batch_size: int, itemsize: int, training: bool) -> MemoryTerms:
+        """The step's memory terms at ``batch_size`` (see :class:`MemoryTerms`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not state its memory terms: define "
+            f"{type(self).__name__}.memory(batch_size, itemsize, training) returning a gpucnn.layers.MemoryTerms, "
+            f"so that gpucnn.memory can estimate a model that uses it"
+        )
+
+
+class Layer(Step):
+    """Base class: backend binding, dtype rules, registered arrays, lazy building."""
 
     def __init__(self, *, dtype: Any = None, name: str | None = None) -> None:
+        super().__init__()
         self.backend: Backend = get_backend()
         self.dtype = xp_dtype(self.backend.xp, dtype)
         self.name = name
-        self.params: dict[str, Array] = {}
+        self.params: dict[str, Array] = {}  # trainable arrays (add_param)
+        self.state: dict[str, Array] = {}  # non-trainable arrays saved with the layer (add_state)
         self.grads: dict[str, Array] = {}
         self.input_shape: Shape | None = None  # one sample's shape, without the batch axis
         self.output_shape: Shape | None = None
@@ -87,6 +214,10 @@ class Layer:
         return self.backend.xp
 
     @property
+    def layers(self) -> tuple[Layer, ...]:
+        return (self,)
+
+    @property
     def built(self) -> bool:
         return self.input_shape is not None
 
@@ -95,6 +226,8 @@ class Layer:
         if self.dtype is None:
             self.dtype = xp_dtype(self.xp, dtype if dtype is not None else "float32")
         input_shape = tuple(int(d) for d in input_shape)
+        if any(d < 1 for d in input_shape):
+            raise ValueError(f"{type(self).__name__}: input shape {input_shape} has a size below 1")
         self.output_shape = self._build(input_shape, rng if rng is not None else np.random.default_rng())
         self.input_shape = input_shape
         return self.output_shape
@@ -102,31 +235,65 @@ class Layer:
     def _build(self, input_shape: Shape, rng: np.random.Generator) -> Shape:
         return input_shape
 
-    def _param(self, value: np.ndarray) -> Array:
-        return self.backend.asarray(np.asarray(value), dtype=self.dtype)
+    def _as_own(self, value: Any) -> Array:
+        """``value`` (a host array, Python data or an array of this backend) in this layer's
+        backend and dtype."""
+        return self.backend.asarray(value, dtype=self.dtype)
+
+    def add_param(self, name: str, value: Any) -> Array:
+        """Register a trainable array under ``name`` (cast to the layer's backend and dtype)."""
+        if name in self.state:
+            raise ValueError(f"{type(self).__name__}: {name!r} is already registered as state")
+        self.params[name] = self._as_own(value)
+        return self.params[name]
+
+    def add_state(self, name: str, value: Any) -> Array:
+        """Register a non-trainable array under ``name``: saved, loaded and moved with the layer."""
+        if name in self.params:
+            raise ValueError(f"{type(self).__name__}: {name!r} is already registered as a parameter")
+        self.state[name] = self._as_own(value)
+        return self.state[name]
+
+    def state_dict(self) -> dict[str, Array]:
+        """``{name: array}`` of every registered array, parameters then state (the layer's own arrays)."""
+        return {**self.params, **self.state}
+
+    def load_state_dict(self, arrays: Mapping[str, Any]) -> None:
+        """Replace every registered array by a copy of ``arrays[name]`` (host arrays or
+        arrays of this backend), in this layer's dtype; names and shapes must match."""
+        own = self.state_dict()
+        who = self.name or type(self).__name__
+        if set(arrays) != set(own):
+            raise ValueError(f"{who}: arrays {sorted(arrays)} do not match {sorted(own)}")
+        for name, current in own.items():
+            shape = tuple(np.shape(arrays[name]))
+            if shape != tuple(current.shape):
+                raise ValueError(f"{who}: {name!r} has shape {shape}, the layer needs {tuple(current.shape)}")
+        for name in own:
+            store = self.params if name in self.params else self.state
+            value = arrays[name]
+            if self.backend.is_array(value):
+                store[name] = self._as_own(self.xp.asarray(value, copy=True))
+            else:  # a host array: copied here, before the backend may wrap it without a copy
+                store[name] = self._as_own(np.array(value) if isinstance(value, np.ndarray) else value)
 
     def to(self, backend: str | Backend) -> Layer:
-        """Move parameters and state to ``backend`` (in place); returns the layer."""
+        """Move the registered arrays to ``backend`` (in place); returns the layer."""
         target = get_backend(backend)
-        for store in (self.params, *self._state_dicts()):
-            for key, value in store.items():
-                store[key] = target.asarray(self.backend.to_numpy(value))
-        self.grads = {}
+        arrays = {name: self.backend.to_numpy(value) for name, value in self.state_dict().items()}
         self.dtype = xp_dtype(target.xp, dtype_name(self.dtype)) if self.dtype is not None else None
         self.backend = target
-        self._clear_cache()
+        self.grads = {}
+        self.clear_cache()
+        self.load_state_dict(arrays)
         return self
 
-    def _state_dicts(self) -> tuple[dict, ...]:
-        """Non-trainable arrays that travel with the layer (BatchNormalization's statistics)."""
-        return ()
-
-    def _clear_cache(self) -> None:
-        """Drop arrays kept from the last forward pass."""
+    def reseed(self, seed: int | None) -> None:
+        """Restart the layer's random stream from ``seed`` (a no-op for layers that draw none)."""
 
     # -- checks -----------------------------------------------------------------------
 
-    def _check_input(self, x: Array, ndim: int | None = None) -> None:
+    def check_input(self, x: Array, ndim: int | None = None) -> None:
         """Refuse foreign arrays and wrong ranks, build lazily, then refuse a dtype mismatch."""
         what = f"{type(self).__name__}.forward"
         self.backend.check_array(x, what)
@@ -142,12 +309,6 @@ class Layer:
 
     # -- interface ------------------------------------------------------------------
 
-    def forward(self, x: Array, train: bool = True) -> Array:
-        raise NotImplementedError
-
-    def backward(self, dout: Array) -> Array:
-        raise NotImplementedError
-
     def __call__(self, x: Array, train: bool = True) -> Array:
         return self.forward(x, train)
 
@@ -158,23 +319,35 @@ class Layer:
         """Hyperparameters that rebuild the layer (saved with a model)."""
         return {}
 
+    def _bytes_in(self, batch_size: int, itemsize: int) -> int:
+        return _nbytes(batch_size, self.input_shape, itemsize)
+
+    def _bytes_out(self, batch_size: int, itemsize: int) -> int:
+        return _nbytes(batch_size, self.output_shape, itemsize)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
 
 
 def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
+    """An int or a pair (h, w) of ints >= 1, as a pair."""
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise ValueError(f"{what} must be an int or a pair (h, w), got {v!r}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
+        return _integer(v[0], what, 1), _integer(v[1], what, 1)
+    v = _integer(v, what, 1)
+    return v, v
 
 
-class _WeightBias(Layer):
-    """A layer with a weight ``W`` and a bias ``b``, built lazily or from explicit arrays."""
+class _GemmLayer(Layer):
+    """A layer computed as one GEMM plus a bias: weight ``W``, bias ``b``, built lazily or
+    from explicit arrays.
 
-    param_names = ("W", "b")
+    Its forward is ``rows_to_output(gemm_rows(x) + b)`` and its backward
+    ``backward_rows(output_to_rows(dout))``; fused steps (:mod:`gpucnn.fused`) call the
+    same four methods with their own work in between.
+    """
 
     def __init__(self, *, W=None, b=None, weight_init: Any = "he", dtype: Any = None, name: str | None = None):
         super().__init__(dtype=dtype, name=name)
@@ -183,25 +356,59 @@ class _WeightBias(Layer):
         if W is not None:
             W = W if self.backend.is_array(W) else np.asarray(W)
             if self.dtype is None:
+                if dtype_name(W.dtype) not in SUPPORTED_DTYPES:
+                    raise ValueError(
+                        f"{type(self).__name__}: W is {dtype_name(W.dtype)}, but gpucnn computes in "
+                        f"{' or '.join(SUPPORTED_DTYPES)}: pass W.astype('float32') or give dtype"
+                    )
                 self.dtype = xp_dtype(self.xp, dtype_name(W.dtype))
-            self.params["W"] = self.backend.asarray(W, dtype=self.dtype)
+            self.add_param("W", W)
             fan_out = W.shape[0] if W.ndim == 4 else W.shape[1]
-            bias = np.zeros(fan_out) if b is None else b
-            self.params["b"] = self.backend.asarray(bias, dtype=self.dtype)
+            self.add_param("b", np.zeros(fan_out) if b is None else b)
 
     W = property(lambda self: self.params["W"], lambda self, v: self.params.__setitem__("W", v))
     b = property(lambda self: self.params["b"], lambda self, v: self.params.__setitem__("b", v))
     dW = property(lambda self: self.grads.get("W"))
     db = property(lambda self: self.grads.get("b"))
 
+    def gemm_rows(self, x: Array) -> Array:
+        """Check ``x``, keep what backward needs, and return the GEMM of ``x`` with ``W``
+        without the bias: (N*OH*OW, FN) rows for a convolution, (N, units) for Affine."""
+        raise NotImplementedError
 
-class Convolution(_WeightBias):
+    def rows_to_output(self, rows: Array) -> Array:
+        """GEMM rows (of the last ``gemm_rows``) in the output's layout."""
+        raise NotImplementedError
+
+    def output_to_rows(self, dout: Array) -> Array:
+        """An output-shaped gradient in the rows' layout."""
+        raise NotImplementedError
+
+    def backward_rows(self, drows: Array) -> Array | None:
+        """Set ``grads`` from the gradient of the GEMM rows; return dx, or None when the
+        input needs no gradient."""
+        raise NotImplementedError
+
+    def gemm_memory(self, batch_size: int, itemsize: int) -> GemmMemory:
+        """The sizes of the GEMM's arrays at ``batch_size`` (see :class:`GemmMemory`)."""
+        raise NotImplementedError
+
+    def forward(self, x, train=True):
+        return self.rows_to_output(self.gemm_rows(x) + self.b)
+
+    def backward(self, dout):
+        return self.backward_rows(self.output_to_rows(dout))
+
+
+class Convolution(_GemmLayer):
     """2-D convolution (cross-correlation) through im2col and one GEMM.
 
     ``Convolution(filter_num, filter_size, stride=1, pad=0)`` with lazy weights, or the
     book's ``Convolution(W=W, b=b, stride=1, pad=0)`` with ``W`` (FN, C, FH, FW), ``b`` (FN,).
     Input (N, C, H, W) → output (N, FN, OH, OW).
     """
+
+    cache_names = ("_x_shape", "_col", "_rows_shape")
 
     def __init__(
         self,
@@ -223,14 +430,10 @@ class Convolution(_WeightBias):
             filter_num, filter_size = W.shape[0], (W.shape[2], W.shape[3])
         if filter_num is None or filter_size is None:
             raise ValueError("Convolution needs filter_num and filter_size, or explicit W")
-        self.filter_num = int(filter_num)
-        self.filter_size = _pair(filter_size, "filter_size")
-        self.stride = int(stride)
-        self.pad = int(pad)
-        if self.stride < 1 or self.pad < 0:
-            raise ValueError(f"Convolution needs stride >= 1 and pad >= 0, got stride={stride}, pad={pad}")
-        self._x_shape: Shape | None = None
-        self._col: Array | None = None
+        self.filter_num = _integer(filter_num, "Convolution filter_num", 1)
+        self.filter_size = _pair(filter_size, "Convolution filter_size")
+        self.stride = _integer(stride, "Convolution stride", 1)
+        self.pad = _integer(pad, "Convolution pad", 0)
 
     def _build(self, input_shape, rng):
         if len(input_shape) != 3:
@@ -246,174 +449,90 @@ class Convolution(_WeightBias):
         else:
             fan_in, fan_out = c * fh * fw, self.filter_num * fh * fw
             init = get_initializer(self.weight_init)
-            self.params["W"] = self._param(init(rng, (self.filter_num, c, fh, fw), fan_in, fan_out))
-            self.params["b"] = self._param(np.zeros(self.filter_num))
+            self.add_param("W", init(rng, (self.filter_num, c, fh, fw), fan_in, fan_out))
+            self.add_param("b", np.zeros(self.filter_num))
         oh, ow = output_hw(h, w, fh, fw, self.stride, self.pad)
         return (self.filter_num, oh, ow)
 
-    def _check_channels(self, x: Array) -> None:
+    def check_input(self, x: Array, ndim: int | None = 4) -> None:
         """The checks of every forward: the input's backend, rank, dtype and channel count."""
-        self._check_input(x, ndim=4)
+        super().check_input(x, ndim)
         c, wc = x.shape[1], self.W.shape[1]
         if c != wc:
             raise ValueError(f"Convolution: input has {c} channels but W expects {wc} (W shape {tuple(self.W.shape)})")
 
-    def _rows(self, x: Array) -> tuple[Array, tuple[int, int, int]]:
-        """im2col and the GEMM, no bias: rows (N*OH*OW, FN) in (n, oh, ow) order, and (N, OH, OW)."""
-        self._check_channels(x)
-        n, c, h, w = x.shape
-        fn, wc, fh, fw = self.W.shape
-        oh, ow = output_hw(h, w, fh, fw, self.stride, self.pad)
-        col = self.backend.kernels.im2col(x, fh, fw, self.stride, self.pad)
-        self._x_shape, self._col = tuple(x.shape), col
-        return col @ self.xp.matrix_transpose(self.xp.reshape(self.W, (fn, wc * fh * fw))), (n, oh, ow)
+    def output_nhw(self, x_shape: Shape) -> tuple[int, int, int]:
+        """(N, OH, OW) of the output for an input of shape ``x_shape`` (N, C, H, W): the GEMM
+        rows are (N*OH*OW, FN) in (n, oh, ow) order."""
+        n, _, h, w = x_shape
+        fh, fw = self.filter_size
+        return (n, *output_hw(h, w, fh, fw, self.stride, self.pad))
 
-    def _backward_rows(self, rows: Array) -> Array | None:
-        """Gradients from the gradient of the GEMM rows (N*OH*OW, FN); returns dx or None."""
+    def gemm_rows(self, x):
+        """im2col and the GEMM, no bias: rows (N*OH*OW, FN) in (n, oh, ow) order."""
+        self.check_input(x)
+        fn, wc, fh, fw = self.W.shape
+        col = self.backend.kernels.im2col(x, fh, fw, self.stride, self.pad)
+        self._x_shape, self._col, self._rows_shape = tuple(x.shape), col, self.output_nhw(x.shape)
+        return col @ self.xp.matrix_transpose(self.xp.reshape(self.W, (fn, wc * fh * fw)))
+
+    def rows_to_output(self, rows):
+        return self.backend.kernels.rows_to_nchw(rows, *self._rows_shape)
+
+    def output_to_rows(self, dout):
+        return self.backend.kernels.nchw_to_rows(dout)
+
+    def backward_rows(self, drows):
         xp = self.xp
         fn, c, fh, fw = self.W.shape
-        self.grads["b"] = self.backend.kernels.bias_grad(rows)
-        self.grads["W"] = xp.reshape(xp.matrix_transpose(rows) @ self._col, (fn, c, fh, fw))
+        self.grads["b"] = self.backend.kernels.bias_grad(drows)
+        self.grads["W"] = xp.reshape(xp.matrix_transpose(drows) @ self._col, (fn, c, fh, fw))
         if not self.needs_input_grad:
             return None
-        dcol = rows @ xp.reshape(self.W, (fn, c * fh * fw))
+        dcol = drows @ xp.reshape(self.W, (fn, c * fh * fw))
         return self.backend.kernels.col2im(dcol, self._x_shape, fh, fw, self.stride, self.pad)
 
-    def forward(self, x, train=True):
-        rows, (n, oh, ow) = self._rows(x)
-        return self.backend.kernels.rows_to_nchw(rows + self.b, n, oh, ow)
+    def gemm_memory(self, batch_size, itemsize):
+        fh, fw = self.filter_size
+        columns = batch_size * math.prod(self.output_shape[1:]) * self.input_shape[0] * fh * fw * itemsize
+        input_grad = columns + self._bytes_in(batch_size, itemsize) if self.needs_input_grad else 0
+        return GemmMemory(
+            columns=columns,
+            rows=self._bytes_out(batch_size, itemsize),
+            input_grad=input_grad,
+            keeps_input=False,
+            output_is_rows=False,
+        )
 
-    def backward(self, dout):
-        return self._backward_rows(self.backend.kernels.nchw_to_rows(dout))
-
-    def _clear_cache(self):
-        self._x_shape = self._col = None
+    def memory(self, batch_size, itemsize, training):
+        gemm = self.gemm_memory(batch_size, itemsize)
+        out = self._bytes_out(batch_size, itemsize)
+        return MemoryTerms(
+            output=out,
+            kept=gemm.columns,
+            columns=gemm.columns,
+            forward=2 * gemm.rows + out,  # the GEMM rows, + bias, the NCHW copy
+            backward=gemm.rows + gemm.input_grad,  # the rows' gradient, then dcol and dx
+        )
 
     def config(self):
         return {"filter_num": self.filter_num, "filter_size": self.filter_size, "stride": self.stride, "pad": self.pad}
 
 
-class ConvReluMaxPool:
-    """Convolution → ReLU → MaxPooling run as one step through fused kernel operations.
-
-    Models build it over three consecutive layers; the layers keep their parameters and
-    gradients (``conv.params``, ``conv.grads``), so nothing else changes. The ReLU output
-    and the unpooled activation are never stored. Two ways through the kernels:
-
-    - from the input (``conv_bias_relu_maxpool`` and its backward
-      ``conv_maxpool_relu_backward_params``), when the input needs no gradient (a first
-      layer) and the kernel set computes such a convolution directly
-      (``prefers_direct_conv``): no column matrix at all;
-    - from the GEMM rows (``im2col``, a GEMM, ``bias_relu_maxpool`` and
-      ``maxpool_relu_backward``) otherwise.
-
-    Inference always asks for ``conv_bias_relu_maxpool_infer`` (no argmax is tracked);
-    a large batch runs ``infer_block`` images at a time, so that a column matrix and its
-    GEMM output stay in the CPU's caches, where those of a whole batch of 1024 (tens of
-    MB) would stream from memory twice. The results are the same.
-    """
-
-    infer_block = 128
-
-    def __init__(self, conv: Convolution, relu: ReLU, pool: MaxPooling) -> None:
-        self.conv, self.relu, self.pool = conv, relu, pool
-        self._conv_shape: tuple[int, int, int] | None = None  # (N, OH, OW) of the convolution, rows path
-        self._x: Array | None = None  # the input, direct path
-        self._argmax: Array | None = None
-        self._out: Array | None = None
-
-    @staticmethod
-    def fits(layers: list[Layer], i: int) -> bool:
-        """Whether ``layers[i:i+3]`` is a Convolution, a ReLU and a MaxPooling."""
-        return (
-            i + 2 < len(layers)
-            and type(layers[i]) is Convolution
-            and type(layers[i + 1]) is ReLU
-            and type(layers[i + 2]) is MaxPooling
-        )
-
-    def _direct(self) -> bool:
-        """Whether training takes the direct way (see the class docstring)."""
-        conv = self.conv
-        _, c, fh, fw = conv.W.shape
-        return not conv.needs_input_grad and conv.backend.kernels.prefers_direct_conv(c, fh, fw, conv.stride)
-
-    def forward(self, x, train=True):
-        block = self.infer_block
-        if not train and x.shape[0] > block:
-            parts = [self.forward(x[i : i + block], train=False) for i in range(0, x.shape[0], block)]
-            return self.conv.xp.concat(parts, axis=0)
-        conv, k = self.conv, self.conv.backend.kernels
-        pool = self._pool_args()
-        self._out = self._argmax = self._x = self._conv_shape = None
-        if not train:  # no gradient will flow back: no argmax, nothing kept
-            conv._check_channels(x)
-            return k.conv_bias_relu_maxpool_infer(x, conv.W, conv.b, conv.stride, conv.pad, *pool)
-        if self._direct():
-            conv._check_channels(x)
-            self._x = x
-            self._out, self._argmax = k.conv_bias_relu_maxpool(x, conv.W, conv.b, conv.stride, conv.pad, *pool)
-            return self._out
-        rows, self._conv_shape = conv._rows(x)
-        self._out, self._argmax = k.bias_relu_maxpool(rows, conv.b, *self._conv_shape, *pool)
-        return self._out
-
-    def backward(self, dout):
-        conv, k = self.conv, self.conv.backend.kernels
-        pool = self._pool_args()
-        if self._x is not None:  # the direct path: the input needs no gradient
-            conv.grads["W"], conv.grads["b"] = k.conv_maxpool_relu_backward_params(
-                dout, self._argmax, self._out, self._x, tuple(conv.W.shape), conv.stride, conv.pad, *pool
-            )
-            return None
-        rows = k.maxpool_relu_backward(dout, self._argmax, self._out, *self._conv_shape, *pool)
-        return conv._backward_rows(rows)
-
-    def _pool_args(self) -> tuple[int, int, int, int]:
-        """The pooling's (KH, KW, stride, pad), as the kernel operations take them."""
-        return (*self.pool.pool_size, self.pool.stride, self.pool.pad)
-
-
-class LinearReLU:
-    """Affine → ReLU or Convolution → ReLU run as one step: the bias and the ReLU in one
-    pass over the GEMM output (the kernel operation ``bias_relu``)."""
-
-    def __init__(self, linear: Affine | Convolution, relu: ReLU) -> None:
-        self.linear, self.relu = linear, relu
-        self._conv_shape: tuple[int, int, int] | None = None
-        self._out: Array | None = None  # the ReLU output as GEMM rows: its sign is the mask
-
-    @staticmethod
-    def fits(layers: list[Layer], i: int) -> bool:
-        """Whether ``layers[i:i+2]`` is an Affine or a Convolution followed by a ReLU."""
-        return i + 1 < len(layers) and type(layers[i]) in (Affine, Convolution) and type(layers[i + 1]) is ReLU
-
-    def forward(self, x, train=True):
-        k = self.linear.backend.kernels
-        rows, self._conv_shape = self.linear._rows(x)
-        self._out = k.bias_relu(rows, self.linear.b)
-        return self._out if self._conv_shape is None else k.rows_to_nchw(self._out, *self._conv_shape)
-
-    def backward(self, dout):
-        xp, k = self.linear.xp, self.linear.backend.kernels
-        rows = dout if self._conv_shape is None else k.nchw_to_rows(dout)
-        return self.linear._backward_rows(xp.where(self._out > 0, rows, xp.zeros((), dtype=rows.dtype)))
-
-
 class _Pooling(Layer):
+    cache_names = ("_x_shape",)
+
     def __init__(
         self, pool_size: int | tuple[int, int] = 2, stride: int | None = None, pad: int = 0, *, name: str | None = None
     ):
         super().__init__(name=name)
-        self.pool_size = _pair(pool_size, "pool_size")
-        self.stride = int(stride) if stride is not None else self.pool_size[0]
-        self.pad = int(pad)
+        what = type(self).__name__
+        self.pool_size = _pair(pool_size, f"{what} pool_size")
+        self.stride = _integer(stride, f"{what} stride", 1) if stride is not None else self.pool_size[0]
+        self.pad = _integer(pad, f"{what} pad", 0)
         if stride is None and self.pool_size[0] != self.pool_size[1]:
             raise ValueError(f"pool_size {self.pool_size} is not square: give the stride explicitly")
-        if self.stride < 1 or self.pad < 0:
-            raise ValueError(f"{type(self).__name__} needs stride >= 1 and pad >= 0, got stride={stride}, pad={pad}")
         check_pool_pad(*self.pool_size, self.pad)
-        self._x_shape: Shape | None = None
 
     def _build(self, input_shape, rng):
         if len(input_shape) != 3:
@@ -425,19 +544,14 @@ class _Pooling(Layer):
     def config(self):
         return {"pool_size": self.pool_size, "stride": self.stride, "pad": self.pad}
 
-    def _clear_cache(self):
-        self._x_shape = None
-
 
 class MaxPooling(_Pooling):
     """Max pooling; ``stride`` defaults to the pool size. (N, C, H, W) → (N, C, OH, OW)."""
 
-    def __init__(self, pool_size=2, stride=None, pad=0, *, name=None):
-        super().__init__(pool_size, stride, pad, name=name)
-        self._argmax: Array | None = None
+    cache_names = ("_x_shape", "_argmax")
 
     def forward(self, x, train=True):
-        self._check_input(x, ndim=4)
+        self.check_input(x, ndim=4)
         ph, pw = self.pool_size
         out, argmax = self.backend.kernels.maxpool_forward(x, ph, pw, self.stride, self.pad)
         self._x_shape, self._argmax = tuple(x.shape), argmax
@@ -447,15 +561,20 @@ class MaxPooling(_Pooling):
         ph, pw = self.pool_size
         return self.backend.kernels.maxpool_backward(dout, self._argmax, self._x_shape, ph, pw, self.stride, self.pad)
 
-    def _clear_cache(self):
-        self._x_shape = self._argmax = None
+    def memory(self, batch_size, itemsize, training):
+        return MemoryTerms(
+            output=self._bytes_out(batch_size, itemsize),
+            kept=_nbytes(batch_size, self.output_shape, ARGMAX_BYTES),  # the argmax
+            forward=self._bytes_out(batch_size, itemsize),
+            backward=self._bytes_in(batch_size, itemsize),
+        )
 
 
 class AvgPooling(_Pooling):
     """Average pooling, pad cells counted in the divisor. (N, C, H, W) → (N, C, OH, OW)."""
 
     def forward(self, x, train=True):
-        self._check_input(x, ndim=4)
+        self.check_input(x, ndim=4)
         ph, pw = self.pool_size
         self._x_shape = tuple(x.shape)
         return self.backend.kernels.avgpool_forward(x, ph, pw, self.stride, self.pad)
@@ -464,10 +583,19 @@ class AvgPooling(_Pooling):
         ph, pw = self.pool_size
         return self.backend.kernels.avgpool_backward(dout, self._x_shape, ph, pw, self.stride, self.pad)
 
+    def memory(self, batch_size, itemsize, training):
+        return MemoryTerms(
+            output=self._bytes_out(batch_size, itemsize),
+            forward=self._bytes_out(batch_size, itemsize),
+            backward=self._bytes_in(batch_size, itemsize),
+        )
 
-class Affine(_WeightBias):
+
+class Affine(_GemmLayer):
     """Fully connected layer ``x @ W + b``; N-D input is flattened to (N, D) and its shape
     restored in backward. ``W`` (D, units), ``b`` (units,)."""
+
+    cache_names = ("_x_shape", "_x2d")
 
     def __init__(
         self,
@@ -486,9 +614,7 @@ class Affine(_WeightBias):
             units = W.shape[1]
         if units is None:
             raise ValueError("Affine needs units, or explicit W")
-        self.units = int(units)
-        self._x_shape: Shape | None = None
-        self._x2d: Array | None = None
+        self.units = _integer(units, "Affine units", 1)
 
     def _build(self, input_shape, rng):
         d = math.prod(input_shape)
@@ -499,39 +625,55 @@ class Affine(_WeightBias):
                 )
         else:
             init = get_initializer(self.weight_init)
-            self.params["W"] = self._param(init(rng, (d, self.units), d, self.units))
-            self.params["b"] = self._param(np.zeros(self.units))
+            self.add_param("W", init(rng, (d, self.units), d, self.units))
+            self.add_param("b", np.zeros(self.units))
         return (self.units,)
 
-    def _rows(self, x: Array) -> tuple[Array, None]:
-        """The GEMM ``x @ W`` without bias, (N, units); None: no spatial shape."""
+    def gemm_rows(self, x):
+        """The GEMM ``x @ W`` without bias, (N, units)."""
         if getattr(x, "ndim", 2) < 2:
             raise ValueError(f"Affine.forward expects (N, ...) input, got shape {tuple(x.shape)}")
-        self._check_input(x)
+        self.check_input(x)
         x2d = self.xp.reshape(x, (x.shape[0], -1))
         if x2d.shape[1] != self.W.shape[0]:
             raise ValueError(
                 f"Affine: input has {x2d.shape[1]} features (shape {tuple(x.shape)}) but W expects {self.W.shape[0]}"
             )
         self._x_shape, self._x2d = tuple(x.shape), x2d
-        return x2d @ self.W, None
+        return x2d @ self.W
 
-    def _backward_rows(self, dout: Array) -> Array | None:
+    def rows_to_output(self, rows):
+        return rows
+
+    def output_to_rows(self, dout):
+        return dout
+
+    def backward_rows(self, drows):
         xp = self.xp
-        self.grads["W"] = xp.matrix_transpose(self._x2d) @ dout
-        self.grads["b"] = self.backend.kernels.bias_grad(dout)
+        self.grads["W"] = xp.matrix_transpose(self._x2d) @ drows
+        self.grads["b"] = self.backend.kernels.bias_grad(drows)
         if not self.needs_input_grad:
             return None
-        return xp.reshape(dout @ xp.matrix_transpose(self.W), self._x_shape)
+        return xp.reshape(drows @ xp.matrix_transpose(self.W), self._x_shape)
 
-    def forward(self, x, train=True):
-        return self._rows(x)[0] + self.b
+    def gemm_memory(self, batch_size, itemsize):
+        return GemmMemory(
+            columns=0,
+            rows=_nbytes(batch_size, (self.units,), itemsize),
+            input_grad=self._bytes_in(batch_size, itemsize) if self.needs_input_grad else 0,
+            keeps_input=True,  # x reshaped to 2-D: a view of the input
+            output_is_rows=True,
+        )
 
-    def backward(self, dout):
-        return self._backward_rows(dout)
-
-    def _clear_cache(self):
-        self._x_shape = self._x2d = None
+    def memory(self, batch_size, itemsize, training):
+        gemm = self.gemm_memory(batch_size, itemsize)
+        out = self._bytes_out(batch_size, itemsize)
+        return MemoryTerms(
+            output=out,
+            forward=gemm.rows + out,  # x @ W, then + b
+            backward=self._bytes_in(batch_size, itemsize),
+            keeps_input=gemm.keeps_input,
+        )
 
     def config(self):
         return {"units": self.units}
@@ -540,20 +682,26 @@ class Affine(_WeightBias):
 class ReLU(Layer):
     """max(x, 0); backward passes the gradient where the input was positive."""
 
+    cache_names = ("_mask",)
+
     def __init__(self, *, name=None):
         super().__init__(name=name)
-        self._mask: Array | None = None
 
     def forward(self, x, train=True):
-        self._check_input(x)
+        self.check_input(x)
         self._mask = x > 0
         return self.xp.maximum(x, 0)  # maximum, unlike where(x > 0, ...), keeps NaN visible
 
     def backward(self, dout):
         return self.xp.where(self._mask, dout, self.xp.zeros((), dtype=dout.dtype))
 
-    def _clear_cache(self):
-        self._mask = None
+    def memory(self, batch_size, itemsize, training):
+        return MemoryTerms(
+            output=self._bytes_out(batch_size, itemsize),
+            kept=_nbytes(batch_size, self.input_shape, MASK_BYTES),
+            forward=self._bytes_out(batch_size, itemsize),
+            backward=self._bytes_in(batch_size, itemsize),
+        )
 
 
 Relu = ReLU  # the book's spelling
@@ -568,44 +716,54 @@ def _sigmoid(xp: Any, x: Array) -> Array:
 class Sigmoid(Layer):
     """Logistic function; backward uses the stored output: dout * y * (1 - y)."""
 
+    cache_names = ("_out",)
+
     def __init__(self, *, name=None):
         super().__init__(name=name)
-        self._out: Array | None = None
 
     def forward(self, x, train=True):
-        self._check_input(x)
+        self.check_input(x)
         self._out = _sigmoid(self.xp, x)
         return self._out
 
     def backward(self, dout):
         return dout * self._out * (1 - self._out)
 
-    def _clear_cache(self):
-        self._out = None
+    def memory(self, batch_size, itemsize, training):
+        out = self._bytes_out(batch_size, itemsize)
+        return MemoryTerms(
+            output=out, kept=out, output_in_cache=True, forward=out, backward=self._bytes_in(batch_size, itemsize)
+        )
 
 
 class Flatten(Layer):
     """(N, d1, d2, ...) → (N, d1*d2*...)."""
 
+    cache_names = ("_x_shape",)
+
     def __init__(self, *, name=None):
         super().__init__(name=name)
-        self._x_shape: Shape | None = None
 
     def _build(self, input_shape, rng):
         return (math.prod(input_shape),)
 
     def forward(self, x, train=True):
-        self._check_input(x)
+        self.check_input(x)
         self._x_shape = tuple(x.shape)
         return self.xp.reshape(x, (x.shape[0], -1))
 
     def backward(self, dout):
         return self.xp.reshape(dout, self._x_shape)
 
+    def memory(self, batch_size, itemsize, training):
+        return MemoryTerms(output=self._bytes_out(batch_size, itemsize), view=True)
+
 
 class Dropout(Layer):
     """Inverted dropout: at training time zero a fraction ``rate`` of the inputs and scale
     the rest by 1/(1 - rate); identity at inference."""
+
+    cache_names = ("_scale",)
 
     def __init__(self, rate: float = 0.5, *, seed: int | None = None, name=None):
         super().__init__(name=name)
@@ -614,13 +772,12 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.seed = seed
         self._rng = None
-        self._scale: Array | None = None
 
     def reseed(self, seed: int | None) -> None:
         self.seed, self._rng = seed, None
 
     def forward(self, x, train=True):
-        self._check_input(x)
+        self.check_input(x)
         if not train or self.rate == 0.0:
             self._scale = None
             return x
@@ -638,8 +795,15 @@ class Dropout(Layer):
         self._rng = None
         return self
 
-    def _clear_cache(self):
-        self._scale = None
+    def memory(self, batch_size, itemsize, training):
+        active = training and self.rate > 0
+        out = self._bytes_out(batch_size, itemsize)
+        return MemoryTerms(
+            output=out,
+            kept=self._bytes_in(batch_size, itemsize) if active else 0,  # the scale array
+            forward=2 * out if active else 0,  # random draws, then x * scale
+            backward=self._bytes_in(batch_size, itemsize),
+        )
 
     def config(self):
         return {"rate": self.rate}
@@ -650,25 +814,23 @@ class BatchNormalization(Layer):
     channel for (N, C, H, W). Running statistics, updated as
     ``running = momentum*running + (1 - momentum)*batch``, are used at inference."""
 
-    param_names = ("gamma", "beta")
+    cache_names = ("_xhat", "_inv_std")
 
     def __init__(self, momentum: float = 0.9, eps: float = 1e-5, *, dtype: Any = None, name=None):
         super().__init__(dtype=dtype, name=name)
         self.momentum = float(momentum)
         self.eps = float(eps)
-        self.state: dict[str, Array] = {}
-        self._xhat: Array | None = None
-        self._inv_std: Array | None = None
-
-    def _state_dicts(self):
-        return (self.state,)
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"BatchNormalization momentum must be in [0, 1], got {momentum}")
+        if not self.eps > 0.0:
+            raise ValueError(f"BatchNormalization eps must be > 0, got {eps}")
 
     def _build(self, input_shape, rng):
         features = input_shape[0]
-        self.params["gamma"] = self._param(np.ones(features))
-        self.params["beta"] = self._param(np.zeros(features))
-        self.state["running_mean"] = self._param(np.zeros(features))
-        self.state["running_var"] = self._param(np.ones(features))
+        self.add_param("gamma", np.ones(features))
+        self.add_param("beta", np.zeros(features))
+        self.add_state("running_mean", np.zeros(features))
+        self.add_state("running_var", np.ones(features))
         return input_shape
 
     def _axes_and_shape(self, x):
@@ -679,7 +841,7 @@ class BatchNormalization(Layer):
         raise ValueError(f"BatchNormalization expects (N, D) or (N, C, H, W) input, got shape {tuple(x.shape)}")
 
     def forward(self, x, train=True):
-        self._check_input(x)
+        self.check_input(x)
         xp = self.xp
         axes, shape = self._axes_and_shape(x)
         if x.shape[1] != self.params["gamma"].shape[0]:
@@ -711,8 +873,9 @@ class BatchNormalization(Layer):
         mean_dxhat_xhat = xp.sum(dxhat * self._xhat, axis=axes, keepdims=True) / count
         return (dxhat - mean_dxhat - self._xhat * mean_dxhat_xhat) * xp.reshape(self._inv_std, shape)
 
-    def _clear_cache(self):
-        self._xhat = self._inv_std = None
+    def memory(self, batch_size, itemsize, training):
+        out, x = self._bytes_out(batch_size, itemsize), self._bytes_in(batch_size, itemsize)
+        return MemoryTerms(output=out, kept=x, forward=2 * out, backward=3 * x)  # kept: x-hat
 
     def config(self):
         return {"momentum": self.momentum, "eps": self.eps}
@@ -735,6 +898,13 @@ class LossLayer(Layer):
         raise NotImplementedError
 
 
+def _loss_memory(layer: LossLayer, batch_size: int, itemsize: int) -> MemoryTerms:
+    """Probabilities and targets kept (each the size of the scores); backward: the scores'
+    gradient and one temporary. The output, a scalar, counts nothing."""
+    scores = layer._bytes_in(batch_size, itemsize)
+    return MemoryTerms(output=0, kept=2 * scores, backward=2 * scores)
+
+
 class SoftmaxWithLoss(LossLayer):
     """Softmax followed by the mean cross-entropy over the batch.
 
@@ -744,10 +914,10 @@ class SoftmaxWithLoss(LossLayer):
     occur. backward returns ``(softmax(x) - t) * dout / N``.
     """
 
+    cache_names = ("_y", "_t")
+
     def __init__(self, *, name=None):
         super().__init__(name=name)
-        self._y: Array | None = None
-        self._t: Array | None = None
 
     def activation(self, x):
         xp = self.xp
@@ -781,7 +951,7 @@ class SoftmaxWithLoss(LossLayer):
         return t if t.dtype == x.dtype else xp.astype(t, x.dtype)
 
     def forward(self, x, t, *, check_labels=True):
-        self._check_input(x)
+        self.check_input(x)
         if x.ndim != 2:
             raise ValueError(f"SoftmaxWithLoss expects (N, K) scores, got shape {tuple(x.shape)}")
         self._t = self._check_targets(x, t, check_labels)
@@ -791,8 +961,8 @@ class SoftmaxWithLoss(LossLayer):
     def backward(self, dout=1.0):
         return self.backend.kernels.softmax_cross_entropy_backward(self._y, self._t, dout / self._y.shape[0])
 
-    def _clear_cache(self):
-        self._y = self._t = None
+    def memory(self, batch_size, itemsize, training):
+        return _loss_memory(self, batch_size, itemsize)
 
 
 class SigmoidWithLoss(LossLayer):
@@ -802,17 +972,17 @@ class SigmoidWithLoss(LossLayer):
     ``x`` (N,) or (N, 1) logits; ``t`` 0/1 targets of the same number of elements.
     """
 
+    cache_names = ("_y", "_t")
+
     def __init__(self, *, name=None):
         super().__init__(name=name)
-        self._y: Array | None = None
-        self._t: Array | None = None
 
     def activation(self, x):
         return _sigmoid(self.xp, x)
 
     def forward(self, x, t, *, check_labels=True):
         xp = self.xp
-        self._check_input(x)
+        self.check_input(x)
         self.backend.check_array(t, "SigmoidWithLoss.forward (targets)")
         n = x.shape[0]
         if x.ndim == 2 and x.shape[1] != 1 or x.ndim > 2:
@@ -831,12 +1001,8 @@ class SigmoidWithLoss(LossLayer):
     def backward(self, dout=1.0):
         return (self._y - self._t) * (dout / self._y.shape[0])
 
-    def _clear_cache(self):
-        self._y = self._t = None
-
-
-def _dev(x):
-    return getattr(x, "device", None)
+    def memory(self, batch_size, itemsize, training):
+        return _loss_memory(self, batch_size, itemsize)
 
 
 LAYERS = {

@@ -16,8 +16,18 @@ One training step (forward, backward, optimizer update) holds, at its peak:
   the incoming gradient, ``dcol`` (as large as the columns) and the input gradient (the
   optimizer update counts as a layer whose workspace is two of the largest parameter).
 
+Each step of the model (a layer, or a fused step of :mod:`gpucnn.fused`) answers its own
+terms: ``step.memory(batch_size, itemsize, training)`` returns a
+:class:`gpucnn.layers.MemoryTerms`; a step that does not define it makes the estimate
+raise instead of guess. This module adds the terms up.
+
 Every term but the first grows linearly with N, so the largest batch that fits a budget
-is a division (:func:`max_batch_size`). The layers keep their caches after a step and
+is a division (:func:`max_batch_size`). A kernel set may also cap N whatever the memory:
+the CUDA kernels (backends ``cupy`` and ``cuda-emu``) index with 32-bit ints and refuse an
+array of more than 2**31 - 1 elements, so the largest array a layer hands to them (its
+input, its output or its im2col columns, whichever is largest per sample) bounds the batch
+(:func:`kernel_batch_limit`). The NumPy and Numba sets index with 64-bit integers and set
+no such cap. The layers keep their caches after a step and
 replace them one layer at a time in the next, so in a loop of steps the running layer's
 old cache is alive beside its new one: the model counts it in that layer's workspace.
 Inference (``predict``, ``evaluate``) holds the same caches (layers cache in either
@@ -50,21 +60,22 @@ from typing import Any
 
 import numpy as np
 
+from .backend import Backend, get_backend
+from .layers import Step
+
 __all__ = [
     "MemoryEstimate",
     "OutOfMemoryError",
     "estimate_memory",
     "format_bytes",
     "is_out_of_memory",
+    "kernel_batch_limit",
     "max_batch_size",
     "measure_peak_bytes",
     "training_step_peak",
     "translate_out_of_memory",
 ]
 
-# Bytes per element of arrays whose dtype does not follow the model's.
-_ARGMAX_BYTES = 4  # int32 window-local indices of max pooling
-_MASK_BYTES = 1  # ReLU's boolean mask
 _LABEL_BYTES = 8  # integer labels as NumPy reads them (int64 after indexing)
 
 
@@ -153,95 +164,26 @@ def _optimizer_slots(optimizer: Any) -> int:
     return len(getattr(optimizer, "state_names", ())) if optimizer is not None else 0
 
 
-def _parts(step: Any) -> list:
-    """The layers a step runs: the layer itself, or a fused step's layers in order."""
-    from .layers import Layer
-
-    if isinstance(step, Layer):
-        return [step]
-    return [value for value in vars(step).values() if isinstance(value, Layer)]
-
-
-def _step_memory(step: Any, n: int, itemsize: int, keeps_output: bool, training: bool) -> tuple[LayerMemory, bool]:
+def _step_memory(step: Step, n: int, itemsize: int, keeps_output: bool, training: bool) -> tuple[LayerMemory, bool]:
     """Memory of one step at batch ``n`` and whether the step keeps its *input* alive.
 
     ``keeps_output``: whether a later step holds on to this step's output array.
-    Workspaces follow the NumPy kernel set, the most generous one.
+    The step's terms follow the NumPy kernel set, the most generous one.
     """
-    from .layers import Affine, BatchNormalization, Convolution, Dropout, Flatten, MaxPooling, ReLU, Sigmoid
-
-    parts = _parts(step)
-    first, last = parts[0], parts[-1]
-    name = "+".join(str(layer.name) for layer in parts)
-    in_b = n * math.prod(first.input_shape) * itemsize
-    out_size = n * math.prod(last.output_shape)
-    out_b = out_size * itemsize
-    fused = len(parts) > 1
-    pooled = fused and isinstance(last, MaxPooling)
-
-    im2col = pre = 0  # im2col's columns; the GEMM's rows (N*OH*OW, FN) or (N, units)
-    if isinstance(first, Convolution):
-        fh, fw = first.filter_size
-        oh_ow = math.prod(first.output_shape[1:])
-        im2col = n * oh_ow * first.input_shape[0] * fh * fw * itemsize
-        pre = n * math.prod(first.output_shape) * itemsize
-    elif isinstance(first, Affine):
-        pre = n * first.units * itemsize
-    # Backward of a GEMM layer: the rows' gradient, then dcol (conv) and dx, if wanted.
-    dx = (im2col + in_b) if first.needs_input_grad else 0
-
-    keeps_input = isinstance(first, Affine)  # Affine keeps x reshaped to 2-D: a view of its input
-    output_is_kept = False  # the step's own cache is its output array
-    if pooled:  # Convolution, ReLU, MaxPooling: columns, pooled output and its argmax
-        kept = im2col + out_size * (itemsize + _ARGMAX_BYTES)
-        output_is_kept = True
-        work_forward = 3 * pre  # GEMM rows, the biased rows, one more in the NumPy set's pooling
-        work_backward = pre + dx
-    elif fused:  # Affine or Convolution, then ReLU: the ReLU output kept as GEMM rows
-        kept = im2col + pre
-        output_is_kept = isinstance(first, Affine)
-        work_forward = pre + (0 if output_is_kept else out_b)  # GEMM rows, then the NCHW copy
-        work_backward = 2 * pre + dx  # the rows' gradient, masked
-    elif isinstance(first, Convolution):
-        kept = im2col
-        work_forward = 2 * pre + out_b  # GEMM rows, + bias, the NCHW copy
-        work_backward = pre + dx
-    elif isinstance(first, Affine):
-        kept = 0
-        work_forward = pre + out_b  # x @ W, then + b
-        work_backward = in_b
-    elif isinstance(first, MaxPooling):
-        kept = out_size * _ARGMAX_BYTES
-        work_forward, work_backward = out_b, in_b
-    elif isinstance(first, ReLU):
-        kept = in_b // itemsize * _MASK_BYTES
-        work_forward, work_backward = out_b, in_b
-    elif isinstance(first, Dropout):
-        active = training and first.rate > 0
-        kept = in_b if active else 0  # the scale array
-        work_forward = 2 * out_b if active else 0  # random draws, then x * scale
-        work_backward = in_b
-    elif isinstance(first, Flatten):
-        kept = work_forward = work_backward = 0  # a view: it keeps alive what its input is
-        keeps_input, keeps_output = keeps_output, False
-    elif isinstance(first, BatchNormalization):
-        kept = in_b  # x-hat
-        work_forward, work_backward = 2 * out_b, 3 * in_b
-    elif isinstance(first, Sigmoid):
-        kept, output_is_kept = out_b, True
-        work_forward, work_backward = out_b, in_b
-    else:  # a layer without a cache (average pooling) or one this model does not know
-        kept = 0
-        work_forward, work_backward = out_b, in_b
+    terms = step.memory(n, itemsize, training)
+    name = "+".join(str(layer.name) for layer in step.layers)
+    kept, keeps_input = terms.kept, terms.keeps_input
     # A layer replaces its caches only after computing new ones, so in a loop of steps the
     # previous step's cache of the running step is alive during its forward.
-    work_forward += kept
-    if keeps_output and not output_is_kept:  # a later step holds the output: count it as kept
-        kept += out_b
-        work_forward = max(work_forward - out_b, 0)
+    work_forward = terms.forward + kept
+    if terms.view:  # the output is the input: whoever keeps the one keeps the other
+        keeps_input, keeps_output = keeps_output, False
+    if keeps_output and not terms.output_in_cache:  # a later step holds the output: count it as kept
+        kept += terms.output
+        work_forward = max(work_forward - terms.output, 0)
     # Backward holds the incoming gradient (output-sized) while it builds its own arrays.
-    workspace = max(work_forward, out_b + work_backward) if training else work_forward
-    return LayerMemory(name, kept, im2col, workspace), keeps_input
+    workspace = max(work_forward, terms.output + terms.backward) if training else work_forward
+    return LayerMemory(name, kept, terms.columns, workspace), keeps_input
 
 
 def estimate_memory(
@@ -255,7 +197,9 @@ def estimate_memory(
     """The memory model (module docstring) for ``model`` at ``batch_size``.
 
     Args:
-        model: a :class:`gpucnn.Sequential`; built from ``input_shape`` if it is not yet.
+        model: a :class:`gpucnn.Sequential` (what is used: ``steps``, ``layers``,
+            ``loss_layer``, ``np_dtype``, ``optimizer``, ``input_shape``, ``built`` and
+            ``build``); built from ``input_shape`` if it is not yet.
         batch_size: samples per step.
         training: a training step (True) or inference (False).
         optimizer: the optimizer whose state counts (default: the model's, else none).
@@ -265,20 +209,17 @@ def estimate_memory(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     _ensure_built(model, input_shape)
     n = int(batch_size)
-    itemsize = np.dtype(model._np_dtype()).itemsize
+    itemsize = model.np_dtype.itemsize
     param_bytes = sum(layer.count_params() for layer in model.layers) * itemsize
-    optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
-    steps = model._steps()
+    optimizer = optimizer if optimizer is not None else model.optimizer
     rows: list[LayerMemory] = []
     keeps_output = True  # the scores stay referenced until the step ends
-    for step in reversed(steps):
+    for step in reversed(model.steps):
         row, keeps_input = _step_memory(step, n, itemsize, keeps_output, training)
         rows.append(row)
         keeps_output = keeps_input
     rows.reverse()
-    classes = math.prod(model.layers[-1].output_shape)
-    loss_bytes = 2 * n * classes * itemsize  # softmax probabilities and one-hot targets
-    rows.append(LayerMemory(model.loss_layer.name or "loss", loss_bytes, 0, 2 * n * classes * itemsize))
+    rows.append(_step_memory(model.loss_layer, n, itemsize, False, training)[0])
     if training:  # the update's temporaries (the NumPy set: about two of the largest parameter)
         largest = max((math.prod(p.shape) for layer in model.layers for p in layer.params.values()), default=0)
         rows.append(LayerMemory("optimizer update", 0, 0, 2 * largest * itemsize))
@@ -316,7 +257,8 @@ def max_batch_size(
 
     Returns 0 when not even one sample fits beside the parameters, gradients and
     optimizer state. The estimate is linear in the batch size, so this is exact for
-    the model, not a search.
+    the model, not a search. It never exceeds :func:`kernel_batch_limit`, the largest
+    batch the model's kernel set can run at all.
     """
     if not budget_bytes >= 0:
         raise ValueError(f"budget_bytes must be >= 0, got {budget_bytes!r}")
@@ -326,13 +268,42 @@ def max_batch_size(
     fixed = one - per_sample
     if budget_bytes < one:
         return 0
-    return int((budget_bytes - fixed) // per_sample)
+    fits = int((budget_bytes - fixed) // per_sample)
+    limit = kernel_batch_limit(model)
+    return fits if limit is None else min(fits, limit)
+
+
+def kernel_batch_limit(model: Any, input_shape: Sequence[int] | None = None) -> int | None:
+    """The largest batch size whose every kernel call stays within the kernel set's array
+    limit, or None when the model's kernel set has none (NumPy, Numba).
+
+    The CUDA set (``kernels.max_array_elements``, 2**31 - 1) refuses any larger array. Each
+    layer's largest array per sample is the most of its input, its output and its im2col
+    columns: every array a kernel sees is one of them or of their size (dcol, dx, argmax,
+    the GEMM rows of a fused step, which are the convolution's output). A layer that runs
+    no kernel is counted too, which can only lower the cap, by its input or output. 0 when
+    a parameter alone is too large for the optimizer's kernels.
+    """
+    limit = model.backend.kernels.max_array_elements
+    if limit is None:
+        return None
+    _ensure_built(model, input_shape)
+    if any(math.prod(p.shape) > limit for layer in model.layers for p in layer.params.values()):
+        return 0
+    per_sample = max(_largest_array_per_sample(layer) for layer in [*model.layers, model.loss_layer])
+    return int(limit) // per_sample
+
+
+def _largest_array_per_sample(layer: Any) -> int:
+    """Elements per sample of the largest of the layer's input, output and im2col columns."""
+    columns = layer.memory(1, 1, True).columns  # at itemsize 1, bytes are elements
+    return max(math.prod(layer.input_shape), math.prod(layer.output_shape), columns)
 
 
 # -- measuring ---------------------------------------------------------------------
 
 
-def measure_peak_bytes(backend: Any, fn: Callable[[], Any]) -> int:
+def measure_peak_bytes(backend: Backend, fn: Callable[[], Any]) -> int:
     """Peak bytes allocated while ``fn()`` runs, above what was allocated before it.
 
     Host backends: ``tracemalloc`` (NumPy reports its array buffers to it). CuPy: the
@@ -371,13 +342,12 @@ def training_step_peak(build: Callable[[], Any], x: np.ndarray, t: np.ndarray) -
     first one's caches, which is the steady state of ``fit``) all run while traced, so
     the result compares with :func:`estimate_memory`'s ``total``.
     """
-    from .backend import get_backend
 
     def run() -> None:
         model = build()
-        xb, tb = model._as_input(x), model._as_target(t)
+        xb, tb = model.as_input(x), model.as_target(t)
         for _ in range(2):
-            model._train_step(xb, tb)
+            model.train_step(xb, tb)
 
     return measure_peak_bytes(get_backend(), run)
 
@@ -441,7 +411,7 @@ def _host_available_bytes() -> int | None:
         return None
 
 
-def _available_bytes(backend: Any) -> int | None:
+def _available_bytes(backend: Backend) -> int | None:
     """Memory this process could still allocate on the backend's device."""
     info = backend.memory_info()
     if "device_free" in info:
@@ -453,12 +423,7 @@ def _free_failed_step(model: Any, exc: BaseException) -> None:
     """Drop what the failed batch left behind (layer caches, locals of finished frames)
     so that the free memory measured next is what the next attempt will find."""
     traceback.clear_frames(exc.__traceback__)
-    for layer in [*model.layers, model.loss_layer]:
-        layer._clear_cache()
-    for step in model._steps():  # fused steps keep arrays of their own
-        for key, value in vars(step).items():
-            if key.startswith("_") and hasattr(value, "shape"):
-                setattr(step, key, None)
+    model.clear_cache()
     gc.collect()
 
 

@@ -53,6 +53,14 @@ class Optimizer:
     def _step(self, kernels: Any, param: Any, grad: Any, slots: dict) -> None:
         raise NotImplementedError
 
+    def to(self, backend: Backend, *, source: Backend | None = None) -> Optimizer:
+        """Move the state arrays to ``backend`` (in place); ``source`` is the backend they are
+        on now (None: host NumPy arrays). Returns the optimizer."""
+        for slots in self.state.values():
+            for name, value in slots.items():
+                slots[name] = backend.asarray(value if source is None else source.to_numpy(value))
+        return self
+
     def config(self) -> dict:
         return {"lr": self.lr, "weight_decay": self.weight_decay}
 

@@ -6,14 +6,14 @@ import math
 import os
 from typing import Any
 
+from .files import atomic_write
+
 __all__ = ["plot_history", "save_figure"]
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
     """Save a matplotlib figure atomically (PNG by the path's suffix) and close it."""
     import matplotlib.pyplot as plt
-
-    from .io import atomic_write
 
     fmt = os.path.splitext(str(path))[1].lstrip(".") or "png"
     with atomic_write(path) as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -36,7 +37,7 @@ def test_sequential_with_state_round_trips(tmp_path):
         [Affine(8), BatchNormalization(), ReLU(), Dropout(0.3), Affine(3)], input_shape=(5,), seed=0
     )
     x = np.random.default_rng(0).random((16, 5)).astype(np.float32)
-    model.fit(x, np.arange(16) % 3, batch_size=8, epochs=2, verbose=0)
+    model.fit(x, np.arange(16) % 3, batch_size=8, epochs=2, seed=0, verbose=0)
     model.save(tmp_path / "m.npz")
     loaded = gpucnn.load(tmp_path / "m.npz")
     assert [type(layer).__name__ for layer in loaded.layers] == [
@@ -164,3 +165,59 @@ def test_bad_files_give_clear_errors(tmp_path):
         gpucnn.load(mismatched)
     with pytest.raises(FileNotFoundError, match="no model file at"):
         gpucnn.load(tmp_path / "absent.npz")
+
+
+# -- files written by release 0.1.0 ----------------------------------------------------------
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+@pytest.mark.parametrize(
+    "name, model_class, optimizer_class",
+    [("simple_convnet_v0.1.0", "SimpleConvNet", "AdaGrad"), ("sequential_bn_adam_v0.1.0", "Sequential", "Adam")],
+)
+def test_files_of_release_0_1_0_load_predict_and_resume(tmp_path, name, model_class, optimizer_class):
+    path = os.path.join(FIXTURES, f"{name}.npz")
+    with np.load(path) as data:
+        saved = dict(data)
+    with np.load(os.path.join(FIXTURES, f"{name}_check.npz")) as check:
+        x, scores = check["x"], check["scores"]
+    training = json.loads(str(saved["training"]))
+    with gpucnn.use_backend("numpy"):
+        model = gpucnn.load(path)
+    assert type(model).__name__ == model_class
+    np.testing.assert_array_equal(model.predict(x), scores)  # the same float32 scores, to the bit
+
+    # Parameters, BatchNormalization's running statistics, the optimizer and its state, the epoch.
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, saved[key], err_msg=key)
+    assert any(key.startswith("state/") for key in saved) == (model_class == "Sequential")
+    assert type(model.optimizer).__name__ == optimizer_class
+    assert model.optimizer.iterations == json.loads(str(saved["optimizer"]))["iterations"]
+    slots = {f"optimizer_state/{key}/{slot}": v for key, s in model.optimizer.state.items() for slot, v in s.items()}
+    assert set(slots) == {key for key in saved if key.startswith("optimizer_state/")}
+    for key, value in slots.items():
+        np.testing.assert_array_equal(value, saved[key], err_msg=key)
+    assert (model.epoch, model.train_seed) == (training["epoch"], training["seed"])
+
+    # Saved again, the file holds the same entries: the format has not moved.
+    model.save(tmp_path / "again.npz")
+    with np.load(tmp_path / "again.npz") as again:
+        assert sorted(again.files) == sorted(saved)
+        for key in saved:
+            np.testing.assert_array_equal(again[key], saved[key], err_msg=key)
+
+    # fit resumes at the saved epoch, with the saved optimizer state and seed, and repeats.
+    t = np.arange(len(x)) % scores.shape[1]
+    runs = []
+    for _ in range(2):
+        with gpucnn.use_backend("numpy"):
+            resumed = gpucnn.load(path)
+        h = resumed.fit(x, t, batch_size=4, epochs=training["epoch"] + 1, verbose=0)
+        assert h.epoch == [training["epoch"]] and resumed.epoch == training["epoch"] + 1
+        assert resumed.optimizer.iterations == model.optimizer.iterations + math.ceil(len(x) / 4)
+        runs.append((h.iteration_loss, {key: np.array(v) for key, v in resumed.params.items()}))
+    assert runs[0][0] == runs[1][0]
+    for key in runs[0][1]:
+        np.testing.assert_array_equal(runs[0][1][key], runs[1][1][key])
+        assert not np.array_equal(runs[0][1][key], saved[f"param/{key}"]), key  # it trained

@@ -47,6 +47,7 @@ def test_convolution_forward_and_gradients(backend, shape, fn, size, stride, pad
     rng = np.random.default_rng(0)
     layer = Convolution(fn, size, stride, pad, dtype="float64")
     x = rng.standard_normal(shape)
+    layer.build(shape[1:], rng)  # seeded weights: the gradient check sees the same numbers every run
     out = layer.forward(as64(backend, x))
     np.testing.assert_allclose(
         host(backend, out),
@@ -92,6 +93,7 @@ def test_affine_forward_and_gradients(backend, shape, units):
     rng = np.random.default_rng(3)
     layer = Affine(units, dtype="float64")
     x = rng.standard_normal(shape)
+    layer.build(shape[1:], rng)  # seeded weights: the gradient check sees the same numbers every run
     out = layer.forward(as64(backend, x))
     W, b = host(backend, layer.W), host(backend, layer.b)
     np.testing.assert_allclose(host(backend, out), x.reshape(shape[0], -1) @ W + b, rtol=1e-12)
@@ -290,3 +292,78 @@ def test_arrays_of_another_backend_are_refused():
         layer = ReLU()
     with pytest.raises(TypeError, match="ReLU.forward got a array_api_strict.Array but is bound to backend 'numpy'"):
         layer.forward(strict.asarray(np.zeros((2, 2))))
+
+
+# -- what a layer holds ------------------------------------------------------------------
+
+
+def _every_layer(dtype="float64"):
+    """One of each layer, with an input that fits it and a target for the losses."""
+    image = np.random.default_rng(10).standard_normal((2, 3, 6, 5))
+    flat = np.random.default_rng(11).standard_normal((4, 3))
+    return [
+        (Convolution(2, 3, pad=1, dtype=dtype), image, None),
+        (MaxPooling(2), image, None),
+        (AvgPooling(2), image, None),
+        (Affine(3, dtype=dtype), image, None),
+        (ReLU(), image, None),
+        (Sigmoid(), image, None),
+        (Flatten(), image, None),
+        (Dropout(0.5, seed=0), image, None),
+        (BatchNormalization(dtype=dtype), image, None),
+        (SoftmaxWithLoss(), flat, np.array([0, 2, 1, 1])),
+        (SigmoidWithLoss(), flat[:, :1], np.array([0.0, 1.0, 1.0, 0.0])),
+    ]
+
+
+def test_every_cached_array_is_declared_once(backend):
+    """The arrays a layer keeps between forward and backward are exactly its ``cache_names``:
+    None when made, set by a training step, None again after ``clear_cache``."""
+    for layer, x, t in _every_layer():
+        name = type(layer).__name__
+        assert all(getattr(layer, cache) is None for cache in layer.cache_names), name
+        layer.build(x.shape[1:], dtype="float64")
+        before = dict(vars(layer))
+        xb = as64(backend, x)
+        out = layer.forward(xb, backend.asarray(t)) if t is not None else layer.forward(xb)
+        layer.backward() if t is not None else layer.backward(backend.asarray(np.ones(tuple(out.shape))))
+        changed = {key for key, value in vars(layer).items() if key not in before or value is not before[key]}
+        changed.discard("_rng")  # Dropout's random stream, made at its first draw: not a cache
+        assert changed and changed <= set(layer.cache_names), (name, changed, layer.cache_names)
+        layer.clear_cache()
+        assert all(getattr(layer, cache) is None for cache in layer.cache_names), name
+
+
+def test_parameters_and_state_are_registered_once(backend):
+    layer = BatchNormalization(dtype="float64")
+    layer.forward(as64(backend, np.random.default_rng(12).standard_normal((5, 3))))
+    assert list(layer.params) == ["gamma", "beta"] and list(layer.state) == ["running_mean", "running_var"]
+    arrays = layer.state_dict()
+    assert list(arrays) == ["gamma", "beta", "running_mean", "running_var"]
+    assert all(arrays[name] is layer.params[name] for name in layer.params)  # the layer's own arrays
+
+    saved = {name: host(backend, value) + 1.0 for name, value in arrays.items()}
+    layer.load_state_dict(saved)
+    for name, value in saved.items():
+        np.testing.assert_array_equal(host(backend, layer.state_dict()[name]), value)
+    before = saved["gamma"].copy()
+    saved["gamma"] += 5.0  # the layer took copies
+    np.testing.assert_array_equal(host(backend, layer.params["gamma"]), before)
+
+    with pytest.raises(ValueError, match=r"'running_var' has shape \(4,\), the layer needs \(3,\)"):
+        layer.load_state_dict({**saved, "running_var": np.ones(4)})
+    with pytest.raises(ValueError, match=r"arrays \['beta', 'gamma', 'running_mean'\] do not match"):
+        layer.load_state_dict({k: v for k, v in saved.items() if k != "running_var"})
+    with pytest.raises(ValueError, match="'gamma' is already registered as a parameter"):
+        layer.add_state("gamma", np.zeros(3))
+
+
+def test_to_moves_every_registered_array(backend):
+    with gpucnn.use_backend("numpy"):
+        layer = BatchNormalization(dtype="float64")
+        layer.build((3,))
+    layer.state["running_var"] = np.arange(3.0)
+    layer.to(backend)
+    assert layer.backend is backend
+    assert all(backend.is_array(value) for value in layer.state_dict().values())
+    np.testing.assert_array_equal(host(backend, layer.state["running_var"]), np.arange(3.0))

@@ -139,7 +139,7 @@ def test_fit_out_of_memory_names_the_batch_and_suggests_one(failing_im2col, monk
     message = str(error)
     assert "out of memory in fit with batch_size=32 on backend 'numpy'" in message
     assert "batch_size=6 should fit" in message and "Unable to allocate 32 MiB" in message
-    assert model.fit(x, t, batch_size=error.suggested_batch_size, epochs=1, verbose=0).epoch == [0]
+    assert model.fit(x, t, batch_size=error.suggested_batch_size, epochs=1, seed=0, verbose=0).epoch == [0]
 
 
 def test_evaluate_and_cuda_style_errors_are_translated(failing_im2col, monkeypatch):
@@ -252,12 +252,12 @@ def pretend_gpu(model: gpucnn.Sequential) -> gpucnn.Sequential:
 
 
 def test_data_on_device_batches_equal_host_slices():
-    from gpucnn.training import _BatchSource
+    from gpucnn.training import BatchSource
 
     model = pretend_gpu(small_cnn())
     x, t = batch(23)
     batches = [np.arange(i, min(i + 5, 23))[::-1] for i in range(0, 23, 5)]
-    source = _BatchSource(model, x, t, data_on_device=True, prefetch=True)
+    source = BatchSource(model, x, t, data_on_device=True, prefetch=True)
     assert source.on_device and not source.prefetch  # the data on the device needs no prefetch
     for (xb, tb), idx in zip(source.batches(batches), batches):
         np.testing.assert_array_equal(xb, x[idx])
@@ -276,3 +276,75 @@ def test_fit_with_prefetch_trains_as_without(monkeypatch):
     )
     assert prefetched.iteration_loss == plain.iteration_loss
     assert log.count(("record", "compute")) == 2 * 4  # the batches came through prefetch_batches
+
+
+# -- each layer answers its own terms ------------------------------------------------------
+
+
+class Doubling(gpucnn.layers.Layer):
+    """A layer from outside the package that states no memory terms."""
+
+    def forward(self, x, train=True):
+        self.check_input(x)
+        if x.shape[0] > 4:
+            raise MemoryError(f"Unable to allocate {x.shape[0]} MiB for an array")
+        return x * 2
+
+    def backward(self, dout):
+        return dout * 2
+
+
+def test_a_layer_without_memory_terms_makes_the_estimate_raise(monkeypatch):
+    with gpucnn.use_backend("numpy"):
+        model = gpucnn.Sequential([Affine(4), Doubling(), Affine(3)], input_shape=(5,), seed=0)
+    with pytest.raises(NotImplementedError, match=r"Doubling does not state its memory terms: define Doubling.memory"):
+        estimate_memory(model, 8)
+    with pytest.raises(NotImplementedError, match="Doubling does not state its memory terms"):
+        max_batch_size(model, 2**20)
+    # Out of memory, the error still names the batch and carries the allocator's message.
+    monkeypatch.setattr(memory, "_available_bytes", lambda backend: 10**9)
+    x = np.random.default_rng(0).random((16, 5), dtype=np.float32)
+    with pytest.raises(OutOfMemoryError) as info:
+        model.fit(x, np.arange(16) % 3, batch_size=8, epochs=1, verbose=0)
+    assert isinstance(info.value.__cause__, MemoryError)
+    assert info.value.suggested_batch_size == 4  # no estimate: half the batch
+    message = str(info.value)
+    assert "out of memory in fit with batch_size=8 on backend 'numpy'; try batch_size=4" in message
+    assert "The allocator said: MemoryError: Unable to allocate 8 MiB for an array" in message
+    assert model.fit(x, np.arange(16) % 3, batch_size=4, epochs=1, seed=0, verbose=0).epoch == [0]
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_every_layer_and_fused_step_answers_its_memory_terms(fuse):
+    from gpucnn.layers import AvgPooling, BatchNormalization, Dropout, Flatten, Sigmoid
+
+    with gpucnn.use_backend("numpy"):
+        model = gpucnn.Sequential(
+            [
+                Convolution(4, 3, pad=1),
+                BatchNormalization(),
+                ReLU(),
+                MaxPooling(2),
+                Dropout(0.3),
+                Convolution(5, 3),
+                ReLU(),
+                MaxPooling(1),
+                Sigmoid(),
+                AvgPooling(1),
+                Flatten(),
+                Affine(7),
+                ReLU(),
+                Affine(3),
+            ],
+            input_shape=(3, 10, 10),
+            fuse=fuse,
+        )
+    training, inference = estimate_memory(model, 16), estimate_memory(model, 16, training=False)
+    names = [row.name for row in training.layers]
+    assert len(names) == len(model.steps) + 2  # and the loss, and the optimizer's update
+    assert ("convolution2+relu2+max_pooling2" in names) == fuse and ("affine1+relu3" in names) == fuse
+    assert names[-2:] == ["softmax_with_loss1", "optimizer update"]
+    # Columns: 16 x 10x10 windows of 3*3*3 values, then (after pooling to 5x5) 16 x 3x3 of 4*3*3, float32.
+    assert training.im2col == 16 * (100 * 27 + 9 * 36) * 4
+    assert all(row.workspace > 0 for row in training.layers)
+    assert inference.total < training.total

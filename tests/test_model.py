@@ -138,7 +138,7 @@ def test_model_moves_between_backends(backend):
     with gpucnn.use_backend("numpy"):
         net = small_net()
     expected = net.loss(x, t)
-    net.to(backend.name)
+    net.to(backend)
     assert net.backend is backend and backend.is_array(net.params["W1"])
     assert net.loss(x, t) == pytest.approx(expected, rel=1e-10)
     net.to("numpy")
@@ -247,10 +247,9 @@ def test_fused_linear_relu_steps_agree(backend):
     x, t = data(n=3, shape=(1, 9, 8), classes=4)
     fused = mnist_cnn((1, 9, 8), 4, dtype="float64", seed=0)
     plain = mnist_cnn((1, 9, 8), 4, dtype="float64", seed=0)
-    plain.fuse, plain._plan = False, None
-    assert any(type(s).__name__ == "LinearReLU" for s in fused._steps())
-    for model in (fused, plain):
-        model._seed_dropout(0)
+    plain.fuse = False
+    assert any(type(s).__name__ == "LinearReLU" for s in fused.steps)
+    assert not any(type(s).__name__ == "LinearReLU" for s in plain.steps)
     assert fused.loss(x, t, train=False) == pytest.approx(plain.loss(x, t, train=False), rel=1e-12)
     for model in (fused, plain):
         for layer in model.layers:
@@ -261,7 +260,7 @@ def test_fused_linear_relu_steps_agree(backend):
         np.testing.assert_allclose(backend.to_numpy(g1[key]), backend.to_numpy(g2[key]), rtol=1e-10, atol=1e-14)
 
 
-def seeded_losses(backend: str, steps: int = 5) -> list[float]:
+def seeded_losses(backend: str | gpucnn.Backend, steps: int = 5) -> list[float]:
     """Losses of a seeded float64 SimpleConvNet trained with AdaGrad on fixed data."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((9, 1, 12, 10))
@@ -283,19 +282,165 @@ def seeded_losses(backend: str, steps: int = 5) -> list[float]:
 
 
 def test_seeded_training_gives_numpys_losses(backend):
-    """numba and cuda-emu run other kernels (Numba JIT, the CUDA sources) to the same losses."""
+    """numba, cuda-emu and array-api-strict run other kernels (Numba JIT, the CUDA sources,
+    the generic set) to the same losses."""
     if backend.is_gpu:
         pytest.skip("cuBLAS sums in another order: see test_gpu_training_follows_numpy")
-    losses = seeded_losses(backend.name)
+    losses = seeded_losses(backend)
     assert losses[-1] < losses[0]  # it learns, so the comparison means something
     np.testing.assert_allclose(losses, seeded_losses("numpy"), rtol=0, atol=1e-10)
 
 
 def test_large_inference_batches_run_in_blocks_with_the_same_scores(backend):
-    from gpucnn.layers import ConvReluMaxPool
+    from gpucnn.fused import ConvReluMaxPool
 
     net = small_net(dtype="float64")
     x = np.random.default_rng(3).random((ConvReluMaxPool.infer_block * 2 + 5, 1, 7, 9))
     whole = backend.to_numpy(net.predict(x))
     assert whole.shape == (len(x), 4)
     np.testing.assert_allclose(whole, backend.to_numpy(net.predict(x, batch_size=50)), rtol=1e-12, atol=1e-14)
+
+
+def test_methods_that_take_data_take_arrays_of_the_models_backend(backend):
+    """predict(batch_size=...), accuracy, evaluate and fit on samples and labels already on
+    the backend give what host arrays give. 7 samples in batches of 3 end in a partial batch:
+    a strict array-API array has no len() and takes no slice that stops past its end."""
+    x, _ = data(n=7)
+    net = small_net()
+    xd = backend.asarray(x)
+    scores = backend.to_numpy(net.predict(x))
+    np.testing.assert_allclose(backend.to_numpy(net.predict(xd, batch_size=3)), scores, rtol=1e-12, atol=1e-14)
+
+    t = np.argmax(scores, axis=1)
+    t[-1] = (t[-1] + 1) % 4  # the one wrong answer sits in the partial batch
+    td = backend.asarray(t)
+    assert net.accuracy(xd, td, batch_size=3) == net.accuracy(x, t, batch_size=3) == 6 / 7
+    loss, accuracy = net.evaluate(xd, td, batch_size=3)
+    assert accuracy == 6 / 7
+    assert loss == pytest.approx(net.evaluate(x, t, batch_size=3)[0], rel=1e-12)
+
+    histories = []
+    for xs, ts in ((x, t), (xd, td)):
+        model = small_net()
+        histories.append(
+            model.fit(xs, ts, batch_size=3, epochs=2, optimizer="adagrad", validation_data=(xs, ts), seed=0, verbose=0)
+        )
+    host, device = histories
+    assert len(device.iteration_loss) == 6
+    np.testing.assert_allclose(device.iteration_loss, host.iteration_loss, rtol=1e-12)
+    np.testing.assert_allclose(device.history["val_loss"], host.history["val_loss"], rtol=1e-12)
+
+
+# -- the training step, the gradient hook, the registered arrays ------------------------------
+
+
+def test_backward_announces_each_gradient_as_soon_as_it_is_computed(backend):
+    net = small_net()
+    net.optimizer = SGD(lr=0.1)
+    x, t = data()
+    calls = []
+
+    def hook(key, grad):
+        ready = [layer.name for layer in net.layers if layer.grads]  # whose backward has run
+        calls.append((key, grad, ready))
+
+    net.train_step(net.as_input(x), net.as_target(t), on_gradient=hook)
+    assert [key for key, _, _ in calls] == ["W3", "b3", "W2", "b2", "W1", "b1"]
+    assert [ready for key, _, ready in calls if key.startswith("W")] == [
+        ["affine2"],  # W3: before the backward of the layers upstream
+        ["affine1", "affine2"],
+        ["convolution1", "affine1", "affine2"],
+    ]
+    grads = net.grads
+    assert all(grad is grads[key] for key, grad, _ in calls)  # the very arrays the update used
+    # The same gradients as without the hook.
+    plain = small_net()
+    for key, value in plain.gradient(x, t).items():
+        np.testing.assert_array_equal(backend.to_numpy(value), backend.to_numpy(grads[key]))
+
+
+def test_fit_is_one_train_step_per_batch():
+    net = small_net(dtype="float32")
+    x, t = data(n=10)
+    steps = []
+    train_step = net.train_step
+
+    def counted(xb, tb, **kwargs):
+        steps.append(int(xb.shape[0]))
+        return train_step(xb, tb, **kwargs)
+
+    net.train_step = counted
+    net.fit(x, t, batch_size=4, epochs=2, optimizer="adagrad", seed=0, verbose=0)
+    assert steps == [4, 4, 2, 4, 4, 2]
+    assert net.optimizer.iterations == 6
+    with pytest.raises(ValueError, match="train_step needs an optimizer"):
+        small_net().train_step(net.as_input(x), net.as_target(t))
+
+
+def test_state_dict_holds_parameters_and_state_under_file_keys(backend):
+    from gpucnn.layers import BatchNormalization
+
+    x, t = data(n=6)
+    make = lambda seed: gpucnn.Sequential(  # noqa: E731
+        [Convolution(2, 3, pad=1), BatchNormalization(), ReLU(), Flatten(), Affine(4)],
+        input_shape=(1, 7, 9),
+        dtype="float64",
+        seed=seed,
+    )
+    source, target = make(0), make(1)
+    source.fit(x, t, batch_size=3, epochs=1, seed=0, verbose=0)
+    arrays = source.state_dict()
+    assert list(arrays) == [
+        "param/convolution1.W",
+        "param/convolution1.b",
+        "param/batch_normalization1.gamma",
+        "param/batch_normalization1.beta",
+        "param/affine1.W",
+        "param/affine1.b",
+        "state/batch_normalization1/running_mean",
+        "state/batch_normalization1/running_var",
+    ]
+    assert arrays["param/affine1.W"] is source.params["affine1.W"]
+    host = {key: backend.to_numpy(value) for key, value in arrays.items()}
+
+    before = backend.to_numpy(target.params["convolution1.W"]).copy()
+    wrong = {**host, "param/affine1.W": np.zeros((3, 3))}
+    with pytest.raises(ValueError, match=r"parameter 'affine1.W' has shape \(3, 3\), the architecture needs"):
+        target.load_state_dict(wrong)
+    np.testing.assert_array_equal(backend.to_numpy(target.params["convolution1.W"]), before)  # nothing changed
+    with pytest.raises(ValueError, match=r"state arrays \['batch_normalization1/running_mean'\] do not match"):
+        target.load_state_dict({k: v for k, v in host.items() if not k.endswith("running_var")})
+
+    target.load_state_dict(host)
+    np.testing.assert_array_equal(backend.to_numpy(target.predict(x)), backend.to_numpy(source.predict(x)))
+    assert target.params["affine1.W"] is not source.params["affine1.W"]
+
+
+def test_clear_cache_empties_every_step(backend):
+    net = small_net()
+    x, t = data()
+    net.gradient(x, t)
+    kept = [(step, name) for step in net.steps for name in step.cache_names if getattr(step, name) is not None]
+    assert kept  # the fused steps cache arrays of their own
+    net.clear_cache()
+    for step in [*net.steps, *net.layers, net.loss_layer]:
+        assert all(getattr(step, name) is None for name in step.cache_names), step
+
+
+def test_fused_steps_reach_layers_through_public_methods_only():
+    """No ``other._name`` in gpucnn/fused.py: a fused step uses what layers offer everyone."""
+    import ast
+    import inspect
+
+    from gpucnn import fused
+
+    tree = ast.parse(inspect.getsource(fused))
+    private = [
+        f"line {node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+    ]
+    assert not private, private

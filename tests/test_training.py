@@ -114,7 +114,7 @@ def test_optimizer_by_name_and_models_of_the_zoo_train():
     h = net.fit(x, t, batch_size=20, epochs=2, optimizer="adam", seed=0, verbose=0)
     assert isinstance(net.optimizer, gpucnn.optimizers.Adam) and len(h.history["loss"]) == 2
     mlp = two_layer_net(input_shape=(1, 12, 12), num_classes=3, seed=0)
-    assert np.isfinite(mlp.fit(x, t, batch_size=8, epochs=1, optimizer="sgd", verbose=0).history["loss"][0])
+    assert np.isfinite(mlp.fit(x, t, batch_size=8, epochs=1, optimizer="sgd", seed=0, verbose=0).history["loss"][0])
     xb = np.random.default_rng(0).random((64, 30)).astype(np.float32)
     tb = (xb[:, 0] > 0.5).astype(np.float32)
     model = binary_mlp(seed=0)

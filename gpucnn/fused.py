@@ -1,0 +1,201 @@
+"""Fused steps: runs of consecutive layers computed as one step through fused kernel operations.
+
+A model runs its layers as a plan of steps (:func:`plan_steps`): each Convolution →
+ReLU → MaxPooling triple becomes a :class:`ConvReluMaxPool`, each Affine or Convolution
+followed by a ReLU a :class:`LinearReLU`, and every other layer runs as itself. The
+values are the same as the layers' own; what changes is the memory traffic: the
+intermediate activations are never stored.
+
+A fused step has the contract of :class:`gpucnn.layers.Step` (``forward``, ``backward``,
+``clear_cache``, ``memory``, ``layers``). The layers keep their parameters and
+gradients (``conv.params``, ``conv.grads``): optimizers, saving and loading never see
+the fusion. The steps reach the layers through their public methods only: a GEMM
+layer's ``gemm_rows`` / ``rows_to_output`` / ``output_to_rows`` / ``backward_rows``,
+a convolution's ``check_input`` and ``output_nhw``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from .layers import ARGMAX_BYTES, Affine, Convolution, Layer, MaxPooling, MemoryTerms, ReLU, Step
+
+__all__ = ["ConvReluMaxPool", "LinearReLU", "plan_steps"]
+
+Array = Any
+
+
+class ConvReluMaxPool(Step):
+    """Convolution → ReLU → MaxPooling run as one step.
+
+    The ReLU output and the unpooled activation are never stored. Two ways through the
+    kernels:
+
+    - from the input (``conv_bias_relu_maxpool`` and its backward
+      ``conv_maxpool_relu_backward_params``), when the input needs no gradient (a first
+      layer) and the kernel set computes such a convolution directly
+      (``prefers_direct_conv``): no column matrix at all;
+    - from the GEMM rows (``im2col``, a GEMM, ``bias_relu_maxpool`` and
+      ``maxpool_relu_backward``) otherwise.
+
+    Inference always asks for ``conv_bias_relu_maxpool_infer`` (no argmax is tracked);
+    a large batch runs ``infer_block`` images at a time, so that a column matrix and its
+    GEMM output stay in the CPU's caches, where those of a whole batch of 1024 (tens of
+    MB) would stream from memory twice. The results are the same.
+    """
+
+    size = 3
+    infer_block = 128
+    # _conv_shape: (N, OH, OW) of the convolution (rows path); _x: the input (direct path)
+    cache_names = ("_conv_shape", "_x", "_argmax", "_out")
+
+    def __init__(self, conv: Convolution, relu: ReLU, pool: MaxPooling) -> None:
+        self.conv, self.relu, self.pool = conv, relu, pool
+        super().__init__()
+
+    @staticmethod
+    def fits(layers: Sequence[Layer], i: int) -> bool:
+        """Whether ``layers[i:i+3]`` is a Convolution, a ReLU and a MaxPooling."""
+        return (
+            i + 2 < len(layers)
+            and type(layers[i]) is Convolution
+            and type(layers[i + 1]) is ReLU
+            and type(layers[i + 2]) is MaxPooling
+        )
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return (self.conv, self.relu, self.pool)
+
+    def _direct(self) -> bool:
+        """Whether training takes the direct way (see the class docstring)."""
+        conv = self.conv
+        _, c, fh, fw = conv.W.shape
+        return not conv.needs_input_grad and conv.backend.kernels.prefers_direct_conv(c, fh, fw, conv.stride)
+
+    def _pool_args(self) -> tuple[int, int, int, int]:
+        """The pooling's (KH, KW, stride, pad), as the kernel operations take them."""
+        return (*self.pool.pool_size, self.pool.stride, self.pool.pad)
+
+    def forward(self, x, train=True):
+        block, n = self.infer_block, x.shape[0]
+        if not train and n > block:
+            parts = [self.forward(x[i : min(i + block, n), ...], train=False) for i in range(0, n, block)]
+            return self.conv.xp.concat(parts, axis=0)
+        conv, kernels = self.conv, self.conv.backend.kernels
+        pool = self._pool_args()
+        super().clear_cache()  # the step's own arrays; the layers replace theirs as they compute
+        if not train:  # no gradient will flow back: no argmax, nothing kept
+            conv.check_input(x)
+            return kernels.conv_bias_relu_maxpool_infer(x, conv.W, conv.b, conv.stride, conv.pad, *pool)
+        if self._direct():
+            conv.check_input(x)
+            self._x = x
+            self._out, self._argmax = kernels.conv_bias_relu_maxpool(x, conv.W, conv.b, conv.stride, conv.pad, *pool)
+            return self._out
+        rows = conv.gemm_rows(x)
+        self._conv_shape = conv.output_nhw(x.shape)
+        self._out, self._argmax = kernels.bias_relu_maxpool(rows, conv.b, *self._conv_shape, *pool)
+        return self._out
+
+    def backward(self, dout):
+        conv, kernels = self.conv, self.conv.backend.kernels
+        pool = self._pool_args()
+        if self._x is not None:  # the direct path: the input needs no gradient
+            conv.grads["W"], conv.grads["b"] = kernels.conv_maxpool_relu_backward_params(
+                dout, self._argmax, self._out, self._x, tuple(conv.W.shape), conv.stride, conv.pad, *pool
+            )
+            return None
+        drows = kernels.maxpool_relu_backward(dout, self._argmax, self._out, *self._conv_shape, *pool)
+        return conv.backward_rows(drows)
+
+    def clear_cache(self) -> None:
+        super().clear_cache()
+        for layer in self.layers:
+            layer.clear_cache()
+
+    def memory(self, batch_size, itemsize, training):
+        """Columns, the pooled output and its argmax kept (the NumPy set's rows path, the
+        most generous); forward: the GEMM rows, the biased rows, one more in the pooling."""
+        gemm = self.conv.gemm_memory(batch_size, itemsize)
+        out_size = batch_size * math.prod(self.pool.output_shape)
+        return MemoryTerms(
+            output=out_size * itemsize,
+            kept=gemm.columns + out_size * (itemsize + ARGMAX_BYTES),
+            columns=gemm.columns,
+            forward=3 * gemm.rows,
+            backward=gemm.rows + gemm.input_grad,
+            output_in_cache=True,
+        )
+
+
+class LinearReLU(Step):
+    """Affine → ReLU or Convolution → ReLU run as one step: the bias and the ReLU in one
+    pass over the GEMM output (the kernel operation ``bias_relu``)."""
+
+    size = 2
+    cache_names = ("_out",)  # the ReLU output as GEMM rows: its sign is the mask
+
+    def __init__(self, linear: Affine | Convolution, relu: ReLU) -> None:
+        self.linear, self.relu = linear, relu
+        super().__init__()
+
+    @staticmethod
+    def fits(layers: Sequence[Layer], i: int) -> bool:
+        """Whether ``layers[i:i+2]`` is an Affine or a Convolution followed by a ReLU."""
+        return i + 1 < len(layers) and type(layers[i]) in (Affine, Convolution) and type(layers[i + 1]) is ReLU
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return (self.linear, self.relu)
+
+    def forward(self, x, train=True):
+        linear = self.linear
+        rows = linear.gemm_rows(x)
+        self._out = linear.backend.kernels.bias_relu(rows, linear.b)
+        return linear.rows_to_output(self._out)
+
+    def backward(self, dout):
+        linear, xp = self.linear, self.linear.xp
+        drows = linear.output_to_rows(dout)
+        return linear.backward_rows(xp.where(self._out > 0, drows, xp.zeros((), dtype=drows.dtype)))
+
+    def clear_cache(self) -> None:
+        super().clear_cache()
+        for layer in self.layers:
+            layer.clear_cache()
+
+    def memory(self, batch_size, itemsize, training):
+        """Columns and the ReLU output as rows kept; backward: the rows' gradient, masked."""
+        gemm = self.linear.gemm_memory(batch_size, itemsize)
+        out = batch_size * math.prod(self.relu.output_shape) * itemsize
+        return MemoryTerms(
+            output=out,
+            kept=gemm.columns + gemm.rows,
+            columns=gemm.columns,
+            forward=gemm.rows + (0 if gemm.output_is_rows else out),  # the GEMM rows, then the NCHW copy
+            backward=2 * gemm.rows + gemm.input_grad,
+            output_in_cache=gemm.output_is_rows,
+            keeps_input=gemm.keeps_input,
+        )
+
+
+FUSED_STEPS = (ConvReluMaxPool, LinearReLU)  # tried in this order at each layer
+
+
+def plan_steps(layers: Sequence[Layer], fuse: bool = True) -> list[Step]:
+    """The steps that run ``layers``: each run that a fused step fits becomes that step
+    (when ``fuse``), every other layer runs as itself."""
+    steps: list[Step] = []
+    i = 0
+    while i < len(layers):
+        step: Step = layers[i]
+        for fused in FUSED_STEPS if fuse else ():
+            if fused.fits(layers, i):
+                step = fused(*layers[i : i + fused.size])
+                break
+        steps.append(step)
+        i += len(step.layers)
+    return steps
