@@ -8,11 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
+# IDX type byte of each element type.
+IDX_TYPE_CODES = {
+    np.dtype(np.uint8): 0x08,
+    np.dtype(np.int8): 0x09,
+    np.dtype(np.int16): 0x0B,
+    np.dtype(np.int32): 0x0C,
+    np.dtype(np.float32): 0x0D,
+    np.dtype(np.float64): 0x0E,
+}
 
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file of unsigned bytes: 0x0000, type 0x08, ndim, big-endian dims, data."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
+
+def idx_bytes(array: np.ndarray, dtype=np.uint8) -> bytes:
+    """An IDX file: 0x0000, the type byte of ``dtype`` (unsigned bytes by default), ndim,
+    big-endian dims, then the big-endian data."""
+    dtype = np.dtype(dtype)
+    header = struct.pack(">HBB", 0, IDX_TYPE_CODES[dtype], array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.asarray(array).astype(dtype.newbyteorder(">")).tobytes()
 
 
 def write_mnist(
@@ -36,3 +48,23 @@ def write_mnist(
                 (folder / name).write_bytes(data)
         out[split] = (images, labels)
     return out["train"], out["t10k"]
+
+
+def cifar_bytes(labels: np.ndarray, pixels: np.ndarray) -> bytes:
+    """A CIFAR-10 binary batch: per record, one label byte then 3072 pixel bytes (R, G, B planes)."""
+    return np.concatenate([labels[:, None], pixels], axis=1).astype(np.uint8).tobytes()
+
+
+def write_cifar10(folder: Path, n_train: tuple[int, ...] = (4, 4), n_test: int = 3, seed: int = 0) -> dict:
+    """``data_batch_1.bin`` ... (one per entry of ``n_train``) and ``test_batch.bin`` of random
+    records; returns ``{file name: (labels, pixels)}``."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}.bin" for i in range(1, len(n_train) + 1)] + ["test_batch.bin"]
+    written = {}
+    for name, n in zip(names, (*n_train, n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        pixels = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
+        (folder / name).write_bytes(cifar_bytes(labels, pixels))
+        written[name] = (labels, pixels)
+    return written

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import struct
 
 import numpy as np
 import pytest
 
 from gpucnn.datasets import DatasetError, load_cifar10, load_dataset, load_fashion_mnist, load_mnist, read_idx
 
-from .idx_files import idx_bytes, write_mnist
+from .idx_files import cifar_bytes, idx_bytes, write_cifar10, write_mnist
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -34,7 +35,10 @@ def test_data_location_from_env_and_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist()
     monkeypatch.delenv("GPUCNN_DATA")
-    with pytest.raises(FileNotFoundError, match="point path= or \\$GPUCNN_DATA"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no MNIST-format data folder given. Pass it as path= \(--data on the command line\) or in \$GPUCNN_DATA",
+    ):
         load_mnist()
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -72,21 +76,107 @@ def test_images_and_labels_of_different_counts(tmp_path):
         load_mnist(tmp_path)
 
 
-def _cifar_file(path, n, seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    pixels = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
-    path.write_bytes(np.concatenate([labels[:, None], pixels], axis=1).tobytes())
-    return labels, pixels
-
-
 def test_cifar10_binary_reader(tmp_path):
-    parts = [_cifar_file(tmp_path / f"data_batch_{i}.bin", 4, i) for i in range(1, 3)]
-    test_labels, test_pixels = _cifar_file(tmp_path / "test_batch.bin", 3, 9)
+    written = write_cifar10(tmp_path, n_train=(4, 4), n_test=3)
     (x, t), (xt, tt) = load_cifar10(tmp_path)
     assert x.shape == (8, 3, 32, 32) and x.dtype == np.float32
-    np.testing.assert_array_equal(t, np.concatenate([p[0] for p in parts]))
+    np.testing.assert_array_equal(t, np.concatenate([written[f"data_batch_{i}.bin"][0] for i in (1, 2)]))
+    test_pixels = written["test_batch.bin"][1]
     np.testing.assert_allclose(xt[1, 2, 0, :4], test_pixels[1, 2048:2052] / 255.0, rtol=1e-6)  # channel-major
     (tmp_path / "test_batch.bin").write_bytes((tmp_path / "test_batch.bin").read_bytes()[:-10])
     with pytest.raises(DatasetError, match="not a whole number of CIFAR-10 records"):
         load_cifar10(tmp_path)
+
+
+def test_cifar10_labels_out_of_range(tmp_path):
+    labels, pixels = np.array([3, 12, 5], dtype=np.uint8), np.zeros((3, 3072), dtype=np.uint8)
+    write_cifar10(tmp_path)
+    (tmp_path / "data_batch_2.bin").write_bytes(cifar_bytes(labels, pixels))
+    with pytest.raises(DatasetError, match="data_batch_2.bin: label 12 of record 1 out of range 0-9"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar10_missing_files_hint_names_cifar_files(tmp_path, monkeypatch):
+    monkeypatch.delenv("GPUCNN_DATA", raising=False)
+    for folder in (None, tmp_path / "absent", tmp_path):
+        with pytest.raises(FileNotFoundError) as info:
+            load_cifar10(folder)
+        message = str(info.value)
+        assert "data_batch_1.bin" in message and "test_batch.bin" in message
+        assert "idx" not in message and "ubyte" not in message
+
+
+def _mnist_with(tmp_path, name: str, data: bytes):
+    write_mnist(tmp_path, gz=False, size=4)
+    (tmp_path / name).write_bytes(data)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "labels,dtype,message",
+    [
+        ([1, -1, 2], np.int8, "label -1 at index 1 out of range 0-9"),
+        ([1, 2, 300], np.int16, "label 300 at index 2 out of range 0-9"),
+        ([10, 2, 3], np.uint8, "label 10 at index 0 out of range 0-9"),
+        ([1.0, 2.0, 3.0], np.float32, r"labels must be whole numbers, the file holds float32 \(IDX type 0x0d\)"),
+        ([1.5, 2.0, 3.0], np.float64, r"labels must be whole numbers, the file holds float64 \(IDX type 0x0e\)"),
+    ],
+)
+def test_labels_must_be_whole_numbers_in_range(tmp_path, labels, dtype, message):
+    write_mnist(tmp_path, n_test=3, gz=False, size=4)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.array(labels), dtype))
+    with pytest.raises(DatasetError, match=message):
+        load_mnist(tmp_path)
+
+
+def test_labels_of_a_wider_integer_type_come_back_as_uint8(tmp_path):
+    (_, train_t), _ = write_mnist(tmp_path, gz=False, size=4)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(train_t, np.int32))
+    (_, t), _ = load_mnist(tmp_path)
+    assert t.dtype == np.uint8
+    np.testing.assert_array_equal(t, train_t)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int8, np.int16])
+def test_images_must_be_unsigned_bytes(tmp_path, dtype):
+    images = np.full((40, 4, 4), 0.5 if np.dtype(dtype).kind == "f" else 7)
+    _mnist_with(tmp_path, "train-images-idx3-ubyte", idx_bytes(images, dtype))
+    with pytest.raises(DatasetError, match=r"images must be unsigned bytes \(IDX type 0x08, pixels 0-255\)"):
+        load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 4), (40, 0, 4)])
+def test_files_without_pixels_are_refused(tmp_path, shape):
+    _mnist_with(tmp_path, "train-images-idx3-ubyte", idx_bytes(np.zeros(shape, dtype=np.uint8)))
+    with pytest.raises(DatasetError, match="no pixels"):
+        load_mnist(tmp_path)
+
+
+def test_header_sizes_beyond_int64(tmp_path):
+    """Sizes whose product overflows an int64, with data or without (a zero size)."""
+    big = 2**32 - 1
+    header = struct.pack(">HBB", 0, 0x0E, 3) + struct.pack(">3I", big, big, big)
+    (tmp_path / "huge").write_bytes(header + bytes(64))
+    with pytest.raises(DatasetError, match=r"sizes \(4294967295, 4294967295, 4294967295\) of float64 are beyond"):
+        read_idx(tmp_path / "huge")
+    header = struct.pack(">HBB", 0, 0x08, 4) + struct.pack(">4I", *[2**16] * 4)  # 2**64 elements: 0 in int64
+    (tmp_path / "wraps").write_bytes(header)
+    with pytest.raises(DatasetError, match="are beyond what an array can hold"):
+        read_idx(tmp_path / "wraps")
+    header = struct.pack(">HBB", 0, 0x08, 4) + struct.pack(">4I", 0, big, big, big)
+    (tmp_path / "empty-but-huge").write_bytes(header)
+    with pytest.raises(DatasetError, match="are beyond what an array can hold"):
+        read_idx(tmp_path / "empty-but-huge")
+
+
+def test_too_many_dimensions(tmp_path):
+    (tmp_path / "dims").write_bytes(struct.pack(">HBB", 0, 0x08, 200) + struct.pack(">200I", *([1] * 200)) + b"\x00")
+    with pytest.raises(DatasetError, match="200 dimensions, more than the 32"):
+        read_idx(tmp_path / "dims")
+
+
+def test_trailing_data_in_a_gzipped_file_is_counted(tmp_path):
+    good = idx_bytes(np.zeros((3, 4, 4), dtype=np.uint8))
+    (tmp_path / "x.gz").write_bytes(gzip.compress(good + bytes(100)))
+    with pytest.raises(DatasetError, match="has trailing data: 164 bytes, but the header .* needs exactly 64"):
+        read_idx(tmp_path / "x.gz")
