@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernels import KernelSet
+from .kernels import KernelSet, emu
 from .kernels.cuda_set import CudaKernels, CupyLauncher
 from .kernels.emu import EmulationUnavailable, EmuLauncher
 from .kernels.numpy_set import NumpyKernels
@@ -332,17 +332,20 @@ def _cupy_backend() -> Backend:
 
 
 def _cuda_emu_backend() -> Backend:
-    import array_api_compat.numpy as xp
-
+    # Device arrays on the CPU (kernels/emu.py): NumPy's data, CuPy's rules (no implicit
+    # conversion to NumPy, host syncs counted), so that a CPU run catches what a GPU would.
     try:
         launcher = EmuLauncher()
     except EmulationUnavailable as exc:
         raise BackendUnavailable(f"backend 'cuda-emu' is not usable here: {exc}") from exc
+    xp = emu.namespace()
     return Backend(
         name="cuda-emu",
         xp=xp,
         kernels=CudaKernels(xp, launcher),
-        array_type=np.ndarray,
+        array_type=emu.DeviceArray,
+        _to_device=emu.to_device,
+        _to_host=emu.to_host,
         _memory_info=_host_memory_info,
         random=_numpy_random,
     )

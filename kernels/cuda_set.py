@@ -42,10 +42,13 @@ products are rounded one by one.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import importlib.resources
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,7 +57,18 @@ import numpy as np
 from . import check_pool_pad, output_hw
 from .generic import GenericKernels
 
-__all__ = ["CUDA_SOURCES", "MAX_ELEMENTS", "NVRTC_OPTIONS", "CudaKernels", "CudaSource", "CupyLauncher", "Launcher"]
+__all__ = [
+    "CUDA_SOURCES",
+    "MAX_ELEMENTS",
+    "NVRTC_OPTIONS",
+    "CudaKernels",
+    "CudaSource",
+    "CupyLauncher",
+    "DeviceWork",
+    "Launcher",
+    "counting",
+    "record",
+]
 
 Array = Any
 
@@ -157,6 +171,86 @@ LOSS = CudaSource("loss.cu", ("softmax_cross_entropy", "softmax_cross_entropy_ba
 CUDA_SOURCES = (IM2COL, POOL, LAYOUT, OPTIMIZERS, ELEMENTWISE, LOSS)
 
 
+# -- counting the device work ------------------------------------------------------------
+# What a stretch of code asks of the device, counted by reading the calls, not measured:
+# our kernel launches (counted here, in CudaKernels), and the array namespace's operations,
+# allocations, host syncs and copies (counted by the cuda-emu backend's arrays,
+# :mod:`gpucnn.kernels.emu`). Nothing is counted outside a ``counting()`` block.
+
+# The kinds of device operation, in the order reports list them.
+OPERATION_KINDS = ("kernel", "gemm", "array", "memset", "copy")
+
+
+@dataclass
+class DeviceWork:
+    """Counts of one stretch of device work.
+
+    ``operations`` maps each kind of device operation (:data:`OPERATION_KINDS`: our kernel
+    launches, GEMMs, array-namespace kernels, memsets, host↔device copies) to its count;
+    ``by_name`` counts each operation by kind and name (``"kernel im2col<float>"``,
+    ``"array sum"``); ``host_syncs`` counts the waits for the device (a value read on the
+    host: ``float()``, ``int()``, ``bool()``, ``item()``, a copy to the host);
+    ``allocations`` the new device arrays; ``bytes_to_device`` and ``bytes_to_host`` the
+    copied bytes.
+    """
+
+    operations: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPERATION_KINDS, 0))
+    by_name: collections.Counter = field(default_factory=collections.Counter)
+    host_syncs: int = 0
+    allocations: int = 0
+    bytes_to_device: int = 0
+    bytes_to_host: int = 0
+
+    @property
+    def device_operations(self) -> int:
+        """Every device operation: kernel launches and library calls, memsets and copies."""
+        return sum(self.operations.values())
+
+    def add(self, kind: str, name: str, count: int = 1) -> None:
+        self.operations[kind] += count
+        self.by_name[f"{kind} {name}"] += count
+
+
+_recording: list[DeviceWork] = []
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[DeviceWork]:
+    """Count the device work of a block (nested blocks count into each open one)::
+
+    with counting() as work:
+        model.train_step(x, t)
+    work.device_operations
+    """
+    work = DeviceWork()
+    _recording.append(work)
+    try:
+        yield work
+    finally:
+        _recording.remove(work)
+
+
+def record(
+    kind: str | None = None,
+    name: str = "",
+    count: int = 1,
+    *,
+    syncs: int = 0,
+    allocations: int = 0,
+    to_device: int = 0,
+    to_host: int = 0,
+) -> None:
+    """Add to every open :func:`counting` block: ``count`` operations of ``kind`` (one of
+    :data:`OPERATION_KINDS`, or None for none), host syncs, allocations, copied bytes."""
+    for work in _recording:
+        if kind is not None and count:
+            work.add(kind, name, count)
+        work.host_syncs += syncs
+        work.allocations += allocations
+        work.bytes_to_device += to_device
+        work.bytes_to_host += to_host
+
+
 class Launcher(Protocol):
     """Compiles :class:`CudaSource` files and launches their kernels on its arrays."""
 
@@ -210,13 +304,16 @@ class CudaKernels(GenericKernels):
                     f"which index with 32-bit ints (at most {MAX_ELEMENTS})"
                 )
         name = name_expression(kernel, CUDA_TYPES[np.dtype(dtype)])
+        if _recording:
+            record("kernel", name)
         self.launcher.launch(source, name, grid, block, args)
 
     def _contiguous(self, a: Array) -> Array:
         return a if a.flags.c_contiguous else self.xp.ascontiguousarray(a)
 
-    def _empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
-        return self.xp.empty(shape, dtype=dtype)
+    def _empty(self, shape: tuple[int, ...], dtype: Any, like: Array) -> Array:
+        """An output array on ``like``'s device."""
+        return self.xp.empty(shape, dtype=dtype, device=like.device)
 
     # -- convolution -----------------------------------------------------------
 
@@ -225,7 +322,7 @@ class CudaKernels(GenericKernels):
         n, c, h, w = x.shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
         rows, columns = n * oh * ow, c * kh * kw
-        col = self._empty((rows, columns), dtype)
+        col = self._empty((rows, columns), dtype, x)
         if col.size == 0:
             return col
         # A 2-D grid: one block row per column row, as many warps as the row needs (at most
@@ -251,7 +348,7 @@ class CudaKernels(GenericKernels):
         n, c, h, w = x_shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
         _check_shape("col2im", "col", col.shape, (n * oh * ow, c * kh * kw))
-        dx = self._empty((n, c, h, w), dtype)
+        dx = self._empty((n, c, h, w), dtype, col)
         self._launch(
             IM2COL,
             "col2im",
@@ -270,8 +367,8 @@ class CudaKernels(GenericKernels):
         check_pool_pad(kh, kw, pad)
         n, c, h, w = x.shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
-        out = self._empty((n, c, oh, ow), dtype)
-        argmax = self._empty((n, c, oh, ow), self.xp.int32)
+        out = self._empty((n, c, oh, ow), dtype, x)
+        argmax = self._empty((n, c, oh, ow), self.xp.int32, x)
         self._launch(
             POOL,
             "maxpool_forward",
@@ -290,7 +387,7 @@ class CudaKernels(GenericKernels):
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
         _check_shape("maxpool_backward", "dout", dout.shape, (n, c, oh, ow))
         _check_shape("maxpool_backward", "argmax", argmax.shape, (n, c, oh, ow))
-        dx = self._empty((n, c, h, w), dtype)
+        dx = self._empty((n, c, h, w), dtype, dout)
         self._launch(
             POOL,
             "maxpool_backward",
@@ -308,7 +405,7 @@ class CudaKernels(GenericKernels):
         check_pool_pad(kh, kw, pad)
         n, c, h, w = x.shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
-        out = self._empty((n, c, oh, ow), dtype)
+        out = self._empty((n, c, oh, ow), dtype, x)
         self._launch(
             POOL,
             "avgpool_forward",
@@ -325,7 +422,7 @@ class CudaKernels(GenericKernels):
         n, c, h, w = x_shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
         _check_shape("avgpool_backward", "dout", dout.shape, (n, c, oh, ow))
-        dx = self._empty((n, c, h, w), dtype)
+        dx = self._empty((n, c, h, w), dtype, dout)
         self._launch(
             POOL,
             "avgpool_backward",
@@ -352,8 +449,8 @@ class CudaKernels(GenericKernels):
         _check_shape("bias_relu_maxpool", "rows", rows.shape, (n * oh * ow, fn))
         _check_shape("bias_relu_maxpool", "b", b.shape, (fn,))
         ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
-        out = self._empty((n, fn, ph, pw), dtype)
-        argmax = self._empty((n, fn, ph, pw), self.xp.int32)
+        out = self._empty((n, fn, ph, pw), dtype, rows)
+        argmax = self._empty((n, fn, ph, pw), self.xp.int32, rows)
         self._launch(
             POOL,
             "bias_relu_maxpool",
@@ -373,7 +470,7 @@ class CudaKernels(GenericKernels):
         ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
         for what, a in (("dout", dout), ("argmax", argmax), ("out", out)):
             _check_shape("maxpool_relu_backward", what, a.shape, (n, fn, ph, pw))
-        drows = self._empty((n * oh * ow, fn), dtype)
+        drows = self._empty((n * oh * ow, fn), dtype, dout)
         self._launch(
             POOL,
             "maxpool_relu_backward",
@@ -391,7 +488,7 @@ class CudaKernels(GenericKernels):
         dtype = _float_dtype("bias_relu", rows, b)
         m, columns = _matrix_shape("bias_relu", "rows", rows, "(M, F)")
         _check_shape("bias_relu", "b", b.shape, (columns,))
-        out = self._empty((m, columns), dtype)
+        out = self._empty((m, columns), dtype, rows)
         self._launch(
             ELEMENTWISE,
             "bias_relu",
@@ -408,14 +505,14 @@ class CudaKernels(GenericKernels):
         dtype = _float_dtype("rows_to_nchw", y)
         fn = y.shape[1]
         _check_shape("rows_to_nchw", "y", y.shape, (n * oh * ow, fn))
-        out = self._empty((n, fn, oh, ow), dtype)
+        out = self._empty((n, fn, oh, ow), dtype, y)
         self._launch(LAYOUT, "rows_to_nchw", dtype, out.size, self._contiguous(y), out, *_ints(out.size, fn, oh, ow))
         return out
 
     def nchw_to_rows(self, dout):
         dtype = _float_dtype("nchw_to_rows", dout)
         n, fn, oh, ow = dout.shape
-        rows = self._empty((n * oh * ow, fn), dtype)
+        rows = self._empty((n * oh * ow, fn), dtype, dout)
         self._launch(
             LAYOUT, "nchw_to_rows", dtype, rows.size, self._contiguous(dout), rows, *_ints(rows.size, fn, oh, ow)
         )
@@ -433,8 +530,8 @@ class CudaKernels(GenericKernels):
         labels = self._labels("softmax_cross_entropy", t, n)
         if k == 0 and n > 0:
             raise ValueError(f"softmax_cross_entropy: x has shape {tuple(x.shape)}: no classes to take a softmax over")
-        probs = self._empty((n, k), dtype)
-        row_loss = self._empty((n,), dtype)
+        probs = self._empty((n, k), dtype, x)
+        row_loss = self._empty((n,), dtype, x)
         self._launch(
             LOSS, "softmax_cross_entropy", dtype, n, self._contiguous(x), labels, probs, row_loss, *_ints(n, k)
         )
@@ -448,7 +545,7 @@ class CudaKernels(GenericKernels):
         dtype = _float_dtype("softmax_cross_entropy_backward", probs)
         n, k = _matrix_shape("softmax_cross_entropy_backward", "probs", probs, "(N, K)")
         labels = self._labels("softmax_cross_entropy_backward", t, n)
-        dx = self._empty((n, k), dtype)
+        dx = self._empty((n, k), dtype, probs)
         self._launch(
             LOSS,
             "softmax_cross_entropy_backward",

@@ -12,6 +12,14 @@ Running threads one at a time is exact only for kernels whose threads do not coo
 the shim makes ``__shared__``, ``__syncthreads()`` and warp-level operations compile
 errors, so such a kernel is refused (:class:`EmulationError`) rather than run wrongly.
 
+The backend's arrays are :class:`DeviceArray` objects: NumPy arrays that behave as device
+arrays do on CuPy. ``numpy.asarray(a)`` raises ``TypeError``, so data reaches the host only
+through the backend (``to_numpy``) or ``a.get()``; ``float()``, ``int()``, ``bool()`` and
+``item()`` work, as host syncs; an operation that mixes one with a NumPy array raises
+``TypeError``. Their namespace, :func:`namespace`, is array-api-compat's NumPy namespace on
+such arrays. Inside :func:`gpucnn.kernels.cuda_set.counting`, every operation on them is
+counted as the device operations CuPy would run for it (:data:`NAMESPACE_OPERATIONS`).
+
 Built libraries are cached in ``$GPUCNN_EMU_CACHE``, else ``$XDG_CACHE_HOME/gpucnn/cuda-emu``
 (``~/.cache/gpucnn/cuda-emu``), keyed by a hash of the compiler, its flags and the code.
 Emulation is meant to be correct, not fast: keep its inputs small.
@@ -20,8 +28,10 @@ Emulation is meant to be correct, not fast: keep its inputs small.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import importlib.resources
+import operator
 import os
 import shutil
 import subprocess
@@ -32,9 +42,20 @@ from typing import Any
 
 import numpy as np
 
-from .cuda_set import CudaSource
+from .cuda_set import CudaSource, record
 
-__all__ = ["EmuLauncher", "EmulationError", "EmulationUnavailable"]
+__all__ = [
+    "NAMESPACE_OPERATIONS",
+    "DeviceArray",
+    "DEVICE",
+    "DeviceNamespace",
+    "EmuLauncher",
+    "EmulationError",
+    "EmulationUnavailable",
+    "namespace",
+    "to_device",
+    "to_host",
+]
 
 # -ffp-contract=off: no fused multiply-adds, so float arithmetic rounds as NumPy's does.
 CXX_FLAGS = ("-x", "c++", "-std=c++17", "-O2", "-shared", "-fPIC", "-ffp-contract=off")
@@ -95,6 +116,7 @@ class EmuLauncher:
 
     def launch(self, source: CudaSource, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
         """Run kernel instance ``name`` of ``source`` over ``grid`` x ``block`` threads."""
+        args = tuple(a.data if isinstance(a, DeviceArray) else a for a in args)
         self.module(source).launch(name, _dims(grid, "grid"), _dims(block, "block"), args)
 
     def _build(self, unit: str, stem: str, origin: Any = "the probe") -> Path:
@@ -218,3 +240,314 @@ def _default_cache_dir() -> Path:
     except OSError:
         pass
     return Path(tempfile.gettempdir()) / f"gpucnn-cuda-emu-{os.getuid()}"
+
+
+# -- the backend's arrays: device arrays on the CPU -------------------------------------------
+
+
+class _Device:
+    """The emulated device: what ``DeviceArray.device`` answers and what ``device=`` takes."""
+
+    def __repr__(self) -> str:
+        return "Device('cuda-emu')"
+
+
+DEVICE = _Device()
+
+
+class DeviceArray:
+    """An array of the ``cuda-emu`` backend: a NumPy array (``data``) that behaves as a
+    CuPy array does (see the module docstring). Made by the backend (``asarray``) and by
+    :func:`namespace`; ``data`` is for the launcher and the backend only."""
+
+    __slots__ = ("data",)
+    __array_ufunc__ = None  # NumPy scalars and arrays defer to our operators, as to CuPy's
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+
+    # -- what a device array tells without a sync
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    nbytes = property(lambda self: self.data.nbytes)
+    itemsize = property(lambda self: self.data.itemsize)
+    flags = property(lambda self: self.data.flags)
+    strides = property(lambda self: self.data.strides)
+    device = property(lambda self: DEVICE)
+    T = property(lambda self: _apply("transpose", np.transpose, self))
+    mT = property(lambda self: _apply("matrix_transpose", lambda a: np.swapaxes(a, -1, -2), self))
+
+    def __array_namespace__(self, api_version: str | None = None) -> DeviceNamespace:
+        return namespace()
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(
+            "Implicit conversion to a NumPy array is not allowed for a cuda-emu array, as for a CuPy array: "
+            "use the backend's to_numpy(a), or a.get()"
+        )
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:  # no values: printing them would be a host sync
+        return f"DeviceArray(shape={self.shape}, dtype={self.dtype})"
+
+    # -- host syncs
+    def get(self) -> np.ndarray:
+        """A host copy (a device→host copy and a sync), as ``cupy.ndarray.get``."""
+        record("copy", "device to host", syncs=1, to_host=self.nbytes)
+        return self.data.copy()
+
+    def item(self) -> Any:
+        record(syncs=1, to_host=self.itemsize)
+        return self.data.item()
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __index__(self) -> int:
+        return operator.index(self.item())
+
+    def __bool__(self) -> bool:
+        return bool(self.item())
+
+    # -- device work
+    def astype(self, dtype: Any, copy: bool = True) -> DeviceArray:
+        return _apply("astype", lambda a: a.astype(dtype, copy=copy), self)
+
+    def copy(self) -> DeviceArray:
+        return _apply("copy", np.copy, self)
+
+    def reshape(self, *shape: Any) -> DeviceArray:
+        return _apply("reshape", lambda a: a.reshape(*shape), self)
+
+    def __getitem__(self, key: Any) -> DeviceArray:
+        return _apply("getitem", lambda a, k: a[k], self, key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _check_on_device("setitem", (key, value))
+        self.data[_unwrap(key)] = _unwrap(value)
+        record("array", "setitem")
+
+
+def _operator(name: str, function: Any, *, in_place: bool = False, reflected: bool = False) -> Any:
+    kind = "gemm" if "matmul" in name else "array"
+
+    def method(self: DeviceArray, *other: Any) -> Any:
+        _check_on_device(name, other)
+        if reflected:
+            result = function(_unwrap(other[0]), self.data)
+        else:
+            result = function(self.data, *(_unwrap(o) for o in other))
+        record(kind, name)
+        if in_place:
+            return self
+        return _wrap(result, (self, *other))
+
+    method.__name__ = f"__{name}__"
+    return method
+
+
+_BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift")
+for _name in _BINARY:
+    _function = getattr(operator, f"{_name}_" if _name in ("and", "or") else _name)
+    setattr(DeviceArray, f"__{_name}__", _operator(_name, _function))
+    setattr(DeviceArray, f"__r{_name}__", _operator(_name, _function, reflected=True))
+    setattr(DeviceArray, f"__i{_name}__", _operator(_name, getattr(operator, f"i{_name}"), in_place=True))
+for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
+    setattr(DeviceArray, f"__{_name}__", _operator(_name, getattr(operator, _name)))
+for _name in ("neg", "pos", "abs", "invert"):
+    setattr(DeviceArray, f"__{_name}__", _operator(_name, getattr(operator, _name)))
+DeviceArray.__hash__ = None
+
+
+def _unwrap(value: Any) -> Any:
+    """``value`` with each DeviceArray in it (lists and tuples too) replaced by its NumPy array."""
+    if isinstance(value, DeviceArray):
+        return value.data
+    if isinstance(value, (tuple, list)):
+        return type(value)(_unwrap(v) for v in value)
+    return value
+
+
+def _check_on_device(op: str, values: Any) -> None:
+    """``TypeError`` for a NumPy array among ``values``: it lives on the host."""
+    for value in values:
+        if isinstance(value, np.ndarray):
+            raise TypeError(
+                f"{op}: a NumPy array (shape {value.shape}) cannot meet a cuda-emu array, as it cannot meet a "
+                f"CuPy one: move it with the backend's asarray first"
+            )
+        if isinstance(value, (tuple, list)):
+            _check_on_device(op, value)
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _arrays_in(values: Any) -> list[np.ndarray]:
+    found = []
+    for value in values:
+        if isinstance(value, DeviceArray):
+            found.append(value.data)
+        elif isinstance(value, (tuple, list)):
+            found += _arrays_in(value)
+    return found
+
+
+def _is_new(result: np.ndarray, sources: Any) -> bool:
+    """Whether ``result`` is new device memory, not a view of one of ``sources``."""
+    root = _root(result)
+    return all(_root(a) is not root for a in _arrays_in(sources))
+
+
+def _wrap(value: Any, sources: Any) -> Any:
+    """NumPy results as DeviceArrays (a NumPy scalar as a 0-d array, as CuPy returns), the
+    new ones counted as allocations."""
+    if isinstance(value, np.generic):
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray):
+        if _is_new(value, sources):
+            record(allocations=1)
+        return DeviceArray(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_wrap(v, sources) for v in value)
+    return value
+
+
+def _apply(name: str, function: Any, *args: Any) -> Any:
+    """``function`` on the NumPy arrays of ``args``; one "array" operation if the result is
+    new memory (a copy), none if it is a view."""
+    result = function(*_unwrap(args))
+    if isinstance(result, np.ndarray) and _is_new(result, args):
+        record("array", name)
+    return _wrap(result, args)
+
+
+# How many device operations one namespace call is, by the kind CuPy runs it as. A name not
+# listed is one elementwise or reduction kernel ("array"): ``argmax`` then ``==`` then
+# ``sum`` is three. The operators count alike: ``a + b`` is one "array" operation (``a @ b``
+# one "gemm"), ``a[idx] = b`` one, ``a[i:j]`` none (a view) and ``a[indices]`` one (a gather).
+NAMESPACE_OPERATIONS = {
+    # a view, or a copy when the result cannot be one ("array", one): none for a view
+    "reshape": "view",
+    "permute_dims": "view",
+    "matrix_transpose": "view",
+    "expand_dims": "view",
+    "squeeze": "view",
+    "broadcast_to": "view",
+    "ascontiguousarray": "view",
+    "astype": "view",  # array-api-compat copies by default, even to the same dtype
+    "asarray": "view",  # from the host: one copy ("copy") and its bytes
+    # no device work: an allocation only, or no array at all
+    "empty": "none",
+    "empty_like": "none",
+    "finfo": "none",
+    "iinfo": "none",
+    "isdtype": "none",
+    "result_type": "none",
+    "can_cast": "none",
+    # a cudaMemsetAsync
+    "zeros": "memset",
+    "zeros_like": "memset",
+    # cuBLAS
+    "matmul": "gemm",
+    "tensordot": "gemm",
+    "vecdot": "gemm",
+    # one copy kernel per array joined (an upper bound: CuPy joins many same-shaped arrays in one)
+    "concat": "join",
+    "stack": "join",
+}
+
+
+class DeviceNamespace:
+    """The ``cuda-emu`` backend's array namespace: each function of ``inner``
+    (array-api-compat's NumPy namespace) on :class:`DeviceArray` arguments, counted as
+    :data:`NAMESPACE_OPERATIONS` says; dtypes and constants as ``inner``'s."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.__name__ = "gpucnn.kernels.emu.namespace()"
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if isinstance(value, type) or not callable(value):
+            return value  # dtypes, constants
+        function = functools.partial(_namespace_call, name, value)
+        functools.update_wrapper(function, value)
+        setattr(self, name, function)  # looked up once
+        return function
+
+    def __repr__(self) -> str:
+        return "<cuda-emu array namespace>"
+
+
+def _on_host(args: tuple, kwargs: dict) -> bool:
+    """Whether a namespace call is host work: it names the host (``device="cpu"``), or it
+    takes NumPy arrays and no device array. Kernel operations called on NumPy arrays (the
+    kernel tests) then compute on the host and return NumPy arrays, as NumPy's namespace does."""
+    device = kwargs.get("device")
+    if device is not None:
+        return device is not DEVICE
+    values = (*args, *kwargs.values())
+    return not _arrays_in(values) and any(isinstance(v, (np.ndarray, np.generic)) for v in _flat(values))
+
+
+def _flat(values: Any) -> list:
+    found = []
+    for value in values:
+        found += _flat(value) if isinstance(value, (tuple, list)) else [value]
+    return found
+
+
+def _namespace_call(name: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+    if _on_host(args, kwargs):
+        return function(*args, **kwargs)
+    kwargs.pop("device", None)  # DEVICE: NumPy's namespace knows only the host
+    kind = NAMESPACE_OPERATIONS.get(name, "array")
+    if name == "asarray" and args and not isinstance(args[0], DeviceArray):
+        host = np.asarray(args[0])  # Python data or a NumPy array: the host→device copy
+        result = function(host, *args[1:], **kwargs)
+        result = np.array(result, copy=True) if np.shares_memory(result, host) else result
+        record("copy", "host to device", to_device=result.nbytes)
+        return _wrap(result, ())
+    _check_on_device(name, (*args, *kwargs.values()))
+    result = function(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
+    sources = (*args, *kwargs.values())
+    if kind == "view":
+        if isinstance(result, np.ndarray) and _is_new(result, sources):
+            record("array", name)
+    elif kind == "join":
+        record("array", name, len(args[0]))
+    elif kind != "none":
+        record(kind, name)
+    return _wrap(result, sources)
+
+
+def to_device(host: np.ndarray) -> DeviceArray:
+    """A device copy of a host array (the backend's ``asarray``): one host→device copy."""
+    data = np.array(host, copy=True, order="C")
+    record("copy", "host to device", allocations=1, to_device=data.nbytes)
+    return DeviceArray(data)
+
+
+def to_host(a: DeviceArray) -> np.ndarray:
+    """A host copy of a device array (the backend's ``to_numpy``): a copy and a sync."""
+    return a.get()
+
+
+@functools.cache
+def namespace() -> DeviceNamespace:
+    """The namespace of :class:`DeviceArray` (made on first use: importing gpucnn needs no
+    array-api-compat)."""
+    import array_api_compat.numpy
+
+    return DeviceNamespace(array_api_compat.numpy)
