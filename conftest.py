@@ -22,13 +22,12 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 import pytest
 
 from benchmarks.report import SIZES_ENV
-from gpucnn.machine import machine_description
+from gpucnn.machine import distribution_version, machine_description
 
 # The fastest call a round may be: shorter steps are repeated within a round, so that the
 # timer's resolution and the call overhead stay below a percent.
@@ -108,17 +107,10 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     """The JSON's machine_info gains cores, GPU, driver and library versions
     (:func:`gpucnn.machine.machine_description`), and the suite's own settings."""
     machine = machine_description()
-    machine["libraries"]["pytest-benchmark"] = _version("pytest-benchmark")
+    machine["libraries"]["pytest-benchmark"] = distribution_version("pytest-benchmark")
     if SIZES_ENV in os.environ:
         machine["environment"][SIZES_ENV] = os.environ[SIZES_ENV]
     machine_info["gpucnn"] = machine
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 @pytest.fixture
@@ -129,7 +121,7 @@ def measure(benchmark: Any, request: pytest.FixtureRequest) -> Callable[..., Non
     once untimed (warm-up: JIT and kernel compilation, memory pool growth), then in
     rounds that fill ``--benchmark-max-time`` (at least three).
 
-    Two figures, as STYLE.md asks of a benchmark that says what it measures:
+    Two figures, so that a benchmark says which of them it measures:
 
     * **latency** (``latency_s``, and the pytest-benchmark statistics): every call ends
       with ``backend.synchronize()``, so each call's queued device work is inside it;

@@ -44,6 +44,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+import gpucnn
+from gpucnn.distributed import MPICommunicator, Request
+from gpucnn.io import atomic_write
+from gpucnn.machine import machine_description
+from gpucnn.plotting import save_figure
+
 RESULTS = Path(__file__).parent / "results" / "distributed"
 MARK = "RESULT "  # the line a worker prints its result on
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -61,21 +69,16 @@ TARGET = 1.6  # 2 ranks x 1 thread against 1 rank x 1 thread
 
 
 def _data(n: int) -> tuple[Any, Any]:
-    import numpy as np
-
     rng = np.random.default_rng(0)
     return rng.standard_normal((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n)
 
 
 def _model() -> Any:
-    import gpucnn
-
     return gpucnn.SimpleConvNet(seed=0)
 
 
 def _timed_communicator(overlap: bool) -> Any:
     """An MPICommunicator that adds up the seconds spent in its sums."""
-    from gpucnn.distributed import MPICommunicator, Request
 
     class TimedRequest(Request):
         def __init__(self, request: Request, owner: Any) -> None:
@@ -108,8 +111,6 @@ def _timed_communicator(overlap: bool) -> Any:
 
 def work(args: argparse.Namespace) -> dict:
     """One run of the worker (under mpiexec for several ranks); rank 0's result."""
-    import gpucnn
-
     gpucnn.set_backend(args.backend)
     communicator = _timed_communicator(args.overlap == "on") if args.ranks > 1 else None
     if args.worker == "throughput":
@@ -175,8 +176,6 @@ def measure(args: argparse.Namespace) -> dict:
     share = launch(2, 1, worker)["rows"]
     for row in share:
         print(f"batch {row['batch']}: sums {100 * row['share']:.1f}% of the epoch", flush=True)
-    from gpucnn.machine import machine_description
-
     return {
         "command": "python -m benchmarks.bench_distributed " + shlex.join(args.argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -253,8 +252,6 @@ def plot(result: dict, out: Path) -> None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from gpucnn.plotting import save_figure
-
     labels = list(result["throughput"])
     values = [result["throughput"][label] for label in labels]
     medians = [statistics.median(v) for v in values]
@@ -310,8 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from gpucnn.io import atomic_write
-
     with atomic_write(out / "distributed.json", "w") as f:
         json.dump(result, f, indent=1)
     with atomic_write(out / "distributed.md", "w") as f:

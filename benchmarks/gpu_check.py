@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(
             f"cannot import gpucnn ({exc}): install it with its dependencies "
-            '(CONTRIBUTING.md, "On a lent machine without network")',
+            '(CONTRIBUTING.md, "On a GPU machine without network")',
             file=sys.stderr,
         )
         return 2

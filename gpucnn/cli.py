@@ -1,4 +1,4 @@
-"""The ``gpucnn`` command: ``train``, ``evaluate``, ``info``, ``bench``, ``sweep``.
+"""The ``gpucnn`` command: ``train``, ``evaluate``, ``info``, ``bench``, ``sweep``, ``profile``.
 
     gpucnn train --model simple_convnet --dataset fashion-mnist --batch-size 100 \\
         --epochs 10 --optimizer adagrad --lr 0.06 --backend numpy --seed 0 --out runs/classic
@@ -8,6 +8,7 @@
     gpucnn bench --out benchmarks/results/cpu                  # run the benchmark suite, write the report
     gpucnn bench --from bench.json --out report                # report on an earlier run
     gpucnn sweep --batch-sizes 16,32,64,128,256 --epochs 5 --model simple_convnet --dataset fashion-mnist
+    gpucnn profile --model simple_convnet --batch-size 100 --json  # count one step's device work (cuda-emu)
 
 Tables. ``--dataset breast-cancer`` (scikit-learn's copy: ``pip install 'gpucnn[tables]'``)
 and ``--data-csv X.csv [--labels-csv Y.csv | --label-column NAME|INDEX]`` (your own files,
@@ -83,6 +84,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 import warnings
@@ -108,6 +110,7 @@ from .memory import OutOfMemoryError
 from .models import MODELS, build_model
 from .optimizers import OPTIMIZERS, get_optimizer
 from .plotting import plot_history
+from .profile import profile_step
 from .schedules import LinearScaling
 from .sweep import run_sweep, write_sweep
 from .tables import MissingDependency, Standardizer, TableError, load_csv, stratified_split
@@ -229,21 +232,24 @@ def _launcher_size() -> int:
     return next((int(os.environ[name]) for name in LAUNCHER_SIZE_VARIABLES if name in os.environ), 1)
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, kind: type[int] | type[float]) -> Any:
+    """``text`` as an ``int`` or a ``float``, or the ArgumentTypeError that names what was expected."""
     try:
-        value = int(text)
+        return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        expected = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text, float)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
     if not math.isfinite(value):
@@ -252,30 +258,21 @@ def _positive_float(text: str) -> float:
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text, float)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
     return value
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _number(text, int)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got {value}")
     return value
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text, float)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a fraction strictly between 0 and 1, got {value}")
     return value
@@ -474,6 +471,13 @@ def _parser() -> argparse.ArgumentParser:
     training_options(sweep)
     sweep.add_argument("--out", metavar="DIR", help="output folder (default: runs/sweep-MODEL-DATASET)")
     distributed_option(sweep, "share the batch sizes over the ranks (rank 0 writes the report)")
+
+    profile = sub.add_parser("profile", help="count what one training step asks of the device (cuda-emu)")
+    profile.add_argument("--model", choices=sorted(MODELS), default=RUN_DEFAULTS["model"], help=shown("model"))
+    profile.add_argument("--backend", default="cuda-emu", help="the backend to count on (default: cuda-emu)")
+    profile.add_argument("--batch-size", type=_positive_int, default=100)
+    profile.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adagrad")
+    profile.add_argument("--json", action="store_true", help="print one JSON object")
 
     for command in sub.choices.values():  # `gpucnn train --debug` as well as `gpucnn --debug train`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -1140,7 +1144,6 @@ def _bench(args: argparse.Namespace) -> int:
     ``benchmarks/`` folder, found as ``--suite``, else ``./benchmarks``, else beside the
     ``gpucnn/`` folder of an editable install.
     """
-    import subprocess
 
     def is_suite(folder: Path) -> bool:
         return (folder / "report.py").is_file() and (folder.parent / "gpucnn" / "__init__.py").is_file()
@@ -1216,6 +1219,16 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    """Count one steady-state fit step (:mod:`gpucnn.profile`) and print the counts."""
+    try:
+        result = profile_step(args.model, args.batch_size, backend=args.backend, optimizer=args.optimizer)
+    except ValueError as exc:
+        raise CommandError(str(exc), USAGE_ERROR) from exc
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
+    return 0
+
+
 _BACKEND_COMMANDS = {"train", "evaluate", "sweep"}  # they compute, on the chosen backend
 
 
@@ -1223,7 +1236,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``gpucnn`` command; returns its exit status, or raises SystemExit after an error line."""
     args = _parser().parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
-    commands = {"train": _train, "evaluate": _evaluate, "info": _info, "bench": _bench, "sweep": _sweep}
+    commands = {
+        "train": _train,
+        "evaluate": _evaluate,
+        "info": _info,
+        "bench": _bench,
+        "sweep": _sweep,
+        "profile": _profile,
+    }
     with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         warnings.showwarning = _show_warning
         ranks = args.ranks = None  # the ranks of --distributed
@@ -1241,6 +1261,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print("\ngpucnn: interrupted", file=sys.stderr)
             return INTERRUPTED
+        except BrokenPipeError:  # the reader of our output went away (``gpucnn info | head``): not an error
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 0
         except Exception as exc:
             message, status = _explain(exc)
             if ranks is not None and not ranks.met:  # an error met setting up: the ranks compare theirs

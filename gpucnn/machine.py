@@ -18,7 +18,8 @@ LIBRARIES = ("gpucnn", "numpy", "numba", "cupy-cuda12x", "cupy-cuda13x", "torch"
 ENVIRONMENT = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 
 
-def _version(distribution: str) -> str | None:
+def distribution_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (``"numpy"``, ``"cupy-cuda12x"``), or None."""
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
@@ -36,11 +37,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _memory_total() -> int | None:
+def meminfo_bytes(field: str) -> int | None:
+    """The ``field`` of /proc/meminfo (``MemTotal``, ``MemAvailable``, ...) in bytes, or None
+    where there is no such file (not Linux) or no such field."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemTotal:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -99,10 +102,10 @@ def machine_description() -> dict:
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
-        "memory_bytes": _memory_total(),
+        "memory_bytes": meminfo_bytes("MemTotal"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "libraries": {name: _version(name) for name in LIBRARIES},
+        "libraries": {name: distribution_version(name) for name in LIBRARIES},
         "blas": _blas_description(),
         "gpu": _gpu_description(),
         "environment": {name: os.environ[name] for name in ENVIRONMENT if name in os.environ},

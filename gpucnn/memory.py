@@ -62,6 +62,7 @@ import numpy as np
 
 from .backend import Backend, get_backend
 from .layers import Step
+from .machine import meminfo_bytes
 
 __all__ = [
     "MemoryEstimate",
@@ -398,13 +399,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def _host_available_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (Linux), else free physical pages, else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available = meminfo_bytes("MemAvailable")
+    if available is not None:
+        return available
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

@@ -9,6 +9,16 @@ def out_size(h: int, k: int, stride: int, pad: int) -> int:
     return (h + 2 * pad - k) // stride + 1
 
 
+def window_taps(i, j, kh, kw, stride, pad, h, w):
+    """The taps of output cell (i, j)'s window that fall inside an H x W image, in ascending
+    (ky, kx) order: ``(ky, kx, y, x)`` with (y, x) the pixel under tap (ky, kx)."""
+    for ky in range(kh):
+        for kx in range(kw):
+            y, x = i * stride - pad + ky, j * stride - pad + kx
+            if 0 <= y < h and 0 <= x < w:
+                yield ky, kx, y, x
+
+
 def im2col_loops(x, kh, kw, stride, pad):
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, stride, pad), out_size(w, kw, stride, pad)
@@ -17,11 +27,8 @@ def im2col_loops(x, kh, kw, stride, pad):
         for i in range(oh):
             for j in range(ow):
                 for ch in range(c):
-                    for ky in range(kh):
-                        for kx in range(kw):
-                            y, xx = i * stride - pad + ky, j * stride - pad + kx
-                            if 0 <= y < h and 0 <= xx < w:
-                                col[(b * oh + i) * ow + j, (ch * kh + ky) * kw + kx] = x[b, ch, y, xx]
+                    for ky, kx, y, xx in window_taps(i, j, kh, kw, stride, pad, h, w):
+                        col[(b * oh + i) * ow + j, (ch * kh + ky) * kw + kx] = x[b, ch, y, xx]
     return col
 
 
@@ -34,11 +41,8 @@ def col2im_loops(col, x_shape, kh, kw, stride, pad):
         for i in range(oh):
             for j in range(ow):
                 for ch in range(c):
-                    for ky in range(kh):
-                        for kx in range(kw):
-                            y, xx = i * stride - pad + ky, j * stride - pad + kx
-                            if 0 <= y < h and 0 <= xx < w:
-                                dx[b, ch, y, xx] += col[(b * oh + i) * ow + j, (ch * kh + ky) * kw + kx]
+                    for ky, kx, y, xx in window_taps(i, j, kh, kw, stride, pad, h, w):
+                        dx[b, ch, y, xx] += col[(b * oh + i) * ow + j, (ch * kh + ky) * kw + kx]
     return dx
 
 
@@ -66,14 +70,11 @@ def pool_loops(x, kh, kw, stride, pad, mode):
             for i in range(oh):
                 for j in range(ow):
                     best, best_k, total = -np.inf, 0, 0.0
-                    for ky in range(kh):
-                        for kx in range(kw):
-                            y, xx = i * stride - pad + ky, j * stride - pad + kx
-                            if 0 <= y < h and 0 <= xx < w:
-                                v = x[b, ch, y, xx]
-                                total += v
-                                if v > best:
-                                    best, best_k = v, ky * kw + kx
+                    for ky, kx, y, xx in window_taps(i, j, kh, kw, stride, pad, h, w):
+                        v = x[b, ch, y, xx]
+                        total += v
+                        if v > best:
+                            best, best_k = v, ky * kw + kx
                     out[b, ch, i, j] = best if mode == "max" else total / (kh * kw)
                     arg[b, ch, i, j] = best_k
     return out, arg
@@ -101,11 +102,8 @@ def avgpool_backward_loops(dout, x_shape, kh, kw, stride, pad):
         for ch in range(c):
             for i in range(oh):
                 for j in range(ow):
-                    for ky in range(kh):
-                        for kx in range(kw):
-                            y, xx = i * stride - pad + ky, j * stride - pad + kx
-                            if 0 <= y < h and 0 <= xx < w:
-                                dx[b, ch, y, xx] += float(dout[b, ch, i, j]) / (kh * kw)
+                    for _, _, y, xx in window_taps(i, j, kh, kw, stride, pad, h, w):
+                        dx[b, ch, y, xx] += float(dout[b, ch, i, j]) / (kh * kw)
     return dx
 
 

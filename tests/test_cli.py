@@ -21,58 +21,8 @@ from gpucnn import backend as backend_registry
 from gpucnn import cli
 from gpucnn.cli import CommandError, main
 
+from .cli_helpers import SIZE, fails, history, params, resume_args, train_args
 from .idx_files import write_cifar10, write_mnist
-
-SIZE = 12  # 12x12 images: SimpleConvNet's 5x5 convolution and 2x2 pooling still fit
-
-
-def train_args(data, out, *extra: str) -> list[str]:
-    """A tiny run: 60 training images, batches of 20 (3 iterations an epoch)."""
-    return [
-        "train",
-        "--dataset",
-        "mnist",
-        "--data",
-        str(data),
-        "--batch-size",
-        "20",
-        "--lr",
-        "0.05",
-        "--seed",
-        "0",
-        "--out",
-        str(out),
-        "--quiet",
-        "--backend",
-        "numpy",
-        *extra,
-    ]
-
-
-def resume_args(data, out, epochs: int, *extra: str) -> list[str]:
-    """``--resume`` names only what it needs; the run's options come from the saved run."""
-    return ["train", "--data", str(data), "--out", str(out), "--epochs", str(epochs), "--quiet", "--resume", *extra]
-
-
-def fails(argv: list[str], capsys, status: int = 1) -> str:
-    """Run the command, which must fail with ``status``; returns its one error line."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == status
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("gpucnn: error: ")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
-
-
-def history(out) -> dict:
-    return json.loads((out / "history.json").read_text())
-
-
-def params(path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files if key.startswith("param/")}
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +132,17 @@ def test_info_and_the_installed_command():
     assert result.returncode == 0, result.stderr
     assert "numpy" in result.stdout and "backends:" in result.stdout
     assert "  numpy     usable" in result.stdout and "default backend: numpy ($GPUCNN_BACKEND)" in result.stdout
+
+
+def test_a_reader_that_stops_early_is_not_an_error(monkeypatch, capsys):
+    """``gpucnn info | head -1``: the closed pipe ends the command quietly, with status 0."""
+
+    def closed_pipe(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_info", closed_pipe)
+    assert main(["info"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 # -- usage errors: exit status 2 ---------------------------------------------------------------

@@ -20,37 +20,18 @@ from gpucnn import cli
 from gpucnn.cli import main
 from gpucnn.distributed import LocalCommunicator
 
+from . import cli_helpers
+from .cli_helpers import SIZE, history, params, resume_args
 from .idx_files import write_mnist
 from .test_distributed import LAUNCH_TIMEOUT, _mpiexec, needs_mpi
 
-SIZE = 12  # 12x12 images, as in tests/test_cli.py
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def train_args(data, out, *extra: str) -> list[str]:
-    """60 training images in batches of 20 (3 iterations an epoch), float64 so that the
-    ranks' sums agree with one process to 1e-9."""
-    return [
-        "train",
-        "--dataset",
-        "mnist",
-        "--data",
-        str(data),
-        "--batch-size",
-        "20",
-        "--lr",
-        "0.05",
-        "--seed",
-        "0",
-        "--dtype",
-        "float64",
-        "--out",
-        str(out),
-        "--quiet",
-        "--backend",
-        "numpy",
-        *extra,
-    ]
+    """:func:`tests.cli_helpers.train_args` in float64, so that the ranks' sums agree with one
+    process to 1e-9."""
+    return cli_helpers.train_args(data, out, "--dtype", "float64", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +54,6 @@ def gpucnn_on_ranks(*commands: tuple[int, list[str]]) -> subprocess.CompletedPro
     return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
 
 
-def params(path) -> dict[str, np.ndarray]:
-    with np.load(path) as arrays:
-        return {key: arrays[key] for key in arrays.files if key.startswith("param/")}
-
-
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("gpucnn: error:")]
 
@@ -92,12 +68,12 @@ def test_train_over_ranks_resume_on_another_number_and_evaluate(data, tmp_path, 
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("Epoch 1/1") == 1 and first.stdout.count("saved ") == 1  # rank 0 alone prints
     assert first.stderr == ""
-    record = json.loads((out / "history.json").read_text())
+    record = history(out)
     assert record["params"]["ranks"] == 2
     if "openblas" in record["params"]["threads"]:
         assert record["params"]["threads"]["openblas"] == 1  # one thread per rank by default
 
-    resume = ["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--quiet", "--resume", "--distributed"]
+    resume = resume_args(data, out, 2, "--distributed")
     second = gpucnn_on_ranks((3, resume))
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("resuming") == 1 and second.stdout.count("Epoch 2/2") == 1
@@ -108,7 +84,7 @@ def test_train_over_ranks_resume_on_another_number_and_evaluate(data, tmp_path, 
     for key, value in want.items():
         scale = float(np.max(np.abs(value)))
         assert float(np.max(np.abs(got[key] - value))) <= 1e-9 * scale, key
-    record, reference = (json.loads((folder / "history.json").read_text()) for folder in (out, alone))
+    record, reference = history(out), history(alone)
     assert record["epoch"] == [0, 1] and record["params"]["ranks"] == 3
     np.testing.assert_allclose(record["iteration_loss"], reference["iteration_loss"], rtol=1e-9)
     assert record["history"]["val_accuracy"] == reference["history"]["val_accuracy"]
@@ -252,16 +228,16 @@ def test_learning_rate_scaling_is_recorded_and_resumed(data, tmp_path, capsys):
     out = tmp_path / "run"
     scaled = ["--lr-scaling", "linear", "--lr-reference-batch", "10", "--lr-warmup-epochs", "0.5"]
     assert main(train_args(data, out, "--epochs", "1", *scaled)) == 0
-    record = json.loads((out / "history.json").read_text())
+    record = history(out)
     assert record["params"]["options"]["lr_scaling"] == "linear"
     assert record["params"]["lr_schedule"] == "LinearScaling(reference_batch=10, warmup_epochs=0.5)"
-    resume = ["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--quiet", "--resume"]
+    resume = resume_args(data, out, 2)
     with pytest.raises(SystemExit) as info:
         main([*resume, "--lr-scaling", "none"])
     assert info.value.code == 2
     assert "--lr-scaling none (the run has linear)" in capsys.readouterr().err
     assert main(resume) == 0
-    assert json.loads((out / "history.json").read_text())["params"]["options"]["lr_warmup_epochs"] == 0.5
+    assert history(out)["params"]["options"]["lr_warmup_epochs"] == 0.5
     with pytest.raises(SystemExit) as info:
         main(train_args(data, tmp_path / "other", "--lr-warmup-epochs", "1"))
     assert info.value.code == 2

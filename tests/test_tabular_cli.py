@@ -19,19 +19,9 @@ from gpucnn.models import build_model
 from gpucnn.optimizers import RMSprop
 from gpucnn.tables import Standardizer, load_breast_cancer, load_csv, stratified_split
 
+from .cli_helpers import fails, history, run_options
+
 FEATURES = ("f1", "f2", "f3", "f4")
-
-
-def fails(argv: list[str], capsys, status: int = 1) -> str:
-    """Run the command, which must fail with ``status``; returns its one error line."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == status
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("gpucnn: error: ")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def last_json(capsys) -> dict:
@@ -78,19 +68,9 @@ def csv_train(root, out, *extra: str) -> list[str]:
         "rmsprop",
         "--lr",
         "0.01",
-        "--seed",
-        "0",
-        "--out",
-        str(out),
-        "--quiet",
-        "--backend",
-        "numpy",
+        *run_options(out),
         *extra,
     ]
-
-
-def history(out) -> dict:
-    return json.loads((out / "history.json").read_text())
 
 
 # -- CSV files of one's own --------------------------------------------------------------------
