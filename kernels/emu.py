@@ -8,9 +8,22 @@ the kernel once per CUDA thread, one thread after the other. The result is loade
 ctypes and called with NumPy arrays, through the same :class:`~gpucnn.kernels.cuda_set.CudaKernels`
 wrapper (grid, block, argument order) as on a GPU.
 
-Running threads one at a time is exact only for kernels whose threads do not cooperate:
-the shim makes ``__shared__``, ``__syncthreads()`` and warp-level operations compile
-errors, so such a kernel is refused (:class:`EmulationError`) rather than run wrongly.
+Running threads one at a time is exact only for kernels whose threads do not cooperate. A
+source that uses ``__shared__`` memory, ``__syncthreads`` (``_count``, ``_and``, ``_or``),
+``__syncwarp``, warp shuffles (``__shfl_sync``, ``_up``, ``_down``, ``_xor``) or votes
+(``__ballot_sync``, ``__any_sync``, ``__all_sync``) is *cooperative* (:func:`is_cooperative`,
+read from the source without its comments) and is built with ``cuda/emu_cooperative.h``:
+the threads of a block run as fibers that interleave at barriers and warp operations, as a
+GPU's would, and every access to ``__shared__`` memory is checked for races as
+``compute-sanitizer --tool racecheck`` checks it. A race raises :class:`SharedMemoryRace`;
+a barrier that not every thread of the block reaches, or a warp operation that not every
+lane of its mask calls, raises :class:`SynchronizationError`. Blocks run one after the
+other. Other sources keep the one-thread-at-a-time launcher.
+
+``__shared__`` declarations are rewritten before compiling (:func:`_rewrite_shared`): a
+``__shared__ T name[A][B];`` (up to 4 dimensions, or none for a scalar, ``T`` arithmetic)
+becomes an object whose elements read and assign as ``T`` through the checker; taking an
+element's address or dynamic (``extern``) shared memory is refused at compile time.
 
 The backend's arrays are :class:`DeviceArray` objects: NumPy arrays that behave as device
 arrays do on CuPy. ``numpy.asarray(a)`` raises ``TypeError``, so data reaches the host only
@@ -33,6 +46,7 @@ import hashlib
 import importlib.resources
 import operator
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -52,6 +66,10 @@ __all__ = [
     "EmuLauncher",
     "EmulationError",
     "EmulationUnavailable",
+    "KernelFault",
+    "SharedMemoryRace",
+    "SynchronizationError",
+    "is_cooperative",
     "namespace",
     "to_device",
     "to_host",
@@ -61,6 +79,21 @@ __all__ = [
 CXX_FLAGS = ("-x", "c++", "-std=c++17", "-O2", "-shared", "-fPIC", "-ffp-contract=off")
 
 SHIM = Path(str(importlib.resources.files("gpucnn.kernels") / "cuda" / "emu_shim.h"))
+COOPERATIVE_SHIM = SHIM.with_name("emu_cooperative.h")
+
+# What makes a source cooperative: its threads share memory, wait for one another or talk.
+_COOPERATIVE = re.compile(
+    r"\b(__shared__|__syncthreads(_count|_and|_or)?|__syncwarp|__shfl(_up|_down|_xor)?_sync|__ballot_sync"
+    r"|__any_sync|__all_sync)\b"
+)
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
+# `__shared__ T name[A][B];` on one line; T may be qualified or a template instance.
+_SHARED = re.compile(
+    r"\b__shared__[ \t]+(?P<type>[A-Za-z_][\w:<>, \t]*?)[ \t]+(?P<name>[A-Za-z_]\w*)[ \t]*"
+    r"(?P<dims>(?:\[[^\]\n]+\][ \t]*)*);"
+)
+_EXTERN_SHARED = re.compile(r"\bextern[ \t]+__shared__\b")
+_DIMENSION = re.compile(r"\[([^\]\n]+)\]")
 
 # Kernel parameter codes (see emu_shim.h): the NumPy dtype of each pointer, the NumPy
 # scalar type of each value. CuPy hands a NumPy scalar to a kernel as its own C type, so
@@ -75,6 +108,26 @@ class EmulationUnavailable(Exception):
 
 class EmulationError(RuntimeError):
     """A kernel source the emulation refuses or cannot build, or a launch with bad arguments."""
+
+
+class KernelFault(EmulationError):
+    """A kernel did something undefined while it ran (an index outside a ``__shared__``
+    array, a block larger than CUDA allows); the launch stopped after the block at fault."""
+
+
+class SharedMemoryRace(KernelFault):
+    """Two threads of a block accessed one ``__shared__`` element, at least one of them a
+    write, with no barrier between them. The message names the kernel, the block, the
+    element and both threads; the launch stopped after that block."""
+
+
+class SynchronizationError(KernelFault):
+    """A barrier that some thread of the block never reaches (it returned, or waits at
+    another barrier), or a warp operation that some lane of its mask never calls."""
+
+
+# Fault codes of gpucnn_emu_launch_<id> (emu_cooperative.h), 0 being success.
+_FAULTS = {1: SharedMemoryRace, 2: SynchronizationError, 3: KernelFault}
 
 
 class EmuLauncher:
@@ -110,8 +163,11 @@ class EmuLauncher:
         with self._lock:
             module = self._modules.get(source.path)
             if module is None:
-                library = self._build(_translation_unit(source), Path(source.file).stem, source.path)
-                module = self._modules[source.path] = _EmuModule(library, source.name_expressions)
+                code = source.code()
+                cooperative = is_cooperative(code)
+                unit = _translation_unit(code, source.name_expressions, cooperative)
+                library = self._build(unit, Path(source.file).stem, source.path)
+                module = self._modules[source.path] = _EmuModule(library, source.name_expressions, cooperative)
             return module
 
     def launch(self, source: CudaSource, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
@@ -141,14 +197,19 @@ class EmuLauncher:
 
 
 class _EmuModule:
-    """One built source: for each name expression, its launch function and signature."""
+    """One built source: for each name expression, its launch function and signature.
+    ``cooperative``: whether its blocks run as fibers (:func:`is_cooperative`)."""
 
-    def __init__(self, library: Path, names: tuple[str, ...]) -> None:
+    def __init__(self, library: Path, names: tuple[str, ...], cooperative: bool = False) -> None:
+        self.cooperative = cooperative
         self._lib = ctypes.CDLL(str(library))
+        self._error = self._lib.gpucnn_emu_error
+        self._error.restype = ctypes.c_char_p
+        self._error.argtypes = ()
         self._kernels: dict[str, tuple[Any, str]] = {}
         for k, name in enumerate(names):
             launch = getattr(self._lib, f"gpucnn_emu_launch_{k}")
-            launch.restype = None
+            launch.restype = ctypes.c_int
             launch.argtypes = (
                 ctypes.POINTER(ctypes.c_uint),
                 ctypes.POINTER(ctypes.c_uint),
@@ -164,7 +225,10 @@ class _EmuModule:
         launch, signature = self._kernels[name]
         values = _pack(name, signature, args)
         pointers = (ctypes.c_void_p * max(len(values), 1))(*[ctypes.addressof(v) for v in values])
-        launch((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), pointers)
+        fault = launch((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), pointers)
+        if fault:
+            # the message is the launching OS thread's, and this thread launched
+            raise _FAULTS.get(fault, KernelFault)(f"cuda-emu: {self._error().decode()}")
 
 
 def _pack(name: str, signature: str, args: tuple) -> list:
@@ -198,15 +262,46 @@ _PROBE = (
 )
 
 
-def _translation_unit(source: CudaSource) -> str:
-    """The C++ code built for ``source``: shim, kernels, one exported launcher per instance."""
-    exports = "".join(f"GPUCNN_EMU_EXPORT({k}, {name})\n" for k, name in enumerate(source.name_expressions))
-    return _with_shim(f'{source.code()}\n#line 1 "cuda-emu exports"\n{exports}')
+def is_cooperative(code: str) -> bool:
+    """Whether CUDA C ``code`` shares memory between threads, synchronizes them or uses warp
+    operations (comments aside): then its blocks run as fibers, else one thread at a time."""
+    return _COOPERATIVE.search(_COMMENT.sub(" ", code)) is not None
 
 
-def _with_shim(code: str) -> str:
-    """``code`` after the shim's text (inlined, so that the cache key covers it)."""
-    return f'#line 1 "{SHIM.name}"\n{SHIM.read_text()}\n{code}'
+def _rewrite_shared(code: str) -> str:
+    """``code`` with each ``__shared__ T name[A][B];`` made a checked array of
+    emu_cooperative.h, ``static thread_local gpucnn_emu::Shared<T, (A), (B)> name{"name"};``:
+    one per OS thread, reused by the blocks that run there one after the other. Lines stay
+    where they were; other ``__shared__`` declarations are left to the shim, which refuses them."""
+
+    def rewrite(match: re.Match) -> str:
+        element = " ".join(w for w in match.group("type").split() if w != "volatile")  # fibers see every write
+        dims = "".join(f", ({d.strip()})" for d in _DIMENSION.findall(match.group("dims")))
+        name = match.group("name")
+        return f'static thread_local ::gpucnn_emu::Shared<{element}{dims}> {name}{{"{name}"}};'
+
+    code = _EXTERN_SHARED.sub(r"__shared__ /* extern */", code)  # for the shim to refuse
+    return _SHARED.sub(rewrite, code)
+
+
+def _translation_unit(code: str, names: tuple[str, ...], cooperative: bool) -> str:
+    """The C++ code built for a source's ``code``: shim, kernels, one exported launcher per
+    instance in ``names``."""
+    exports = "".join(f"GPUCNN_EMU_EXPORT({k}, {name})\n" for k, name in enumerate(names))
+    if cooperative:
+        code = _rewrite_shared(code)
+    return _with_shim(f'{code}\n#line 1 "cuda-emu exports"\n{exports}', cooperative)
+
+
+def _with_shim(code: str, cooperative: bool = False) -> str:
+    """``code`` after the shim's text (inlined, so that the cache key covers it), and after
+    the cooperative shim's for a cooperative source."""
+    if not cooperative:
+        return f'#line 1 "{SHIM.name}"\n{SHIM.read_text()}\n{code}'
+    return (
+        f'#define GPUCNN_EMU_COOPERATIVE 1\n#line 1 "{SHIM.name}"\n{SHIM.read_text()}\n'
+        f'#line 1 "{COOPERATIVE_SHIM.name}"\n{COOPERATIVE_SHIM.read_text()}\n{code}'
+    )
 
 
 def _dims(dims: tuple[int, ...], what: str) -> tuple[int, int, int]:

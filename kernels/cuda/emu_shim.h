@@ -4,14 +4,16 @@
 // __global__ and __device__ functions become ordinary functions; threadIdx, blockIdx,
 // blockDim and gridDim are thread-local variables that gpucnn_emu::launch sets before it
 // calls the kernel once per CUDA thread, one thread after the other. That is exact only for
-// kernels whose threads never wait for or talk to one another, so everything that
-// synchronizes threads or shares memory between them is a compile error here: the
-// emulation refuses such a kernel instead of running it wrongly.
+// kernels whose threads never wait for or talk to one another. A source that shares memory
+// between threads or synchronizes them is built with GPUCNN_EMU_COOPERATIVE defined and
+// emu_cooperative.h after this header, which runs the threads of a block as fibers instead;
+// here, without it, everything that synchronizes threads or shares memory is a compile error.
 #ifndef GPUCNN_EMU_SHIM_H
 #define GPUCNN_EMU_SHIM_H
 
 #include <cmath>
 #include <cstddef>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -21,6 +23,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 
+#ifndef GPUCNN_EMU_COOPERATIVE
 #define GPUCNN_EMU_REFUSE(what) \
     static_assert(false, "cuda-emu cannot emulate " what ": it runs one CUDA thread at a time")
 #define __shared__ GPUCNN_EMU_REFUSE("__shared__ memory");
@@ -36,6 +39,7 @@
 #define __ballot_sync(...) GPUCNN_EMU_REFUSE("warp votes")
 #define __any_sync(...) GPUCNN_EMU_REFUSE("warp votes")
 #define __all_sync(...) GPUCNN_EMU_REFUSE("warp votes")
+#endif
 
 using std::exp;
 using std::fmax;
@@ -48,9 +52,17 @@ struct uint3 {
 };
 using dim3 = uint3;
 
+constexpr int warpSize = 32;
+
 namespace gpucnn_emu {
 
 inline thread_local uint3 threadIdx, blockIdx, blockDim, gridDim;
+
+// Why the last launch on this OS thread failed (gpucnn_emu_error()); empty after a success.
+inline std::string& error_message() {
+    static thread_local std::string message;
+    return message;
+}
 
 // One character per kernel parameter type, so that Python can check its arguments:
 // i/f/d for int/float/double values, I/F/D for pointers to them, '?' for anything else.
@@ -77,8 +89,11 @@ void call(void (*kernel)(Args...), void** args, std::index_sequence<K...>) {
     kernel(*static_cast<Args*>(args[K])...);
 }
 
+// The launcher of kernels that do not cooperate: each thread runs to its end in turn.
+// Returns 0 (nothing it runs can fault), as launch_cooperative returns its fault code.
 template <typename... Args>
-void launch(void (*kernel)(Args...), const unsigned int* grid, const unsigned int* block, void** args) {
+int launch(const char*, void (*kernel)(Args...), const unsigned int* grid, const unsigned int* block,
+           void** args) {
     gridDim = {grid[0], grid[1], grid[2]};
     blockDim = {block[0], block[1], block[2]};
     for (unsigned int bz = 0; bz < grid[2]; ++bz)
@@ -92,6 +107,7 @@ void launch(void (*kernel)(Args...), const unsigned int* grid, const unsigned in
                             call(kernel, args, std::index_sequence_for<Args...>{});
                         }
             }
+    return 0;
 }
 
 }  // namespace gpucnn_emu
@@ -101,13 +117,22 @@ using gpucnn_emu::blockIdx;
 using gpucnn_emu::gridDim;
 using gpucnn_emu::threadIdx;
 
+extern "C" const char* gpucnn_emu_error() { return gpucnn_emu::error_message().c_str(); }
+
+#ifdef GPUCNN_EMU_COOPERATIVE
+#define GPUCNN_EMU_LAUNCH gpucnn_emu::launch_cooperative
+#else
+#define GPUCNN_EMU_LAUNCH gpucnn_emu::launch
+#endif
+
 // Exports kernel instance `...` (a name expression such as im2col<float>) as the C functions
-// gpucnn_emu_launch_<id>(grid, block, args) and gpucnn_emu_signature_<id>().
-#define GPUCNN_EMU_EXPORT(id, ...)                                                                   \
-    extern "C" void gpucnn_emu_launch_##id(const unsigned int* grid, const unsigned int* block,    \
-                                           void** args) {                                           \
-        gpucnn_emu::launch(&__VA_ARGS__, grid, block, args);                                         \
-    }                                                                                                \
+// gpucnn_emu_launch_<id>(grid, block, args), which returns 0 or a fault code (the message in
+// gpucnn_emu_error()), and gpucnn_emu_signature_<id>().
+#define GPUCNN_EMU_EXPORT(id, ...)                                                                 \
+    extern "C" int gpucnn_emu_launch_##id(const unsigned int* grid, const unsigned int* block,    \
+                                          void** args) {                                           \
+        return GPUCNN_EMU_LAUNCH(#__VA_ARGS__, &__VA_ARGS__, grid, block, args);                   \
+    }                                                                                              \
     extern "C" const char* gpucnn_emu_signature_##id() { return gpucnn_emu::signature(&__VA_ARGS__); }
 
 #endif  // GPUCNN_EMU_SHIM_H
