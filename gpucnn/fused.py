@@ -158,9 +158,9 @@ class LinearReLU(Step):
         return linear.rows_to_output(self._out)
 
     def backward(self, dout):
-        linear, xp = self.linear, self.linear.xp
+        linear = self.linear
         drows = linear.output_to_rows(dout)
-        return linear.backward_rows(xp.where(self._out > 0, drows, xp.zeros((), dtype=drows.dtype)))
+        return linear.backward_rows(linear.backend.kernels.relu_backward(drows, self._out))
 
     def clear_cache(self) -> None:
         super().clear_cache()

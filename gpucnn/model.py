@@ -466,20 +466,8 @@ class Sequential:
                 break
 
     def _count_correct(self, scores: Array, t: Array) -> Array:
-        """Number of right answers in a batch, as a 0-d backend array."""
-        xp = self.backend.xp
-        if isinstance(self.loss_layer, SigmoidWithLoss):
-            scores = xp.reshape(scores, (-1,))
-            predicted = scores > 0
-            truth = xp.reshape(xp.astype(t, scores.dtype), (-1,)) > 0.5  # integer labels too
-            finite = xp.isfinite(scores)
-        else:
-            predicted = xp.argmax(scores, axis=1)
-            truth = xp.argmax(t, axis=1) if t.ndim == 2 else t
-            predicted = xp.astype(predicted, truth.dtype)
-            finite = xp.all(xp.isfinite(scores), axis=1)
-        # A row with a NaN or infinite score is wrong, whatever argmax or "> 0" make of it.
-        return xp.sum(xp.astype((predicted == truth) & finite, xp.int64))
+        """Number of right answers in a batch, as a 0-d backend array (the loss layer's count)."""
+        return self.loss_layer.count_correct(scores, t)
 
     # -- the book's methods ---------------------------------------------------------
 
@@ -550,7 +538,7 @@ class Sequential:
         """Fraction of correct predictions, computed ``batch_size`` samples at a time (a
         row with a non-finite score counts as wrong); ValueError for no samples."""
         check_batch_size(batch_size)
-        x, t = self._prepare(x, t)  # checked, cast and preprocessed once
+        x, t = self.prepare(x, t)  # checked, cast and preprocessed once
         correct = 0
         n = x.shape[0]
         with translate_out_of_memory(self, min(batch_size, n), "evaluate", training=False):
@@ -576,8 +564,7 @@ class Sequential:
         if self.optimizer is None:
             raise ValueError("train_step needs an optimizer: set model.optimizer, or pass one to fit or train_on_batch")
         scores = self.forward(x, True)
-        loss = self.loss_layer.forward(scores, t, check_labels=check_labels)
-        correct = self._count_correct(scores, t)
+        loss, correct = self.loss_layer.forward_counting(scores, t, check_labels=check_labels)
         self.backward(on_gradient)
         self.optimizer.update(self.params, self.grads, backend=self.backend)
         return loss, correct
@@ -610,15 +597,18 @@ class Sequential:
             raise ValueError(f"one-hot targets have {t.shape[1]} columns but the model has {classes} outputs")
         if t.ndim == 1 and classes and classes > 1 and t.dtype.kind not in "iu":
             raise TypeError(f"labels (N,) must be integers, got {t.dtype} (or give one-hot targets (N, {classes}))")
+        if t.ndim == 1 and classes and classes > 1 and t.dtype != np.int32:
+            t = t.astype(np.int32)  # in range, checked above: once here, not in every step's kernels
         if isinstance(self.loss_layer, SigmoidWithLoss) and n:
             lo, hi = float(t.min()), float(t.max())
             if not 0 <= lo <= hi <= 1:  # NaN fails too
                 raise ValueError(f"targets of a sigmoid output must lie in [0, 1], got values from {lo} to {hi}")
         return t
 
-    def _prepare(self, x: Any, t: Any) -> tuple[Array, Array]:
-        """``(x, t)`` checked, host samples cast to the model's dtype, then preprocessed; each
-        stays where the caller put it (host, or the model's backend)."""
+    def prepare(self, x: Any, t: Any) -> tuple[Array, Array]:
+        """``(x, t)`` as ``fit`` and ``evaluate`` use them: checked, host samples cast to the
+        model's dtype and preprocessed, 1-D labels as int32; each stays where the caller put it
+        (host, or the model's backend)."""
         x = _numeric(x if self.backend.is_array(x) else np.asarray(x), "samples")
         if x.ndim == 0:
             raise ValueError("samples must be an array (N, ...), got a 0-d array")
@@ -642,7 +632,7 @@ class Sequential:
         if not isinstance(data, (tuple, list)) or len(data) != 2:
             raise ValueError(f"validation_data must be a pair (x_val, t_val), got a {type(data).__name__}")
         try:
-            self._prepare(*data)
+            self.prepare(*data)
         except (TypeError, ValueError) as exc:
             raise (ValueError if isinstance(exc, ValueError) else TypeError)(f"validation_data: {exc}") from None
 
@@ -723,7 +713,7 @@ class Sequential:
             raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got {on_nonfinite!r}")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-        x, t = self._prepare(x, t)
+        x, t = self.prepare(x, t)
         if validation_data is not None:
             self._check_validation_data(validation_data)
         n = x.shape[0]
@@ -826,7 +816,7 @@ class Sequential:
         returns the same numbers.
         """
         batch_size = check_batch_size(batch_size)
-        x, t = self._prepare(x, t)
+        x, t = self.prepare(x, t)
         ranked = return_dict and self._is_binary()
         total_loss, total_correct = None, None
         logits = []  # a binary classifier's scores, kept for the ROC AUC

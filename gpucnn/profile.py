@@ -134,6 +134,7 @@ def profile_step(
     rng = np.random.default_rng(seed)
     x = rng.random((batch_size, *input_shape), dtype=np.float32).astype(net.np_dtype)
     t = rng.integers(0, classes, batch_size) if classes > 2 else rng.integers(0, 2, batch_size).astype(net.np_dtype)
+    x, t = net.prepare(x, t)  # as fit prepares them: labels become int32 once, on the host
     source = BatchSource(net, x, t, data_on_device=False, prefetch=False)
     index = np.arange(batch_size)
     results = []

@@ -84,13 +84,20 @@ Fused operations (a kernel set may override them; the generic set composes them)
     set says no: its ``conv_*`` operations are the composition).
 ``bias_relu(rows, b) -> out``
     ``maximum(rows + b, 0)`` for GEMM rows (M, F) and a bias (F,): the bias and ReLU of an
-    Affine or Convolution layer in one pass. Its backward needs no kernel: the gradient
-    passes where ``out > 0``.
+    Affine or Convolution layer in one pass. Its backward is ``relu_backward``.
+``relu_backward(dout, out) -> dx``
+    ``where(out > 0, dout, 0)``: the gradient through a ReLU whose output was ``out``
+    (``dout`` of the same shape); no boolean mask and no zero scalar are made on the way.
 ``softmax_cross_entropy(x, t) -> (loss, probs)``
     ``x`` (N, K) scores; ``t`` (N,) integer labels in [0, K) or (N, K) targets of ``x``'s
     dtype (one-hot or soft). ``probs`` (N, K) is the softmax of each row (computed after
     subtracting the row maximum) and ``loss`` the 0-d mean over rows of
     ``-sum(t * log probs)``, with ``log probs`` from the log-sum-exp (no ``log(0)``).
+``softmax_cross_entropy_count(x, t) -> (loss, probs, right)``
+    ``softmax_cross_entropy`` and the batch's number of right answers, a 0-d integer
+    array: the rows whose scores are all finite and whose first maximum is the label (for
+    (N, K) targets, the target's first maximum). A training step's loss and count in one
+    pass over the scores, with no host sync.
 ``softmax_cross_entropy_backward(probs, t, scale) -> dx``
     ``(probs - onehot(t)) * scale`` (or ``probs - t`` for (N, K) targets), (N, K);
     ``scale`` is ``dout / N`` for a mean loss.
@@ -228,6 +235,12 @@ class KernelSet(Protocol):
 
     def softmax_cross_entropy(self, x: Array, t: Array) -> tuple[Array, Array]:
         """Scores x (N, K), labels (N,) or targets (N, K) → (0-d mean loss, probs (N, K))."""
+
+    def relu_backward(self, dout: Array, out: Array) -> Array:
+        """``where(out > 0, dout, 0)``: dout and out of one shape → dx of that shape."""
+
+    def softmax_cross_entropy_count(self, x: Array, t: Array) -> tuple[Array, Array, Array]:
+        """Scores x (N, K), labels (N,) or targets (N, K) → (0-d mean loss, probs (N, K), 0-d right answers)."""
 
     def softmax_cross_entropy_backward(self, probs: Array, t: Array, scale: float) -> Array:
         """``(probs - targets) * scale``, (N, K)."""

@@ -2,8 +2,8 @@
 
 :class:`CudaKernels` is the one Python wrapper around those kernels. For each operation it
 checks the arguments, allocates the outputs through ``xp``, and fixes the launch
-configuration (one thread per output element, or per row for the softmax: a 1-D grid, 2-D
-for im2col) and the kernel's argument list. It then hands the launch to a *launcher*, which
+configuration (one thread per output element, or per row for the softmax, on a 1-D grid)
+and the kernel's argument list. It then hands the launch to a *launcher*, which
 only knows how to compile a source file and run ``kernel(grid, block, args)`` on its own
 arrays:
 
@@ -24,14 +24,18 @@ Values
 Against the NumPy set, as ``tests/test_kernel_agreement.py`` measured them on ``cuda-emu``
 (its ``TOLERANCES`` table). Equal bit for bit: ``im2col``, ``col2im``, max pooling forward
 and backward (values and ``argmax``), ``avgpool_backward``, ``bias_relu_maxpool`` and
-``bias_relu_maxpool_infer``, ``maxpool_relu_backward``, ``bias_relu``, the layout changes,
-``softmax_cross_entropy_backward``, the optimizer steps, and ``conv_bias_relu_maxpool`` and
-its ``_infer`` (composed, with NumPy's GEMM). The sources are compiled without fused
+``bias_relu_maxpool_infer``, ``maxpool_relu_backward``, ``bias_relu``, ``relu_backward``,
+the layout changes, ``softmax_cross_entropy_backward``, the optimizer steps, and
+``conv_bias_relu_maxpool`` and its ``_infer`` (composed, with NumPy's GEMM); the count of
+``softmax_cross_entropy_count``, and its probabilities equal this set's
+``softmax_cross_entropy``'s. The sources are compiled without fused
 multiply-adds (``NVRTC_OPTIONS``; ``-ffp-contract=off`` in the emulation), so every product
 is rounded as NumPy rounds it. Equal to float rounding: ``avgpool_forward`` (a thread sums
 its window in its own order), ``bias_grad`` and the bias gradient of
-``conv_maxpool_relu_backward_params`` (sums in another order), and ``softmax_cross_entropy``
-(``exp`` and ``log`` from the C++ library, not NumPy's).
+``conv_maxpool_relu_backward_params`` (sums in another order), ``softmax_cross_entropy``
+(``exp`` and ``log`` from the C++ library, not NumPy's), and the loss of
+``softmax_cross_entropy_count`` (its row losses summed serially, in row order, where
+``softmax_cross_entropy`` takes ``xp.sum``'s).
 
 On a GPU (backend ``cupy``) the table's row comes from reading the kernels, not from a
 measurement: the same, except that the GEMMs are cuBLAS's, so every ``conv_*`` operation
@@ -81,9 +85,6 @@ CUDA_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 # The kernels index with 32-bit ints: every array they touch has fewer elements than this.
 MAX_ELEMENTS = 2**31 - 1
-
-# The largest grid.y (and grid.z) of a CUDA launch; grid.x goes up to MAX_ELEMENTS.
-MAX_GRID_Y = 65535
 
 # NVRTC's options, for the launcher and the compile check alike. -std=c++17 for the
 # templates. --fmad=false: no fused multiply-adds (NVRTC fuses by default), so that a
@@ -157,6 +158,7 @@ POOL = CudaSource(
         "avgpool_forward",
         "avgpool_backward",
         "bias_relu_maxpool",
+        "bias_relu_maxpool_infer",
         "maxpool_relu_backward",
     ),
 )
@@ -164,8 +166,11 @@ LAYOUT = CudaSource("layout.cu", ("rows_to_nchw", "nchw_to_rows"))
 OPTIMIZERS = CudaSource(
     "optimizers.cu", ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
 )
-ELEMENTWISE = CudaSource("elementwise.cu", ("bias_relu",))
-LOSS = CudaSource("loss.cu", ("softmax_cross_entropy", "softmax_cross_entropy_backward"))
+ELEMENTWISE = CudaSource("elementwise.cu", ("bias_relu", "relu_backward"))
+LOSS = CudaSource(
+    "loss.cu",
+    ("softmax_cross_entropy", "softmax_cross_entropy_backward", "softmax_cross_entropy_count"),
+)
 
 # Every source of the set; the compile check and the emulation tests walk this tuple.
 CUDA_SOURCES = (IM2COL, POOL, LAYOUT, OPTIMIZERS, ELEMENTWISE, LOSS)
@@ -268,9 +273,14 @@ class CudaKernels(GenericKernels):
 
     name = "cuda"
 
+    # Distinct row counts whose ones vector (see bias_grad) is kept: a model's GEMM layers
+    # and its last, smaller batch need a handful.
+    ONES_KEPT = 16
+
     def __init__(self, xp: Any, launcher: Launcher) -> None:
         super().__init__(xp)
         self.launcher = launcher
+        self._ones: dict[tuple, Array] = {}
 
     @property
     def max_array_elements(self) -> int:
@@ -321,25 +331,16 @@ class CudaKernels(GenericKernels):
         dtype = _float_dtype("im2col", x)
         n, c, h, w = x.shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
-        rows, columns = n * oh * ow, c * kh * kw
-        col = self._empty((rows, columns), dtype, x)
-        if col.size == 0:
-            return col
-        # A 2-D grid: one block row per column row, as many warps as the row needs (at most
-        # BLOCK_SIZE threads), so that threads divide only their column index.
-        block = min(BLOCK_SIZE, -(-columns // 32) * 32)
-        grid = (rows, -(-columns // block))
-        if grid[1] > MAX_GRID_Y:
-            raise ValueError(
-                f"im2col: {columns} columns per row is more than a CUDA grid holds ({MAX_GRID_Y} blocks of {block})"
-            )
-        self._launch_grid(
+        columns = c * kh * kw
+        col = self._empty((n * oh * ow, columns), dtype, x)
+        self._launch(
             IM2COL,
             "im2col",
             dtype,
-            grid,
-            (block,),
-            (self._contiguous(x), col, *_ints(columns, c, h, w, kh, kw, stride, pad, oh, ow)),
+            col.size,
+            self._contiguous(x),
+            col,
+            *_ints(col.size, columns, c, h, w, kh, kw, stride, pad, oh, ow),
         )
         return col
 
@@ -464,6 +465,26 @@ class CudaKernels(GenericKernels):
         )
         return out, argmax
 
+    def bias_relu_maxpool_infer(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
+        dtype = _float_dtype("bias_relu_maxpool_infer", rows, b)
+        check_pool_pad(kh, kw, pad)
+        fn = rows.shape[1]
+        _check_shape("bias_relu_maxpool_infer", "rows", rows.shape, (n * oh * ow, fn))
+        _check_shape("bias_relu_maxpool_infer", "b", b.shape, (fn,))
+        ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
+        out = self._empty((n, fn, ph, pw), dtype, rows)
+        self._launch(
+            POOL,
+            "bias_relu_maxpool_infer",
+            dtype,
+            out.size,
+            self._contiguous(rows),
+            self._contiguous(b),
+            out,
+            *_ints(out.size, fn, oh, ow, kh, kw, stride, pad, ph, pw),
+        )
+        return out
+
     def maxpool_relu_backward(self, dout, argmax, out, n, oh, ow, kh, kw, stride, pad=0):
         dtype = _float_dtype("maxpool_relu_backward", dout, out)
         fn = dout.shape[1]
@@ -500,6 +521,35 @@ class CudaKernels(GenericKernels):
             *_ints(out.size, columns),
         )
         return out
+
+    def bias_grad(self, drows):
+        """The generic product ``ones(M) @ drows`` (a GEMV: cuBLAS splits the long axis),
+        with the ones vector made once per (M, dtype, device) and kept, not filled anew in
+        every step's backward."""
+        _matrix_shape("bias_grad", "drows", drows, "(M, F)")
+        key = (drows.shape[0], np.dtype(drows.dtype), getattr(drows.device, "id", drows.device))
+        ones = self._ones.get(key)
+        if ones is None:
+            if len(self._ones) >= self.ONES_KEPT:
+                self._ones.pop(next(iter(self._ones)))  # the oldest
+            ones = self._ones[key] = self.xp.ones((drows.shape[0],), dtype=drows.dtype, device=drows.device)
+        return ones @ drows
+
+    def relu_backward(self, dout, out):
+        dtype = _float_dtype("relu_backward", dout, out)
+        _check_shape("relu_backward", "dout", dout.shape, out.shape)
+        dx = self._empty(tuple(out.shape), dtype, out)
+        self._launch(
+            ELEMENTWISE,
+            "relu_backward",
+            dtype,
+            dx.size,
+            self._contiguous(dout),
+            self._contiguous(out),
+            dx,
+            *_ints(dx.size),
+        )
+        return dx
 
     def rows_to_nchw(self, y, n, oh, ow):
         dtype = _float_dtype("rows_to_nchw", y)
@@ -538,6 +588,27 @@ class CudaKernels(GenericKernels):
         # The mean on the device, as a 0-d array (no host sync): xp.sum is a fixed-order tree
         # sum, so the loss is the same from run to run, and closer to exact than a serial sum.
         return self.xp.asarray(self.xp.sum(row_loss) / n), probs
+
+    def softmax_cross_entropy_count(self, x, t):
+        if t.ndim != 1:
+            return super().softmax_cross_entropy_count(x, t)
+        dtype = _float_dtype("softmax_cross_entropy_count", x)
+        n, k = _matrix_shape("softmax_cross_entropy_count", "x", x, "(N, K)")
+        labels = self._labels("softmax_cross_entropy_count", t, n)
+        if k == 0 and n > 0:
+            raise ValueError(
+                f"softmax_cross_entropy_count: x has shape {tuple(x.shape)}: no classes to take a softmax over"
+            )
+        probs = self._empty((n, k), dtype, x)
+        row_loss = self._empty((n,), dtype, x)
+        row_right = self._empty((n,), self.xp.int32, x)
+        loss = self._empty((), dtype, x)
+        right = self._empty((), self.xp.int32, x)
+        args = (self._contiguous(x), labels, probs, row_loss, row_right, loss, right, *_ints(n, k))
+        self._launch(LOSS, "softmax_cross_entropy_count", dtype, n, *args, np.int32(0))
+        # The two sums in a second pass of two threads: no host sync, and the same loss on every run.
+        self._launch(LOSS, "softmax_cross_entropy_count", dtype, 2, *args, np.int32(1))
+        return loss, probs, right
 
     def softmax_cross_entropy_backward(self, probs, t, scale):
         if t.ndim != 1:

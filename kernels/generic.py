@@ -11,8 +11,9 @@ Against the NumPy set, as ``tests/test_kernel_agreement.py`` measured them on
 ``array_api_strict`` (its ``TOLERANCES`` table). Equal bit for bit: ``im2col``,
 ``col2im``, max pooling forward and backward (values and ``argmax``), ``avgpool_backward``,
 ``bias_relu_maxpool`` and ``bias_relu_maxpool_infer``, ``maxpool_relu_backward``,
-``bias_relu``, the softmax cross-entropy and its backward, the layout changes and the
-optimizer steps: the same float operations in the same order. Equal to float rounding:
+``bias_relu``, ``relu_backward``, the softmax cross-entropy (with its count of right
+answers) and its backward, the layout changes and the optimizer steps: the same float
+operations in the same order. Equal to float rounding:
 ``avgpool_forward``, which sums a window's stacked taps where the NumPy set reduces the
 window's axes, and ``bias_grad`` and the ``conv_*`` operations, whose products
 (``matmul``) take another BLAS path on ``array_api_strict``'s arrays than on NumPy's.
@@ -229,6 +230,11 @@ class GenericKernels:
         """``maximum(rows + b, 0)``: (M, F) rows and an (F,) bias → (M, F)."""
         return self.xp.maximum(rows + b, 0)
 
+    def relu_backward(self, dout: Array, out: Array) -> Array:
+        """``where(out > 0, dout, 0)``: the gradient through a ReLU whose output was ``out``."""
+        xp = self.xp
+        return xp.where(out > 0, dout, xp.zeros((), dtype=dout.dtype, device=_device(dout)))
+
     def _targets(self, t: Array, k: int, dtype: Any) -> Array:
         """(N, K) targets: ``t`` itself, or the one-hot rows of (N,) integer labels."""
         xp = self.xp
@@ -245,6 +251,19 @@ class GenericKernels:
         logp = z - xp.log(xp.sum(xp.exp(z), axis=1, keepdims=True))
         loss = -xp.sum(self._targets(t, k, x.dtype) * logp) / n
         return xp.asarray(loss), xp.exp(logp)  # asarray: NumPy reductions give scalars
+
+    def softmax_cross_entropy_count(self, x: Array, t: Array):
+        """:meth:`softmax_cross_entropy` and the number of right answers, a 0-d integer array:
+        the rows whose scores are all finite and whose first maximum is the label (the
+        target's first maximum for (N, K) targets)."""
+        xp = self.xp
+        loss, probs = self.softmax_cross_entropy(x, t)
+        predicted = xp.argmax(x, axis=1)
+        truth = xp.argmax(t, axis=1) if t.ndim == 2 else t
+        if truth.dtype != predicted.dtype:
+            predicted = xp.astype(predicted, truth.dtype)
+        right = (predicted == truth) & xp.all(xp.isfinite(x), axis=1)
+        return loss, probs, xp.sum(xp.astype(right, xp.int64))
 
     def softmax_cross_entropy_backward(self, probs: Array, t: Array, scale: float) -> Array:
         """``(probs - targets) * scale``, (N, K)."""

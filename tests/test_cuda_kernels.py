@@ -9,7 +9,7 @@ import pytest
 
 import gpucnn
 from gpucnn.kernels import KERNEL_OPERATIONS
-from gpucnn.kernels.cuda_set import BLOCK_SIZE, CUDA_SOURCES, CudaKernels, CudaSource
+from gpucnn.kernels.cuda_set import BLOCK_SIZE, CUDA_SOURCES, CudaKernels
 from gpucnn.kernels.generic import GenericKernels
 from gpucnn.kernels.numpy_set import NumpyKernels
 
@@ -117,29 +117,6 @@ def test_an_optimizer_step_the_kernels_cannot_take_takes_the_generic_path(emu):
 
 
 # -- the emulation harness ----------------------------------------------------------------------
-
-
-REFUSED = {
-    "__syncthreads": "__syncthreads();\n    x[i] = T(1);",
-    "__shared__": "__shared__ T tile[32];\n    x[i] = tile[0];",
-}
-
-
-@pytest.mark.parametrize("feature", sorted(REFUSED))
-def test_emulation_refuses_what_it_cannot_run(tmp_path, feature):
-    from gpucnn.kernels.emu import EmulationError, EmuLauncher
-
-    (tmp_path / "cooperative.cu").write_text(
-        "template <typename T>\n"
-        "__global__ void cooperative(T* x) {\n"
-        "    const int i = threadIdx.x;\n"
-        f"    {REFUSED[feature]}\n"
-        "}\n"
-    )
-    source = CudaSource("cooperative.cu", ("cooperative",), directory=tmp_path)
-    launcher = EmuLauncher(cache_dir=tmp_path / "cache")
-    with pytest.raises(EmulationError, match=rf"(?s)cannot emulate {feature}.*cooperative\.cu:4:"):
-        launcher.launch(source, "cooperative<float>", (1,), (32,), (np.zeros(32, np.float32),))
 
 
 def test_emulation_checks_every_argument(emu):

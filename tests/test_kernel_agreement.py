@@ -68,12 +68,14 @@ TOLERANCES: dict[str, dict[str, str]] = {
         "bias_grad": ORDER,
         "conv_maxpool_relu_backward_params": ORDER,
         "softmax_cross_entropy": ULPS,
+        "softmax_cross_entropy_count": ORDER,  # its mean: a serial sum of the row losses, not xp.sum's
     },
     "cupy": {  # as cuda-emu, with cuBLAS for the GEMMs and FMAs in the optimizer steps
         "avgpool_forward": ORDER,
         "bias_grad": ORDER,
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
         "softmax_cross_entropy": ULPS,
+        "softmax_cross_entropy_count": ORDER,
         **dict.fromkeys(OPTIMIZER_OPERATIONS, ULPS),
     },
 }
@@ -265,6 +267,9 @@ def test_operations_on_gemm_rows(subject, case):
     out = subject.run("bias_relu", rows, b)
     assert out.dtype == rows.dtype
     EQUAL(out, np.maximum(rows + b, 0))
+    dx = subject.run("relu_backward", rows, out)
+    assert dx.dtype == rows.dtype and dx.shape == rows.shape
+    EQUAL(dx, np.where(out > 0, rows, 0))
     db = subject.run("bias_grad", rows)
     assert db.shape == (rows.shape[1],) and db.dtype == rows.dtype
     want = rows.sum(axis=0, dtype=np.float64) if subject.is_oracle else NP.bias_grad(rows)
@@ -356,6 +361,19 @@ def test_softmax_cross_entropy_and_its_backward(subject, case):
         want_loss, want_probs = NP.softmax_cross_entropy(x, onehot)
         EQUAL(soft_loss, want_loss)
         EQUAL(soft_probs, want_probs)
+
+    counted_loss, counted_probs, right = subject.run("softmax_cross_entropy_count", x, t)
+    assert right.shape == () and np.issubdtype(right.dtype, np.integer)
+    assert right == np.sum((np.argmax(x, axis=1) == t) & np.isfinite(x).all(axis=1))
+    EQUAL(counted_probs, probs)  # the same arithmetic as softmax_cross_entropy's, row by row
+    assert counted_loss.dtype == x.dtype
+    if subject.tolerance("softmax_cross_entropy_count") == ORDER:  # the row losses summed in another order
+        # the row losses are non-negative: their sum is its own sum of absolute terms; + 1: the division
+        assert_close_to_sum(counted_loss, loss, np.abs(loss), sum_rtol(x.dtype, n + 1), "counted loss")
+    else:
+        EQUAL(counted_loss, loss)
+    _, _, soft_right = subject.run("softmax_cross_entropy_count", x, onehot)
+    assert soft_right == right
 
     scale = 0.7 / n  # dout / N
     ref_probs = np.exp(logp).astype(x.dtype)
@@ -532,4 +550,8 @@ def test_nan_and_inf_propagate_through_bias_relu_and_the_softmax(subject):
     EQUAL(subject.run("bias_relu", rows, np.zeros(3, np.float32)), [[np.nan, 0, 2], [1, 0, np.inf]])
     with np.errstate(invalid="ignore"):  # inf - inf
         loss, probs = subject.run("softmax_cross_entropy", rows, np.array([1, 0]))
+        counted_loss, _, right = subject.run("softmax_cross_entropy_count", rows, np.array([2, 2]))
     assert np.isnan(loss) and np.isnan(probs).all()
+    assert (
+        np.isnan(counted_loss) and right == 0
+    )  # the maxima 2.0 and inf are labelled, but a row with NaN or inf is wrong

@@ -113,14 +113,38 @@ def test_a_simple_convnet_step_is_counted_without_host_syncs(emu):
     step = profile.step
     assert step.host_syncs == 0
     assert step.device_operations == sum(step.operations.values())
-    # Our kernels: im2col, bias_relu_maxpool, bias_relu, the loss and its backward,
-    # maxpool_relu_backward, then one AdaGrad update per parameter (6).
-    assert step.operations["kernel"] == 12
+    # Our kernels: im2col, bias_relu_maxpool, bias_relu, the loss with the right answers (two
+    # passes) and its backward, relu_backward, maxpool_relu_backward, then one AdaGrad update
+    # per parameter (6).
+    assert step.operations["kernel"] == 14
+    assert step.by_name["kernel softmax_cross_entropy_count<float>"] == 2
     assert step.by_name["kernel adagrad_update<float>"] == 6
+    # No fill of a ones vector for the bias gradients (kept by the kernel set), no zero
+    # scalar for the ReLU's backward, no argmax, isfinite or sum for the right answers.
+    assert step.operations["memset"] == 0
+    assert not {"array ones", "array where", "array argmax", "array isfinite", "array sum"} & {
+        name for name in step.by_name
+    }
     assert step.operations["copy"] == 2  # the batch's samples and labels
-    assert step.bytes_to_device == 10 * 28 * 28 * 4 + 10 * 8
+    assert step.bytes_to_device == 10 * 28 * 28 * 4 + 10 * 4  # float32 samples, int32 labels
     assert profile.loss_fetch.host_syncs == 2  # the losses and the right answers, once per loss_every steps
     assert profile_step("simple_convnet", 10).to_dict() == profile.to_dict()  # counted, so repeatable
+
+
+def test_labels_prepared_by_fit_reach_the_kernels_without_a_cast(emu):
+    """fit converts integer labels to the kernels' int32 once, on the host: a step on such a
+    batch casts nothing on the device."""
+    model = _tiny(emu)
+    model.optimizer = gpucnn.optimizers.SGD()
+    rng = np.random.default_rng(5)
+    x, t = model.prepare(rng.random((6, 1, 8, 8), dtype=np.float32), rng.integers(0, 3, 6))
+    assert t.dtype == np.int32
+    xb, tb = model.as_input(x), model.as_target(t)
+    model.train_step(xb, tb)
+    with counting() as work:
+        model.train_step(xb, tb)
+    assert work.by_name["array astype"] == 0
+    assert work.host_syncs == 0
 
 
 def test_only_a_counting_backend_is_profiled():

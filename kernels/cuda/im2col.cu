@@ -2,21 +2,21 @@
 // gpucnn.kernels: row (n*OH + oh)*OW + ow, column (c*KH + ky)*KW + kx.
 #include "common.cuh"
 
-// im2col: one thread per column element, on a 2-D grid. Block row blockIdx.x is the column
-// row (n*OH + oh)*OW + ow; thread column j = blockIdx.y*blockDim.x + threadIdx.x is
-// (c*KH + ky)*KW + kx. The thread writes col[row, j]: the input pixel
-// (oh*stride - pad + ky, ow*stride - pad + kx) of image n, channel c, or zero when that
-// pixel lies in the padding (no padded copy of x is made). The row is the same for a
-// whole block, so only the column costs each thread its own divisions.
+// im2col: one thread per column element, on a 1-D grid. Thread i = row*columns + j writes
+// col[row, j], where row = (n*OH + oh)*OW + ow and j = (c*KH + ky)*KW + kx: the input pixel
+// (oh*stride - pad + ky, ow*stride - pad + kx) of image n, channel c, or zero when that pixel
+// lies in the padding (no padded copy of x is made). Consecutive threads write consecutive
+// elements, so every warp is full whatever the number of columns (a first layer has few).
 template <typename T>
-__global__ void im2col(const T* __restrict__ x, T* __restrict__ col, const int columns,
+__global__ void im2col(const T* __restrict__ x, T* __restrict__ col, const int total, const int columns,
                        const int c, const int h, const int w, const int kh, const int kw,
                        const int stride, const int pad, const int oh, const int ow) {
-    const int j = static_cast<int>(blockIdx.y * blockDim.x + threadIdx.x);
-    if (j >= columns) {
+    const int i = thread_index();
+    if (i >= total) {
         return;
     }
-    const int row = static_cast<int>(blockIdx.x);
+    const int j = i % columns;
+    const int row = i / columns;
     const int out_x = row % ow;
     const int out_y = (row / ow) % oh;
     const int img = row / (ow * oh);
@@ -27,7 +27,7 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ col, const int c
     const int in_y = out_y * stride - pad + ky;
     const int in_x = out_x * stride - pad + kx;
     const bool inside = 0 <= in_y && in_y < h && 0 <= in_x && in_x < w;
-    col[row * columns + j] = inside ? x[((img * c + ch) * h + in_y) * w + in_x] : T(0);
+    col[i] = inside ? x[((img * c + ch) * h + in_y) * w + in_x] : T(0);
 }
 
 // col2im: one thread per input pixel. Thread i = ((n*C + c)*H + y)*W + x writes dx[i], the

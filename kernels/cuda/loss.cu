@@ -55,3 +55,70 @@ __global__ void softmax_cross_entropy_backward(const T* __restrict__ probs, cons
     const T target = (i % k == t[i / k]) ? T(1) : T(0);
     dx[i] = (probs[i] - target) * scale;
 }
+
+// softmax_cross_entropy_count, launched twice (one operation, two passes; stage = 0, then 1).
+// Stage 0, one thread per row: thread i does softmax_cross_entropy's work for row i
+// (probs[i, :], row_loss[i] = -log probs[i, t[i]]) and writes row_right[i] = 1 when every
+// score of the row is finite and its first maximum is at column t[i], else 0 (a row with a
+// NaN or infinite score is wrong, whatever its maximum).
+// Stage 1, two threads, each a serial sum in row order (the same sums on every run): thread 0
+// writes loss[0] = sum(row_loss) / n, thread 1 right[0] = sum(row_right). A tree sum across
+// threads needs shared memory; N serial adds suit a batch of up to thousands of rows.
+template <typename T>
+__global__ void softmax_cross_entropy_count(const T* __restrict__ x, const int* __restrict__ t,
+                                            T* __restrict__ probs, T* __restrict__ row_loss,
+                                            int* __restrict__ row_right, T* __restrict__ loss,
+                                            int* __restrict__ right, const int n, const int k,
+                                            const int stage) {
+    const int i = thread_index();
+    if (stage == 1) {
+        if (i == 0) {
+            T sum = T(0);
+            for (int r = 0; r < n; ++r) {
+                sum += row_loss[r];
+            }
+            loss[0] = sum / T(n);
+        } else if (i == 1) {
+            int count = 0;
+            for (int r = 0; r < n; ++r) {
+                count += row_right[r];
+            }
+            right[0] = count;
+        }
+        return;
+    }
+    if (i >= n) {
+        return;
+    }
+    const T* scores = x + i * k;
+    T* p = probs + i * k;
+
+    T top = scores[0];
+    int top_class = 0;
+    bool finite = true;
+    for (int j = 0; j < k; ++j) {
+        const T s = scores[j];
+        finite = finite && s - s == T(0);  // false for NaN and for +-inf (inf - inf is NaN)
+        if (s > top) {  // strict '>': the first maximum wins, as argmax's does
+            top = s;
+            top_class = j;
+        }
+    }
+    T sum = T(0);
+    for (int j = 0; j < k; ++j) {
+        sum += exp(scores[j] - top);
+    }
+    const T log_sum = log(sum);
+
+    const int label = t[i];
+    T row = T(0);
+    for (int j = 0; j < k; ++j) {
+        const T log_p = (scores[j] - top) - log_sum;
+        p[j] = exp(log_p);
+        if (j == label) {
+            row = -log_p;
+        }
+    }
+    row_loss[i] = row;
+    row_right[i] = (finite && top_class == label) ? 1 : 0;
+}

@@ -115,6 +115,22 @@ __global__ void avgpool_backward(const T* __restrict__ dout, T* __restrict__ dx,
     dx[i] = sum;
 }
 
+// The pooled window of pooled element i = ((n*FN + f)*PH + py)*PW + px over y = rows + b,
+// read straight from the GEMM rows (N*OH*OW, FN): its maximum and its argmax.
+template <typename T>
+__device__ __forceinline__ void biased_window_max(const T* __restrict__ rows, const T* __restrict__ b,
+                                                  const int i, const int fn, const int oh, const int ow,
+                                                  const int kh, const int kw, const int stride, const int pad,
+                                                  const int ph, const int pw, T& best, int& best_tap) {
+    const int pool_x = i % pw;
+    const int pool_y = (i / pw) % ph;
+    const int f = (i / (pw * ph)) % fn;
+    const int img = i / (pw * ph * fn);
+    const T bias = b[f];
+    window_max([rows, bias, img, oh, ow, fn, f](int y, int x) { return rows[((img * oh + y) * ow + x) * fn + f] + bias; },
+               pool_y, pool_x, oh, ow, kh, kw, stride, pad, best, best_tap);
+}
+
 // bias_relu_maxpool: one thread per pooled element. Thread i = ((n*FN + f)*PH + py)*PW + px
 // reads its window of y = rows + b straight from the GEMM rows (N*OH*OW, FN), then writes
 // out[i] = max(window maximum, 0) and argmax[i]. Neither y nor its ReLU is ever stored.
@@ -127,18 +143,28 @@ __global__ void bias_relu_maxpool(const T* __restrict__ rows, const T* __restric
     if (i >= total) {
         return;
     }
-    const int pool_x = i % pw;
-    const int pool_y = (i / pw) % ph;
-    const int f = (i / (pw * ph)) % fn;
-    const int img = i / (pw * ph * fn);
-    const T bias = b[f];
-
     T best;
     int best_tap;
-    window_max([rows, bias, img, oh, ow, fn, f](int y, int x) { return rows[((img * oh + y) * ow + x) * fn + f] + bias; },
-               pool_y, pool_x, oh, ow, kh, kw, stride, pad, best, best_tap);
+    biased_window_max(rows, b, i, fn, oh, ow, kh, kw, stride, pad, ph, pw, best, best_tap);
     out[i] = best < T(0) ? T(0) : best;  // not 'best > 0 ? best : 0', which would turn NaN into 0
     argmax[i] = best_tap;
+}
+
+// bias_relu_maxpool_infer: one thread per pooled element, as bias_relu_maxpool, writing out[i]
+// only: inference keeps no argmax.
+template <typename T>
+__global__ void bias_relu_maxpool_infer(const T* __restrict__ rows, const T* __restrict__ b, T* __restrict__ out,
+                                        const int total, const int fn, const int oh, const int ow, const int kh,
+                                        const int kw, const int stride, const int pad, const int ph,
+                                        const int pw) {
+    const int i = thread_index();
+    if (i >= total) {
+        return;
+    }
+    T best;
+    int best_tap;
+    biased_window_max(rows, b, i, fn, oh, ow, kh, kw, stride, pad, ph, pw, best, best_tap);
+    out[i] = best < T(0) ? T(0) : best;
 }
 
 // maxpool_relu_backward: one thread per GEMM-row element. Thread i = ((n*OH + y)*OW + x)*FN + f
