@@ -1,13 +1,26 @@
-"""SimpleConvNet float32 on the CPU: gpucnn (default backend ``numba``) against PyTorch.
+"""A zoo network float32 on the CPU: gpucnn (default backend ``numba``) against PyTorch.
 
 Run from the repository root::
 
-    python -m benchmarks.bench_cpu_vs_torch                 # writes benchmarks/results/cpu_vs_torch.md
+    python -m benchmarks.bench_cpu_vs_torch --model mnist_cnn --batch-sizes 64 256
+    python -m benchmarks.bench_cpu_vs_torch --model cifar_cnn --batch-sizes 32 --backend numpy
     python -m benchmarks.bench_cpu_vs_torch --epoch         # adds one 60,000-image epoch per library
     python -m benchmarks.bench_cpu_vs_torch --native-blas   # children run without OPENBLAS_CORETYPE/L2_SIZE
 
+The report goes to ``benchmarks/results/cpu_vs_torch_<model>_<backend>.md`` unless
+``--out`` says otherwise.
+
+The network is ``gpucnn.models.build_model(--model)`` (default ``simple_convnet``) at the
+builder's default input shape and class count, float32, seed 0; the PyTorch side is its
+twin with the same initial weights (:func:`benchmarks.torch_peer.mirror`). Both train
+with ``--optimizer`` (Adam, lr 0.001, by default; AdaGrad 0.06 is the classic recipe) and
+dropout active; inference runs in eval mode.
+
 What is measured, per batch size: training-step throughput (forward, backward and
-AdaGrad update; images/s) and inference throughput (forward only). Every measurement
+optimizer update; images/s), inference throughput (forward only), and the peak working
+memory of training: the process's peak resident set size (``ru_maxrss``) after the
+training steps minus the same after importing the library (and, for gpucnn, building its
+backend). Every measurement
 runs in its own subprocess, so that two OpenMP runtimes never share a process, and the
 libraries alternate (gpucnn, torch, gpucnn, torch, ...) over ``--rounds`` rounds so that
 a slow spell of the machine hits both. Inside a subprocess, warm-up steps (the JIT
@@ -31,6 +44,7 @@ The script asserts nothing: targets are printed with the figures.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -45,13 +59,11 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_OUT = Path("benchmarks/results/cpu_vs_torch.md")
-INPUT_DIM = (1, 28, 28)
-CLASSES = 10
-LR = 0.06  # the classic recipe: AdaGrad 0.06, batch 100
+RESULTS = Path("benchmarks/results")
+LR = {"adagrad": 0.06, "adam": 0.001}  # the classic recipe's AdaGrad 0.06; Adam's usual 0.001
 EPOCH_IMAGES = 60_000
 BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-# The issues' targets for each backend: ratios to PyTorch at batch 100, batch 1024 against
+# The issues' targets for each backend: ratios to PyTorch at every batch size, batch 1024 against
 # the best batch size, and the classic recipe's epoch time.
 TARGETS = {
     "numba": {"train": 1.2, "infer": 1.0, "large_batch": 0.8, "epoch_s": 7.5},
@@ -73,17 +85,61 @@ def _timed(step: Callable[[], object], min_time: float, min_steps: int = 5) -> l
     return times
 
 
-def _data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _model_defaults(model: str) -> tuple[tuple[int, ...], int]:
+    """The zoo builder's default (input shape, number of classes)."""
+    from gpucnn.models import MODELS
+
+    if model not in MODELS:
+        raise SystemExit(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    params = inspect.signature(MODELS[model]).parameters
+    return tuple(params["input_shape"].default), int(params["num_classes"].default)
+
+
+def _data(model: str, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random inputs in [0, 1) and random labels for ``model``."""
+    shape, classes = _model_defaults(model)
     rng = np.random.default_rng(seed)
-    return rng.random((batch, *INPUT_DIM), dtype=np.float32), rng.integers(0, CLASSES, batch)
+    return rng.random((batch, *shape), dtype=np.float32), rng.integers(0, max(classes, 2), batch)
 
 
-def _gpucnn_model(backend: str):
+def _gpucnn_model(model: str, backend: str, optimizer: str):
+    """The zoo model (float32, seed 0) on ``backend`` and its optimizer."""
     import gpucnn
+    from gpucnn.models import build_model
 
+    shape, classes = _model_defaults(model)
     with gpucnn.use_backend(backend):
-        net = gpucnn.SimpleConvNet(input_dim=INPUT_DIM, dtype="float32", seed=0)
-    return net, gpucnn.optimizers.AdaGrad(lr=LR)
+        net = build_model(model, shape, num_classes=classes, dtype="float32", seed=0)
+    return net, gpucnn.optimizers.get_optimizer(optimizer, lr=LR[optimizer])
+
+
+def _torch_trainer(model: str, optimizer: str):
+    """The PyTorch twin of the zoo model, with the same initial weights, and its trainer."""
+    from .torch_peer import TorchTrainer, mirror
+
+    source, _ = _gpucnn_model(model, "numpy", optimizer)
+    net, loss = mirror(source)
+    del source  # its arrays are freed before the measured steps
+    return TorchTrainer(net, lr=LR[optimizer], optimizer=optimizer, loss=loss)
+
+
+def _torch_targets(trainer, t: np.ndarray):
+    """Labels as the trainer's loss takes them: class indices, or (N, 1) floats for a binary loss."""
+    import torch
+
+    if isinstance(trainer.loss, torch.nn.BCEWithLogitsLoss):
+        return torch.from_numpy(t.astype(np.float32).reshape(-1, 1))
+    return torch.from_numpy(t)
+
+
+def _peak_rss_bytes() -> int:
+    """The process's peak resident set size so far (``ru_maxrss``), in bytes; 0 where unknown."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # kilobytes on Linux
 
 
 def _thread_info() -> dict:
@@ -114,20 +170,27 @@ def _thread_info() -> dict:
     return info
 
 
-def worker_throughput(library: str, backend: str, batch: int, min_time: float) -> dict:
-    """Training-step and inference throughput (images/s) of one library at one batch size."""
-    x, t = _data(batch)
+def worker_throughput(library: str, backend: str, model: str, optimizer: str, batch: int, min_time: float) -> dict:
+    """Training-step and inference throughput (images/s) of one library at one batch size,
+    and the peak working memory of training (bytes above the import's peak)."""
     if library == "torch":
         import torch
 
-        from .torch_peer import TorchTrainer, simple_convnet
+        import gpucnn  # noqa: F401  (builds the twin's weights: its import is not working memory)
 
-        trainer = TorchTrainer(simple_convnet(INPUT_DIM), lr=LR)
-        xb, tb = torch.from_numpy(x), torch.from_numpy(t)
+        imported = _peak_rss_bytes()
+        x, t = _data(model, batch)
+        trainer = _torch_trainer(model, optimizer)
+        xb, tb = torch.from_numpy(x), _torch_targets(trainer, t)
         train = lambda: trainer.train_step(xb, tb)  # noqa: E731
         infer = lambda: trainer.predict(xb)  # noqa: E731
     else:
-        net, opt = _gpucnn_model(backend)
+        import gpucnn
+
+        gpucnn.get_backend(backend)  # builds the backend: imports Numba, configures its cache and threads
+        imported = _peak_rss_bytes()
+        x, t = _data(model, batch)
+        net, opt = _gpucnn_model(model, backend, optimizer)
         xb, tb = net.backend.asarray(x), net.backend.asarray(t)
 
         def train() -> None:
@@ -136,27 +199,30 @@ def worker_throughput(library: str, backend: str, batch: int, min_time: float) -
         infer = lambda: net.predict(xb)  # noqa: E731
     for _ in range(3):  # warm-up: JIT compilation, allocator and thread-pool start
         train()
-        infer()
     train_times = _timed(train, min_time)
+    trained = _peak_rss_bytes()
+    for _ in range(3):
+        infer()
     infer_times = _timed(infer, min_time)
     return {
         "train_ips": batch / statistics.median(train_times),
         "infer_ips": batch / statistics.median(infer_times),
         "train_steps": len(train_times),
         "infer_steps": len(infer_times),
+        "train_memory": trained - imported,
         "threads": _thread_info(),
     }
 
 
-def worker_compile(backend: str, batch: int) -> dict:
+def worker_compile(backend: str, model: str, optimizer: str, batch: int) -> dict:
     """Seconds of a fresh process's import, first training step and first inference, then a steady step."""
     t0 = time.perf_counter()
     import gpucnn
 
     gpucnn.get_backend(backend)  # builds the backend: imports Numba, configures its cache and threads
     imported = time.perf_counter() - t0
-    net, opt = _gpucnn_model(backend)
-    x, t = _data(batch)
+    net, opt = _gpucnn_model(model, backend, optimizer)
+    x, t = _data(model, batch)
 
     def train() -> None:
         opt.update(net.params, net.gradient(x, t))
@@ -173,16 +239,14 @@ def worker_compile(backend: str, batch: int) -> dict:
     }
 
 
-def worker_epoch(library: str, backend: str, batch: int) -> dict:
-    """Training time of one epoch of 60,000 random Fashion-MNIST-shaped images (no evaluation)."""
-    x, t = _data(EPOCH_IMAGES, seed=1)
+def worker_epoch(library: str, backend: str, model: str, optimizer: str, batch: int) -> dict:
+    """Training time of one epoch of 60,000 random images of the model's input shape (no evaluation)."""
+    x, t = _data(model, EPOCH_IMAGES, seed=1)
     if library == "torch":
         import torch
 
-        from .torch_peer import TorchTrainer, simple_convnet
-
-        trainer = TorchTrainer(simple_convnet(INPUT_DIM), lr=LR)
-        xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+        trainer = _torch_trainer(model, optimizer)
+        xt, tt = torch.from_numpy(x), _torch_targets(trainer, t)
         trainer.train_step(xt[:batch], tt[:batch])  # warm-up
         rng = np.random.default_rng(0)
         t0 = time.perf_counter()
@@ -191,7 +255,7 @@ def worker_epoch(library: str, backend: str, batch: int) -> dict:
             idx = order[i : i + batch]
             trainer.train_step(xt[idx], tt[idx])
         return {"epoch_s": time.perf_counter() - t0, "threads": _thread_info()}
-    net, opt = _gpucnn_model(backend)
+    net, opt = _gpucnn_model(model, backend, optimizer)
     net.train_on_batch(x[:batch], t[:batch], optimizer=opt)  # warm-up: JIT compilation
     history = net.fit(x, t, batch_size=batch, epochs=1, optimizer=opt, verbose=0, seed=0)
     return {"epoch_s": history.history["epoch_time"][-1], "threads": _thread_info()}
@@ -309,11 +373,12 @@ def measure(args: argparse.Namespace) -> dict:
     for r in range(args.rounds):
         for batch in args.batch_sizes:
             for lib in libraries:  # A B A B ...: each round alternates the libraries
-                result = _run_worker(["throughput", lib, args.backend, str(batch), str(args.min_time)], env, args)
+                result = _run_worker(["throughput", lib, *_model_args(args), str(batch), str(args.min_time)], env, args)
                 runs[lib, batch].append(result)
                 print(
                     f"round {r + 1}/{args.rounds} batch {batch:5d} {lib:6s} "
                     f"train {result['train_ips']:9,.0f} img/s  infer {result['infer_ips']:9,.0f} img/s  "
+                    f"memory {result['train_memory'] / 1e6:6.0f} MB  "
                     f"(others' CPU share: {_pct(result['others_cpu'])}, attempts {result['attempts']})",
                     flush=True,
                 )
@@ -321,8 +386,9 @@ def measure(args: argparse.Namespace) -> dict:
     if not args.no_compile and args.backend == "numba":
         with tempfile.TemporaryDirectory(prefix="gpucnn-numba-cache-") as cache:
             compile_env = {**env, "NUMBA_CACHE_DIR": cache}
-            cold = _run_worker(["compile", "gpucnn", args.backend, "100"], compile_env, args)
-            warm = _run_worker(["compile", "gpucnn", args.backend, "100"], compile_env, args)
+            batch = str(args.batch_sizes[0])
+            cold = _run_worker(["compile", "gpucnn", *_model_args(args), batch], compile_env, args)
+            warm = _run_worker(["compile", "gpucnn", *_model_args(args), batch], compile_env, args)
         report["compile"] = {"cold": cold, "warm": warm}
         print(
             f"first training step: cold cache {cold['first_train_s']:.2f} s, warm cache {warm['first_train_s']:.3f} s",
@@ -333,10 +399,15 @@ def measure(args: argparse.Namespace) -> dict:
         for r in range(args.rounds if args.epoch_rounds is None else args.epoch_rounds):
             for name in [*names, *(["torch"] if "torch" in libraries else [])]:
                 lib = "torch" if name == "torch" else "gpucnn"
-                result = _run_worker(["epoch", lib, name, "100"], env, args)
+                result = _run_worker(["epoch", lib, name, args.model, args.optimizer, "100"], env, args)
                 report["epoch"].setdefault(name, []).append(result)
                 print(f"epoch round {r + 1} {name:6s} {result['epoch_s']:.2f} s", flush=True)
     return report
+
+
+def _model_args(args: argparse.Namespace) -> list[str]:
+    """The worker arguments that name what is measured: backend, model, optimizer."""
+    return [args.backend, args.model, args.optimizer]
 
 
 def _pct(fraction: float | None) -> str:
@@ -358,7 +429,7 @@ def render(report: dict, args: argparse.Namespace) -> str:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     env = _child_env(args)
     lines = [
-        "# SimpleConvNet float32 on the CPU: gpucnn against PyTorch",
+        f"# `{args.model}` float32 on the CPU: gpucnn `{args.backend}` against PyTorch",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} with "
         f"`{' '.join(['python -m benchmarks.bench_cpu_vs_torch', *args.argv])}`.",
@@ -397,11 +468,18 @@ def render(report: dict, args: argparse.Namespace) -> str:
         "",
         f"Each cell: median over {args.rounds} rounds of one subprocess each (min–max); a subprocess's figure is "
         f"batch / median step time over ≥ {args.min_time} s of steps, after warm-up. Libraries alternate A B A B.",
+        f"Network: `gpucnn.models.{args.model}` at input shape {_model_defaults(args.model)[0]}, float32, seed 0; "
+        f"PyTorch trains its twin with the same initial weights. Optimizer: {args.optimizer} "
+        f"(lr {LR[args.optimizer]}); dropout active in training, eval mode in inference.",
+        "Peak working memory: the process's peak resident set size after the training steps minus after "
+        "importing the library (median over rounds).",
         "",
     ]
-    for mode, title in (("train", "Training step (forward + backward + AdaGrad)"), ("infer", "Inference")):
+    for mode, title in (("train", f"Training step (forward + backward + {args.optimizer})"), ("infer", "Inference")):
         key = f"{mode}_ips"
         header = "| batch | gpucnn img/s |" + (" torch img/s | gpucnn / torch |" if "torch" in libs else "")
+        if mode == "train":
+            header += " gpucnn memory MB |" + (" torch memory MB |" if "torch" in libs else "")
         lines += [f"### {title}", "", header, "|" + "---|" * (header.count("|") - 1)]
         for batch in args.batch_sizes:
             ours = [r[key] for r in runs["gpucnn", batch]]
@@ -409,6 +487,9 @@ def render(report: dict, args: argparse.Namespace) -> str:
             if "torch" in libs:
                 theirs = [r[key] for r in runs["torch", batch]]
                 row += f" {_fmt_ips(theirs)} | {_median(ours) / _median(theirs):.2f}× |"
+            if mode == "train":
+                for lib in libs:
+                    row += f" {_median([r['train_memory'] for r in runs[lib, batch]]) / 1e6:,.0f} |"
             lines.append(row)
         best = max(_median([r[key] for r in runs["gpucnn", b]]) for b in args.batch_sizes)
         if 1024 in args.batch_sizes:
@@ -418,9 +499,8 @@ def render(report: dict, args: argparse.Namespace) -> str:
                 f"gpucnn at batch 1024: {at_1024 / best:.2f} of its best batch size "
                 f"(target ≥ {targets['large_batch']:.2f}).",
             ]
-        if "torch" in libs and 100 in args.batch_sizes:
-            ratio = _median([r[key] for r in runs["gpucnn", 100]]) / _median([r[key] for r in runs["torch", 100]])
-            lines.append(f"Batch 100: gpucnn / torch = {ratio:.2f}× (target ≥ {targets[mode]:.1f}×).")
+        if "torch" in libs:
+            lines += ["", f"Target: gpucnn / torch ≥ {targets[mode]:.1f}× at every batch size."]
         lines.append("")
     others = [r["others_cpu"] for rs in runs.values() for r in rs if r["others_cpu"] is not None]
     if others:
@@ -433,7 +513,7 @@ def render(report: dict, args: argparse.Namespace) -> str:
     if report["compile"]:
         cold, warm = report["compile"]["cold"], report["compile"]["warm"]
         lines += [
-            "### One-time JIT compilation (batch 100, fresh process)",
+            f"### One-time JIT compilation (batch {args.batch_sizes[0]}, fresh process)",
             "",
             "| Numba cache | import gpucnn + backend | first training step | first inference | steady training step |",
             "|---|---|---|---|---|",
@@ -446,7 +526,7 @@ def render(report: dict, args: argparse.Namespace) -> str:
         lines.append("")
     if report["epoch"]:
         lines += [
-            "### One epoch: 60,000 images (random, Fashion-MNIST-shaped), batch 100, AdaGrad 0.06",
+            f"### One epoch: 60,000 random images of the input shape, batch 100, {args.optimizer} {LR[args.optimizer]}",
             "",
             "| library | epoch training time, s (median; min–max) |",
             "|---|---|",
@@ -462,10 +542,16 @@ def render(report: dict, args: argparse.Namespace) -> str:
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_cpu_vs_torch", description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="numba", help="gpucnn backend to measure (default: numba)")
+    p.add_argument(
+        "--model", default="simple_convnet", help="zoo network (gpucnn.models.MODELS; default simple_convnet)"
+    )
+    p.add_argument("--optimizer", choices=sorted(LR), default="adam", help="optimizer on both sides (default: adam)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 100, 256, 1024])
     p.add_argument("--rounds", type=int, default=3, help="A B rounds (at least 3 for a median)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed steps per subprocess and mode")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"markdown report (default: {DEFAULT_OUT})")
+    p.add_argument(
+        "--out", type=Path, default=None, help=f"markdown report (default: {RESULTS}/cpu_vs_torch_MODEL_BACKEND.md)"
+    )
     p.add_argument(
         "--native-blas",
         action="store_true",
@@ -499,18 +585,21 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.min_time <= 0:
         p.error("--rounds must be >= 1 and --min-time > 0")
+    _model_defaults(args.model)  # an unknown name stops here, before any subprocess
+    if args.out is None:
+        args.out = RESULTS / f"cpu_vs_torch_{args.model}_{args.backend}.md"
     args.argv = argv
     return args
 
 
 def _worker_main(argv: list[str]) -> None:
-    kind, library, backend, batch, *rest = argv
+    kind, library, backend, model, optimizer, batch, *rest = argv
     if kind == "throughput":
-        result = worker_throughput(library, backend, int(batch), float(rest[0]))
+        result = worker_throughput(library, backend, model, optimizer, int(batch), float(rest[0]))
     elif kind == "compile":
-        result = worker_compile(backend, int(batch))
+        result = worker_compile(backend, model, optimizer, int(batch))
     elif kind == "epoch":
-        result = worker_epoch(library, backend, int(batch))
+        result = worker_epoch(library, backend, model, optimizer, int(batch))
     else:
         raise SystemExit(f"unknown worker {kind!r}")
     print(json.dumps(result))
@@ -525,7 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     report = measure(args)
     text = render(report, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, args.out)  # atomic: a report is whole or absent
     print(f"\nwrote {args.out}\n\n{text}")
     return 0
 

@@ -406,6 +406,11 @@ class Convolution(_GemmLayer):
     ``Convolution(filter_num, filter_size, stride=1, pad=0)`` with lazy weights, or the
     book's ``Convolution(W=W, b=b, stride=1, pad=0)`` with ``W`` (FN, C, FH, FW), ``b`` (FN,).
     Input (N, C, H, W) → output (N, FN, OH, OW).
+
+    ``pad`` is the number of zero rows and columns on every side, or as Keras writes it:
+    ``"valid"`` (0) or ``"same"`` (``filter_size // 2``, so that OH = H and OW = W; for a
+    square, odd filter at stride 1, the only case where that padding is symmetric).
+    ``self.pad`` is the number.
     """
 
     cache_names = ("_x_shape", "_col", "_rows_shape")
@@ -415,7 +420,7 @@ class Convolution(_GemmLayer):
         filter_num: int | None = None,
         filter_size: int | tuple[int, int] | None = None,
         stride: int = 1,
-        pad: int = 0,
+        pad: int | str = 0,
         *,
         W=None,
         b=None,
@@ -433,7 +438,23 @@ class Convolution(_GemmLayer):
         self.filter_num = _integer(filter_num, "Convolution filter_num", 1)
         self.filter_size = _pair(filter_size, "Convolution filter_size")
         self.stride = _integer(stride, "Convolution stride", 1)
-        self.pad = _integer(pad, "Convolution pad", 0)
+        self.pad = self._pad_number(pad)
+
+    def _pad_number(self, pad: int | str) -> int:
+        """``pad`` as a number of zero rows/columns per side (see the class docstring)."""
+        if not isinstance(pad, str):
+            return _integer(pad, "Convolution pad", 0)
+        if pad == "valid":
+            return 0
+        if pad != "same":
+            raise ValueError(f'Convolution pad must be a number, "same" or "valid", got {pad!r}')
+        fh, fw = self.filter_size
+        if fh != fw or fh % 2 == 0 or self.stride != 1:
+            raise ValueError(
+                f'Convolution pad="same" needs a square, odd filter at stride 1, got filter_size '
+                f"{self.filter_size} and stride {self.stride}: give pad as a number"
+            )
+        return fh // 2
 
     def _build(self, input_shape, rng):
         if len(input_shape) != 3:
@@ -897,6 +918,15 @@ class LossLayer(Layer):
         """Scores → probabilities (softmax or sigmoid)."""
         raise NotImplementedError
 
+    def count_correct(self, x: Array, t: Array) -> Array:
+        """The number of right answers among scores ``x`` for targets ``t``, a 0-d integer
+        array (no host sync); a row with a NaN or infinite score is wrong."""
+        raise NotImplementedError
+
+    def forward_counting(self, x: Array, t: Array, *, check_labels: bool = True) -> tuple[Array, Array]:
+        """``(forward(x, t), count_correct(x, t))``: a training step's loss and right answers."""
+        return self.forward(x, t, check_labels=check_labels), self.count_correct(x, t)
+
 
 def _loss_memory(layer: LossLayer, batch_size: int, itemsize: int) -> MemoryTerms:
     """Probabilities and targets kept (each the size of the scores); backward: the scores'
@@ -958,6 +988,24 @@ class SoftmaxWithLoss(LossLayer):
         loss, self._y = self.backend.kernels.softmax_cross_entropy(x, self._t)
         return loss
 
+    def count_correct(self, x, t):
+        xp = self.xp
+        predicted = xp.argmax(x, axis=1)
+        truth = xp.argmax(t, axis=1) if t.ndim == 2 else t
+        if truth.dtype != predicted.dtype:
+            predicted = xp.astype(predicted, truth.dtype)
+        right = (predicted == truth) & xp.all(xp.isfinite(x), axis=1)
+        return xp.sum(xp.astype(right, xp.int64))
+
+    def forward_counting(self, x, t, *, check_labels=True):
+        """The loss and the right answers in one kernel operation (``softmax_cross_entropy_count``)."""
+        self.check_input(x)
+        if x.ndim != 2:
+            raise ValueError(f"SoftmaxWithLoss expects (N, K) scores, got shape {tuple(x.shape)}")
+        self._t = self._check_targets(x, t, check_labels)
+        loss, self._y, right = self.backend.kernels.softmax_cross_entropy_count(x, self._t)
+        return loss, right
+
     def backward(self, dout=1.0):
         return self.backend.kernels.softmax_cross_entropy_backward(self._y, self._t, dout / self._y.shape[0])
 
@@ -997,6 +1045,12 @@ class SigmoidWithLoss(LossLayer):
         self._y, self._t = _sigmoid(xp, x), t
         loss = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
         return xp.asarray(xp.sum(loss) / n)
+
+    def count_correct(self, x, t):
+        xp = self.xp
+        x = xp.reshape(x, (-1,))
+        truth = xp.reshape(xp.astype(t, x.dtype), (-1,)) > 0.5  # integer labels too
+        return xp.sum(xp.astype(((x > 0) == truth) & xp.isfinite(x), xp.int64))
 
     def backward(self, dout=1.0):
         return (self._y - self._t) * (dout / self._y.shape[0])

@@ -27,7 +27,7 @@ def simple_convnet(
     )
 
 
-def _conv_block(filters: int, first_pad: int) -> list:
+def _conv_block(filters: int, first_pad: int | str) -> list:
     """Conv 3x3 - ReLU - conv 3x3 - ReLU - max pool 2 - dropout .25, the Keras examples' block."""
     return [
         Convolution(filters, 3, pad=first_pad),
@@ -56,7 +56,7 @@ def cifar_cnn(
     input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, dtype: Any = "float32", seed: int | None = None
 ) -> Sequential:
     """The Keras CIFAR-10 example: two conv-conv-pool-dropout blocks (32 then 64 filters), dense 512."""
-    layers = [*_conv_block(32, 1), *_conv_block(64, 1), *_dense_head(512, num_classes)]
+    layers = [*_conv_block(32, "same"), *_conv_block(64, "same"), *_dense_head(512, num_classes)]
     return Sequential(layers, SoftmaxWithLoss(), input_shape=tuple(input_shape), dtype=dtype, seed=seed)
 
 

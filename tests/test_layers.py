@@ -256,6 +256,37 @@ def test_output_below_one(backend):
         Convolution(1, 5, dtype="float32").forward(backend.asarray(np.zeros((1, 1, 3, 3), dtype=np.float32)))
 
 
+@pytest.mark.parametrize("size,pad,number", [(3, "same", 1), (5, "same", 2), (3, "valid", 0), (5, "valid", 0)])
+def test_convolution_pad_as_keras_writes_it(backend, size, pad, number):
+    rng = np.random.default_rng(2)
+    layer = Convolution(2, size, pad=pad, dtype="float64")
+    x = rng.standard_normal((2, 3, 7, 6))
+    layer.build(x.shape[1:], rng)
+    assert layer.pad == number and layer.config()["pad"] == number
+    out = host(backend, layer.forward(as64(backend, x)))
+    assert out.shape == ((2, 2, 7, 6) if pad == "same" else (2, 2, 8 - size, 7 - size))
+    np.testing.assert_allclose(
+        out, conv_loops(x, host(backend, layer.W), host(backend, layer.b), 1, number), rtol=1e-10
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (
+            {"filter_size": 2, "pad": "same"},
+            r"pad=\"same\" needs a square, odd filter at stride 1, got filter_size \(2, 2\)",
+        ),
+        ({"filter_size": (3, 5), "pad": "same"}, r"got filter_size \(3, 5\) and stride 1"),
+        ({"filter_size": 3, "stride": 2, "pad": "same"}, r"got filter_size \(3, 3\) and stride 2"),
+        ({"filter_size": 3, "pad": "full"}, r"pad must be a number, \"same\" or \"valid\", got 'full'"),
+    ],
+)
+def test_convolution_pad_words_it_cannot_honour(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Convolution(2, **kwargs)
+
+
 def test_pooling_pad_over_half_the_window():
     with pytest.raises(ValueError, match="pooling pad 2 is more than half the window 2x2"):
         MaxPooling(2, pad=2)
