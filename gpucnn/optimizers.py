@@ -4,8 +4,10 @@
 model's layers, which hold the same arrays, see the change). State (velocities, squared
 gradient sums, moments) is created with ``zeros_like`` on the first step and kept in
 ``optimizer.state[key]`` beside the parameter's stable name, never under ``id()``.
-The arithmetic of each step is a kernel-set operation (``adagrad_update``, ...), so a
-backend can fuse it into one pass over memory.
+The arithmetic of each step is a kernel-set operation on every parameter at once
+(``adagrad_update_many``, ...), so a backend can fuse it into one pass over memory: the
+CUDA kernel set updates all of a model's parameters in one launch, each one as the
+one-parameter step (``adagrad_update``) would, bit for bit.
 """
 
 from __future__ import annotations
@@ -40,17 +42,19 @@ class Optimizer:
         if backend is None:  # a model's params know their backend; plain dicts are asked
             backend = getattr(params, "backend", None) or backend_for(next(iter(params.values())))
         self.iterations += 1
-        kernels = backend.kernels
-        for key, grad in grads.items():
-            param = params[key]
-            if self.weight_decay:
-                grad = grad + self.weight_decay * param
-            slots = self.state.get(key)
-            if slots is None:
-                slots = self.state[key] = {name: backend.xp.zeros_like(param) for name in self.state_names}
-            self._step(kernels, param, grad, slots)
+        keys = list(grads)
+        step_params = [params[key] for key in keys]
+        step_grads = [grads[key] for key in keys]
+        if self.weight_decay:
+            step_grads = [grad + self.weight_decay * param for param, grad in zip(step_params, step_grads)]
+        for key, param in zip(keys, step_params):
+            if key not in self.state:
+                self.state[key] = {name: backend.xp.zeros_like(param) for name in self.state_names}
+        slots = {name: [self.state[key][name] for key in keys] for name in self.state_names}
+        self._step(backend.kernels, step_params, step_grads, slots)
 
-    def _step(self, kernels: Any, param: Any, grad: Any, slots: dict) -> None:
+    def _step(self, kernels: Any, params: list, grads: list, slots: dict[str, list]) -> None:
+        """One step on every parameter: ``slots`` maps each state name to the parameters' arrays."""
         raise NotImplementedError
 
     def to(self, backend: Backend, *, source: Backend | None = None) -> Optimizer:
@@ -74,8 +78,8 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
 
-    def _step(self, kernels, param, grad, slots):
-        kernels.sgd_update(param, grad, self.lr)
+    def _step(self, kernels, params, grads, slots):
+        kernels.sgd_update_many(params, grads, self.lr)
 
 
 class Momentum(Optimizer):
@@ -87,8 +91,8 @@ class Momentum(Optimizer):
         super().__init__(lr, weight_decay)
         self.momentum = float(momentum)
 
-    def _step(self, kernels, param, grad, slots):
-        kernels.momentum_update(param, grad, slots["v"], self.lr, self.momentum)
+    def _step(self, kernels, params, grads, slots):
+        kernels.momentum_update_many(params, grads, slots["v"], self.lr, self.momentum)
 
     def config(self):
         return {**super().config(), "momentum": self.momentum}
@@ -103,8 +107,8 @@ class AdaGrad(Optimizer):
         super().__init__(lr, weight_decay)
         self.eps = float(eps)
 
-    def _step(self, kernels, param, grad, slots):
-        kernels.adagrad_update(param, grad, slots["h"], self.lr, self.eps)
+    def _step(self, kernels, params, grads, slots):
+        kernels.adagrad_update_many(params, grads, slots["h"], self.lr, self.eps)
 
     def config(self):
         return {**super().config(), "eps": self.eps}
@@ -122,8 +126,8 @@ class RMSprop(Optimizer):
         self.decay_rate = float(decay_rate)
         self.eps = float(eps)
 
-    def _step(self, kernels, param, grad, slots):
-        kernels.rmsprop_update(param, grad, slots["h"], self.lr, self.decay_rate, self.eps)
+    def _step(self, kernels, params, grads, slots):
+        kernels.rmsprop_update_many(params, grads, slots["h"], self.lr, self.decay_rate, self.eps)
 
     def config(self):
         return {**super().config(), "decay_rate": self.decay_rate, "eps": self.eps}
@@ -148,8 +152,8 @@ class Adam(Optimizer):
         self._lr_t = self.lr * math.sqrt(1.0 - self.beta2**t) / (1.0 - self.beta1**t)
         super().update(params, grads, backend=backend)
 
-    def _step(self, kernels, param, grad, slots):
-        kernels.adam_update(param, grad, slots["m"], slots["v"], self._lr_t, self.beta1, self.beta2, self.eps)
+    def _step(self, kernels, params, grads, slots):
+        kernels.adam_update_many(params, grads, slots["m"], slots["v"], self._lr_t, self.beta1, self.beta2, self.eps)
 
     def config(self):
         return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -108,6 +108,13 @@ Fused operations (a kernel set may override them; the generic set composes them)
 ``sgd_update``, ``momentum_update``, ``adagrad_update``, ``rmsprop_update``,
 ``adam_update``
     In-place optimizer steps on one parameter (see :mod:`gpucnn.optimizers`).
+``sgd_update_many``, ``momentum_update_many``, ``adagrad_update_many``,
+``rmsprop_update_many``, ``adam_update_many``
+    The same steps on many parameters at once: sequences of parameters, gradients and
+    state arrays (one state sequence per state array of the rule), in the same order, and
+    the same scalars. Each parameter ends as the one-parameter step leaves it, bit for
+    bit; a set may update them all in one pass (the CUDA set: one kernel launch for up to
+    32 parameters). The generic set calls the one-parameter step on each.
 
 Every method keeps the floating dtype it is given (float32 stays float32).
 
@@ -122,6 +129,7 @@ One attribute:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
@@ -271,6 +279,37 @@ class KernelSet(Protocol):
     ) -> None:
         """``m += (1 - beta1)*(grad - m); v += (1 - beta2)*(grad*grad - v); param -= lr_t*m / (sqrt(v) + eps)``,
         in place."""
+
+    def sgd_update_many(self, params: Sequence[Array], grads: Sequence[Array], lr: float) -> None:
+        """:meth:`sgd_update` on each ``(param, grad)`` pair."""
+
+    def momentum_update_many(
+        self, params: Sequence[Array], grads: Sequence[Array], velocities: Sequence[Array], lr: float, momentum: float
+    ) -> None:
+        """:meth:`momentum_update` on each ``(param, grad, velocity)``."""
+
+    def adagrad_update_many(
+        self, params: Sequence[Array], grads: Sequence[Array], hs: Sequence[Array], lr: float, eps: float
+    ) -> None:
+        """:meth:`adagrad_update` on each ``(param, grad, h)``."""
+
+    def rmsprop_update_many(
+        self, params: Sequence[Array], grads: Sequence[Array], hs: Sequence[Array], lr: float, decay: float, eps: float
+    ) -> None:
+        """:meth:`rmsprop_update` on each ``(param, grad, h)``."""
+
+    def adam_update_many(
+        self,
+        params: Sequence[Array],
+        grads: Sequence[Array],
+        ms: Sequence[Array],
+        vs: Sequence[Array],
+        lr_t: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+    ) -> None:
+        """:meth:`adam_update` on each ``(param, grad, m, v)``."""
 
 
 # The operations every kernel set answers to, in the order above (the methods of KernelSet;

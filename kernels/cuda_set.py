@@ -59,7 +59,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import check_pool_pad, output_hw
-from .generic import GenericKernels
+from .generic import GenericKernels, _same_length
 
 __all__ = [
     "CUDA_SOURCES",
@@ -164,7 +164,19 @@ POOL = CudaSource(
 )
 LAYOUT = CudaSource("layout.cu", ("rows_to_nchw", "nchw_to_rows"))
 OPTIMIZERS = CudaSource(
-    "optimizers.cu", ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
+    "optimizers.cu",
+    (
+        "sgd_update",
+        "momentum_update",
+        "adagrad_update",
+        "rmsprop_update",
+        "adam_update",
+        "sgd_update_many",
+        "momentum_update_many",
+        "adagrad_update_many",
+        "rmsprop_update_many",
+        "adam_update_many",
+    ),
 )
 ELEMENTWISE = CudaSource("elementwise.cu", ("bias_relu", "relu_backward"))
 LOSS = CudaSource(
@@ -174,6 +186,20 @@ LOSS = CudaSource(
 
 # Every source of the set; the compile check and the emulation tests walk this tuple.
 CUDA_SOURCES = (IM2COL, POOL, LAYOUT, OPTIMIZERS, ELEMENTWISE, LOSS)
+
+
+# The parameters one multi-tensor optimizer launch updates, at most, and the kernel argument
+# that names them: optimizers.cu's TensorTable, passed by value (a NumPy structured scalar,
+# as CuPy passes a struct). address[0][k] is parameter k, [1][k] its gradient, [2][k] and
+# [3][k] its state arrays; start[k] its first element in the parameters laid end to end.
+MULTI_TENSOR_MAX = 32
+TENSOR_TABLE = np.dtype(
+    {
+        "names": ["address", "start", "count"],
+        "formats": [(np.uint64, (4, MULTI_TENSOR_MAX)), (np.int32, (MULTI_TENSOR_MAX + 1,)), np.int32],
+    },
+    align=True,
+)
 
 
 # -- counting the device work ------------------------------------------------------------
@@ -261,6 +287,9 @@ class Launcher(Protocol):
 
     def launch(self, source: CudaSource, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
         """Run kernel instance ``name`` (a name expression) of ``source``."""
+
+    def address(self, a: Array) -> int:
+        """The device address of array ``a``'s first element, for a kernel argument that names arrays."""
 
 
 class CudaKernels(GenericKernels):
@@ -642,14 +671,21 @@ class CudaKernels(GenericKernels):
     # A kernel updates memory in place, so it needs C-contiguous parameter and state
     # arrays; anything else (a strided view, another dtype) takes the generic path.
 
-    def _update(self, kernel: str, param: Array, grad: Array, state: tuple, scalars: tuple) -> bool:
-        """Run an update kernel; False when the arrays do not suit one."""
+    @staticmethod
+    def _suits_kernel(param: Array, grad: Array, state: tuple) -> bool:
+        """Whether an update kernel can take these arrays: one float dtype, the parameter
+        and its state C-contiguous, the gradient of the parameter's shape."""
         dtype = np.dtype(param.dtype)
         in_place = (param, *state)
         if dtype not in CUDA_TYPES or any(a.dtype != dtype or not a.flags.c_contiguous for a in in_place):
             return False
-        if grad.dtype != dtype or grad.shape != param.shape:
+        return grad.dtype == dtype and grad.shape == param.shape
+
+    def _update(self, kernel: str, param: Array, grad: Array, state: tuple, scalars: tuple) -> bool:
+        """Run an update kernel; False when the arrays do not suit one."""
+        if not self._suits_kernel(param, grad, state):
             return False
+        dtype = np.dtype(param.dtype)
         scalars = tuple(dtype.type(s) for s in scalars)
         self._launch(
             OPTIMIZERS, kernel, dtype, param.size, param, self._contiguous(grad), *state, np.int32(param.size), *scalars
@@ -678,6 +714,93 @@ class CudaKernels(GenericKernels):
     def adam_update(self, param, grad, m, v, lr_t, beta1, beta2, eps):
         if not self._update("adam_update", param, grad, (m, v), (lr_t, 1 - beta1, 1 - beta2, eps)):
             super().adam_update(param, grad, m, v, lr_t, beta1, beta2, eps)
+
+    # -- optimizer steps on many parameters: one launch per dtype and MULTI_TENSOR_MAX parameters
+
+    def _update_many(self, op: str, columns: list, scalars: tuple, one: Any) -> None:
+        """Run ``op``'s multi-tensor kernel on ``columns``, tuples ``(param, grad, *state)``,
+        distinct arrays or the same array named again. The arrays that do not suit a kernel
+        (and an empty or oversized parameter) take ``one(param, grad, *state)``, the
+        one-parameter step. A parameter named again is updated after the launches of the
+        columns before it, so that its steps follow one another in order."""
+        groups: dict[np.dtype, list] = {}
+        seen: set[int] = set()
+        for param, grad, *state in columns:
+            if not (0 < param.size <= MAX_ELEMENTS and self._suits_kernel(param, grad, tuple(state))):
+                one(param, grad, *state)
+                continue
+            address = self.launcher.address(param)
+            if address in seen:
+                self._launch_many(op, groups, scalars)
+                groups, seen = {}, set()
+            seen.add(address)
+            groups.setdefault(np.dtype(param.dtype), []).append((param, self._contiguous(grad), *state))
+        self._launch_many(op, groups, scalars)
+
+    def _launch_many(self, op: str, groups: dict[np.dtype, list], scalars: tuple) -> None:
+        """One launch of ``op``'s multi-tensor kernel per dtype and table of parameters."""
+        for dtype, group in groups.items():
+            typed = tuple(dtype.type(s) for s in scalars)
+            for chunk in _chunks(group):
+                total = sum(arrays[0].size for arrays in chunk)
+                self._launch(OPTIMIZERS, f"{op}_many", dtype, total, self._tensor_table(chunk), *typed)
+
+    def _tensor_table(self, chunk: list) -> np.void:
+        """The TensorTable kernel argument naming the arrays of ``chunk``."""
+        table = np.zeros((), dtype=TENSOR_TABLE)
+        for k, arrays in enumerate(chunk):
+            for which, a in enumerate(arrays):
+                table["address"][which, k] = self.launcher.address(a)
+        table["start"][: len(chunk) + 1] = np.cumsum([0, *(arrays[0].size for arrays in chunk)])
+        table["count"] = len(chunk)
+        return table[()]
+
+    def sgd_update_many(self, params, grads, lr):
+        columns = list(_same_length("sgd_update_many", params, grads))
+        self._update_many("sgd_update", columns, (lr,), lambda p, g: self.sgd_update(p, g, lr))
+
+    def momentum_update_many(self, params, grads, velocities, lr, momentum):
+        columns = list(_same_length("momentum_update_many", params, grads, velocities))
+        self._update_many(
+            "momentum_update", columns, (lr, momentum), lambda p, g, v: self.momentum_update(p, g, v, lr, momentum)
+        )
+
+    def adagrad_update_many(self, params, grads, hs, lr, eps):
+        columns = list(_same_length("adagrad_update_many", params, grads, hs))
+        self._update_many("adagrad_update", columns, (lr, eps), lambda p, g, h: self.adagrad_update(p, g, h, lr, eps))
+
+    def rmsprop_update_many(self, params, grads, hs, lr, decay, eps):
+        columns = list(_same_length("rmsprop_update_many", params, grads, hs))
+        self._update_many(
+            "rmsprop_update",
+            columns,
+            (lr, decay, 1 - decay, eps),
+            lambda p, g, h: self.rmsprop_update(p, g, h, lr, decay, eps),
+        )
+
+    def adam_update_many(self, params, grads, ms, vs, lr_t, beta1, beta2, eps):
+        columns = list(_same_length("adam_update_many", params, grads, ms, vs))
+        self._update_many(
+            "adam_update",
+            columns,
+            (lr_t, 1 - beta1, 1 - beta2, eps),
+            lambda p, g, m, v: self.adam_update(p, g, m, v, lr_t, beta1, beta2, eps),
+        )
+
+
+def _chunks(group: list) -> Iterator[list]:
+    """``group`` cut into runs of at most MULTI_TENSOR_MAX parameters and MAX_ELEMENTS elements."""
+    chunk: list = []
+    total = 0
+    for arrays in group:
+        size = arrays[0].size
+        if chunk and (len(chunk) == MULTI_TENSOR_MAX or total + size > MAX_ELEMENTS):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(arrays)
+        total += size
+    if chunk:
+        yield chunk
 
 
 def _float_dtype(op: str, *arrays: Array) -> np.dtype:
@@ -737,6 +860,9 @@ class CupyLauncher:
             )  # NVRTC runs on the first get_function
             self._modules[key] = module
         return module
+
+    def address(self, a):
+        return int(a.data.ptr)
 
     def launch(self, source, name, grid, block, args):
         key = (self._device_id(), source, name)

@@ -175,6 +175,10 @@ class EmuLauncher:
         args = tuple(a.data if isinstance(a, DeviceArray) else a for a in args)
         self.module(source).launch(name, _dims(grid, "grid"), _dims(block, "block"), args)
 
+    def address(self, a: Any) -> int:
+        """The address of ``a``'s first element (a DeviceArray's, or a NumPy array's)."""
+        return (a.data if isinstance(a, DeviceArray) else a).ctypes.data
+
     def _build(self, unit: str, stem: str, origin: Any = "the probe") -> Path:
         """Compile C++ ``unit`` into a shared library, or find it in the cache."""
         key = hashlib.sha256("\0".join((self._identity, " ".join(CXX_FLAGS), unit)).encode()).hexdigest()[:24]
@@ -217,13 +221,16 @@ class _EmuModule:
             )
             signature = getattr(self._lib, f"gpucnn_emu_signature_{k}")
             signature.restype = ctypes.c_char_p
-            self._kernels[name] = (launch, signature().decode())
+            codes = signature().decode()
+            param_sizes = getattr(self._lib, f"gpucnn_emu_param_sizes_{k}")
+            param_sizes.restype = ctypes.POINTER(ctypes.c_uint)
+            self._kernels[name] = (launch, codes, tuple(param_sizes()[: len(codes)]))
 
     def launch(self, name: str, grid: tuple[int, int, int], block: tuple[int, int, int], args: tuple) -> None:
         if name not in self._kernels:
             raise EmulationError(f"no kernel instance {name!r} here; built: {', '.join(self._kernels)}")
-        launch, signature = self._kernels[name]
-        values = _pack(name, signature, args)
+        launch, signature, sizes = self._kernels[name]
+        values = _pack(name, signature, sizes, args)
         pointers = (ctypes.c_void_p * max(len(values), 1))(*[ctypes.addressof(v) for v in values])
         fault = launch((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), pointers)
         if fault:
@@ -231,8 +238,10 @@ class _EmuModule:
             raise _FAULTS.get(fault, KernelFault)(f"cuda-emu: {self._error().decode()}")
 
 
-def _pack(name: str, signature: str, args: tuple) -> list:
-    """ctypes values for ``args``, checked against the kernel's parameter codes."""
+def _pack(name: str, signature: str, sizes: tuple[int, ...], args: tuple) -> list:
+    """ctypes values for ``args``, checked against the kernel's parameter codes and sizes.
+    A struct parameter (code ``S``) takes a NumPy structured scalar of its size, as CuPy
+    passes one: its bytes are the struct's."""
     if len(args) != len(signature):
         raise EmulationError(f"{name} takes {len(signature)} arguments, got {len(args)}")
     values = []
@@ -251,6 +260,14 @@ def _pack(name: str, signature: str, args: tuple) -> list:
             if type(arg) is not numpy_type:
                 raise TypeError(f"{where} must be a numpy.{numpy_type.__name__}, got {type(arg).__name__}")
             values.append(ctype(arg.item()))
+        elif code == "S":
+            if not isinstance(arg, np.void) or arg.dtype.names is None:
+                raise TypeError(f"{where} must be a NumPy structured scalar, got {type(arg).__name__}")
+            if arg.dtype.itemsize != sizes[k]:
+                raise TypeError(f"{where} is a struct of {sizes[k]} bytes, got a scalar of {arg.dtype.itemsize}")
+            struct = (ctypes.c_uint64 * -(-sizes[k] // 8))()  # 8-byte aligned, as the struct may need
+            ctypes.memmove(struct, arg.tobytes(), sizes[k])
+            values.append(struct)
         else:
             raise EmulationError(f"{name} parameter {k} has a type the emulation does not pass (signature {signature})")
     return values

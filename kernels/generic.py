@@ -23,6 +23,7 @@ On another namespace the values also depend on that library's ``exp``, ``log`` a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from . import check_pool_pad, output_hw
@@ -318,6 +319,52 @@ class GenericKernels:
         m += (1 - beta1) * (grad - m)
         v += (1 - beta2) * (grad * grad - v)
         param -= lr_t * m / (self.xp.sqrt(v) + eps)
+
+    # -- optimizer steps on many parameters: the one-parameter step on each ---------------
+
+    def sgd_update_many(self, params: Sequence[Array], grads: Sequence[Array], lr: float) -> None:
+        for param, grad in _same_length("sgd_update_many", params, grads):
+            self.sgd_update(param, grad, lr)
+
+    def momentum_update_many(
+        self, params: Sequence[Array], grads: Sequence[Array], velocities: Sequence[Array], lr: float, momentum: float
+    ) -> None:
+        for param, grad, velocity in _same_length("momentum_update_many", params, grads, velocities):
+            self.momentum_update(param, grad, velocity, lr, momentum)
+
+    def adagrad_update_many(
+        self, params: Sequence[Array], grads: Sequence[Array], hs: Sequence[Array], lr: float, eps: float
+    ) -> None:
+        for param, grad, h in _same_length("adagrad_update_many", params, grads, hs):
+            self.adagrad_update(param, grad, h, lr, eps)
+
+    def rmsprop_update_many(
+        self, params: Sequence[Array], grads: Sequence[Array], hs: Sequence[Array], lr: float, decay: float, eps: float
+    ) -> None:
+        for param, grad, h in _same_length("rmsprop_update_many", params, grads, hs):
+            self.rmsprop_update(param, grad, h, lr, decay, eps)
+
+    def adam_update_many(
+        self,
+        params: Sequence[Array],
+        grads: Sequence[Array],
+        ms: Sequence[Array],
+        vs: Sequence[Array],
+        lr_t: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+    ) -> None:
+        for param, grad, m, v in _same_length("adam_update_many", params, grads, ms, vs):
+            self.adam_update(param, grad, m, v, lr_t, beta1, beta2, eps)
+
+
+def _same_length(op: str, *sequences: Sequence[Array]) -> zip:
+    """The sequences zipped; ``ValueError`` naming their lengths when they differ."""
+    lengths = [len(s) for s in sequences]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"{op}: parameters, gradients and state arrays must be as many, got {lengths}")
+    return zip(*sequences)
 
 
 def _device(x: Array):

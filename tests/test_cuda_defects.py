@@ -131,6 +131,102 @@ def test_float32_optimizer_steps_round_as_the_numpy_set(emu_backend, update):
         np.testing.assert_array_max_ulp(got, want, maxulp=1, dtype=np.float32)
 
 
+# -- multi-tensor optimizer updates: one launch, the one-parameter step's values ----------------
+
+MANY_UPDATES = {
+    "sgd_update": (0, (0.05,)),
+    "momentum_update": (1, (0.05, 0.9)),
+    "adagrad_update": (1, (0.06, 1e-7)),
+    "rmsprop_update": (1, (0.01, 0.99, 1e-7)),
+    "adam_update": (2, (0.003, 0.9, 0.999, 1e-7)),
+}
+# A model's parameter shapes (SimpleConvNet's, and sizes that end inside a block of 256 threads).
+MANY_SHAPES = [(30, 1, 5, 5), (30,), (4320, 100), (100,), (100, 10), (10,), (3, 7), (1,)]
+
+
+def _many_case(emu_backend, update, dtype, shapes, seed):
+    """(one-parameter arrays, multi-tensor arrays): param, grad and state columns, equal."""
+    state_count, _ = MANY_UPDATES[update]
+    rng = np.random.default_rng(seed)
+    host = [[rng.standard_normal(shape).astype(dtype) for shape in shapes] for _ in range(2 + state_count)]
+    host[2:] = [[np.abs(a) for a in column] for column in host[2:]]
+    return tuple([[emu_backend.asarray(a) for a in column] for column in host] for _ in range(2))
+
+
+def _assert_columns_equal(emu_backend, got, want):
+    for column_got, column_want in zip(got, want):
+        for a, b in zip(column_got, column_want):
+            np.testing.assert_array_equal(emu_backend.to_numpy(a), emu_backend.to_numpy(b))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("update", sorted(MANY_UPDATES))
+def test_one_launch_updates_every_parameter_as_the_one_parameter_step(emu_backend, update, dtype):
+    state_count, scalars = MANY_UPDATES[update]
+    one, many = _many_case(emu_backend, update, dtype, MANY_SHAPES, 3)
+    for _ in range(2):  # the second step starts from updated state
+        for arrays in zip(*one):
+            getattr(emu_backend.kernels, update)(*arrays, *scalars)
+        with cuda_set.counting() as work:
+            getattr(emu_backend.kernels, f"{update}_many")(*many, *scalars)
+        kind = cuda_set.CUDA_TYPES[np.dtype(dtype)]
+        assert dict(work.by_name) == {f"kernel {update}_many<{kind}>": 1}
+    _assert_columns_equal(emu_backend, many, one)
+
+
+def test_more_parameters_than_a_table_holds_take_one_launch_per_table(emu_backend):
+    count = cuda_set.MULTI_TENSOR_MAX + 8
+    one, many = _many_case(emu_backend, "adam_update", np.float32, [(k % 5 + 1, 3) for k in range(count)], 4)
+    scalars = MANY_UPDATES["adam_update"][1]
+    for arrays in zip(*one):
+        emu_backend.kernels.adam_update(*arrays, *scalars)
+    with cuda_set.counting() as work:
+        emu_backend.kernels.adam_update_many(*many, *scalars)
+    assert work.by_name["kernel adam_update_many<float>"] == 2
+    _assert_columns_equal(emu_backend, many, one)
+
+
+def test_arrays_no_kernel_takes_and_a_parameter_named_twice_keep_the_one_parameter_steps(emu_backend):
+    """A strided parameter view takes the one-parameter step, a float64 parameter among
+    float32 ones its own launch, and a parameter named twice a second launch after the
+    first, so that its two steps (with different gradients) follow one another in order."""
+    kernels = emu_backend.kernels
+
+    def arrays():
+        rng = np.random.default_rng(6)
+        base = emu_backend.asarray(rng.standard_normal((4, 6)).astype(np.float32))
+        params = [
+            base[:, ::2],
+            emu_backend.asarray(rng.standard_normal(5)),
+            emu_backend.asarray(np.ones(7, np.float32)),
+        ]
+        params.append(params[2])
+        hs = [emu_backend.asarray(np.zeros(p.shape, p.dtype)) for p in params[:3]]
+        grads = [emu_backend.asarray(np.full(p.shape, k + 1.0, p.dtype)) for k, p in enumerate(params)]
+        return base, params, grads, [*hs, hs[2]]  # one state for the parameter named twice
+
+    base_one, params_one, grads_one, hs_one = arrays()
+    base_many, params_many, grads_many, hs_many = arrays()
+    for arrays_one in zip(params_one, grads_one, hs_one):
+        kernels.adagrad_update(*arrays_one, 0.1, 1e-7)
+    with cuda_set.counting() as work:
+        kernels.adagrad_update_many(params_many, grads_many, hs_many, 0.1, 1e-7)
+    assert work.by_name["kernel adagrad_update_many<float>"] == 2
+    assert work.by_name["kernel adagrad_update_many<double>"] == 1
+    for a, b in ((base_many, base_one), *zip(params_many[1:], params_one[1:]), *zip(hs_many, hs_one)):
+        np.testing.assert_array_equal(emu_backend.to_numpy(a), emu_backend.to_numpy(b))
+
+
+def test_the_tensor_table_is_the_kernels_struct(emu_backend):
+    """TENSOR_TABLE's bytes are optimizers.cu's TensorTable (whose size a static_assert fixes
+    for every compiler): the emulation takes a structured scalar of its size and no other."""
+    assert cuda_set.TENSOR_TABLE.itemsize == 1160
+    launcher = emu_backend.kernels.launcher
+    wrong = np.zeros((), dtype=np.dtype([("address", np.uint64, (4, 32))]))[()]
+    with pytest.raises(TypeError, match="is a struct of 1160 bytes, got a scalar of 1024"):
+        launcher.launch(cuda_set.OPTIMIZERS, "sgd_update_many<float>", (1,), (32,), (wrong, np.float32(1)))
+
+
 # -- the bias gradient: a matrix-vector product --------------------------------------------------
 
 

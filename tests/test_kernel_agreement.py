@@ -447,6 +447,27 @@ def test_optimizer_steps_update_in_place(subject, case):
             assert_close_to_sum(g, w, terms, rtol, f"{name}: {what}")
 
 
+@pytest.mark.parametrize("name", sorted(OPTIMIZER_STEPS))
+def test_optimizer_steps_on_many_parameters_are_the_one_parameter_steps(subject, name):
+    """Every set's ``*_many`` step leaves each parameter and its state as its one-parameter
+    step does, bit for bit (the CUDA set: one launch for all of them)."""
+    states, scalars = OPTIMIZER_STEPS[name]
+    rng = np.random.default_rng(8)
+    shapes = [(6, 1, 3, 3), (6,), (54, 5), (5,), (1,)]
+    columns = [[rng.standard_normal(shape).astype(np.float32) for shape in shapes] for _ in range(2 + len(states))]
+    columns[2:] = [[np.abs(a) for a in column] for column in columns[2:]]
+    one = [[subject.put(a) for a in column] for column in columns]
+    many = [[subject.put(a) for a in column] for column in columns]
+    for arrays in zip(*one):
+        getattr(subject.kernels, name)(*arrays, *scalars)
+    assert getattr(subject.kernels, f"{name}_many")(*many, *scalars) is None
+    for column_one, column_many in zip(one, many):
+        for a, b in zip(column_one, column_many):
+            EQUAL(subject.get(b), subject.get(a))
+    with pytest.raises(ValueError, match=r"must be as many, got \[5, 4"):
+        getattr(subject.kernels, f"{name}_many")(many[0], many[1][:4], *many[2:], *scalars)
+
+
 def test_optimizer_step_on_a_strided_view_updates_the_viewed_elements(subject):
     base = subject.put(np.ones((4, 6)))
     view = base[:, ::2]

@@ -65,8 +65,9 @@ inline std::string& error_message() {
 }
 
 // One character per kernel parameter type, so that Python can check its arguments:
-// i/f/d for int/float/double values, I/F/D for pointers to them, '?' for anything else.
-template <typename T> struct value_code { static constexpr char value = '?'; };
+// i/f/d for int/float/double values, I/F/D for pointers to them, S for a struct passed by
+// value (its size in param_sizes), '?' for anything else.
+template <typename T> struct value_code { static constexpr char value = std::is_class_v<T> ? 'S' : '?'; };
 template <> struct value_code<int> { static constexpr char value = 'i'; };
 template <> struct value_code<float> { static constexpr char value = 'f'; };
 template <> struct value_code<double> { static constexpr char value = 'd'; };
@@ -81,6 +82,13 @@ template <typename... Args>
 const char* signature(void (*)(Args...)) {
     static const char codes[] = {type_code<Args>::value..., '\0'};
     return codes;
+}
+
+// The size in bytes of each kernel parameter, in order.
+template <typename... Args>
+const unsigned* param_sizes(void (*)(Args...)) {
+    static const unsigned sizes[] = {static_cast<unsigned>(sizeof(Args))..., 0u};
+    return sizes;
 }
 
 // args[k] points at the value of parameter k, as in cuLaunchKernel's kernelParams.
@@ -127,12 +135,13 @@ extern "C" const char* gpucnn_emu_error() { return gpucnn_emu::error_message().c
 
 // Exports kernel instance `...` (a name expression such as im2col<float>) as the C functions
 // gpucnn_emu_launch_<id>(grid, block, args), which returns 0 or a fault code (the message in
-// gpucnn_emu_error()), and gpucnn_emu_signature_<id>().
+// gpucnn_emu_error()), gpucnn_emu_signature_<id>() and gpucnn_emu_param_sizes_<id>().
 #define GPUCNN_EMU_EXPORT(id, ...)                                                                 \
     extern "C" int gpucnn_emu_launch_##id(const unsigned int* grid, const unsigned int* block,    \
                                           void** args) {                                           \
         return GPUCNN_EMU_LAUNCH(#__VA_ARGS__, &__VA_ARGS__, grid, block, args);                   \
     }                                                                                              \
-    extern "C" const char* gpucnn_emu_signature_##id() { return gpucnn_emu::signature(&__VA_ARGS__); }
+    extern "C" const char* gpucnn_emu_signature_##id() { return gpucnn_emu::signature(&__VA_ARGS__); } \
+    extern "C" const unsigned* gpucnn_emu_param_sizes_##id() { return gpucnn_emu::param_sizes(&__VA_ARGS__); }
 
 #endif  // GPUCNN_EMU_SHIM_H
