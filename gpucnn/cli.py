@@ -105,6 +105,7 @@ from .distributed import (
     launch_differences,
     limit_threads,
 )
+from .files import check_writable
 from .io import ModelFileError, atomic_write, load, temporary_files
 from .memory import OutOfMemoryError
 from .models import MODELS, build_model
@@ -141,6 +142,7 @@ TABLE_DEFAULTS: dict[str, Any] = {
     "data_csv": None,
     "labels_csv": None,
     "label_column": None,
+    "csv_delimiter": ",",
     "standardize": False,
     "test_fraction": 0.2,
 }
@@ -250,9 +252,7 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = _number(text, float)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    if not math.isfinite(value):
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
     return value
 
@@ -276,6 +276,14 @@ def _fraction(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a fraction strictly between 0 and 1, got {value}")
     return value
+
+
+def _delimiter(text: str) -> str:
+    if len(text) != 1 or text in '"\r\n' or text.isalnum():
+        raise argparse.ArgumentTypeError(
+            f"expected one character other than a quote, a letter or a digit, got {text!r}"
+        )
+    return text
 
 
 def _label_column(text: str) -> int | str:
@@ -334,6 +342,12 @@ def _parser() -> argparse.ArgumentParser:
             metavar="NAME|INDEX",
             help="the labels' column, by header name or 0-based index (-1: the last): of --labels-csv when it "
             "has several columns, else of --data-csv, whose other columns are then the features",
+        )
+        p.add_argument(
+            "--csv-delimiter",
+            type=_delimiter,
+            metavar="CHAR",
+            help="the character between the cells of --data-csv and --labels-csv (default: ',', e.g. ';')",
         )
         if command == "evaluate":
             p.add_argument(
@@ -542,7 +556,7 @@ def _choose_data(args: argparse.Namespace, evaluate: bool = False) -> None:
     else:
         if args.dataset == CSV_DATASET:
             usage("the run was trained on a --data-csv file that its history does not name: give --data-csv")
-        given = [name for name in ("labels_csv", "label_column") if getattr(args, name) is not None]
+        given = [name for name in ("labels_csv", "label_column", "csv_delimiter") if getattr(args, name) is not None]
         if given:
             usage(f"{_flag(given[0])} goes with --data-csv, the file of the features")
         args.dataset = args.dataset or RUN_DEFAULTS["dataset"]
@@ -555,6 +569,8 @@ def _choose_data(args: argparse.Namespace, evaluate: bool = False) -> None:
                 )
         elif args.data is not None:
             usage(f"--dataset {args.dataset} is read from scikit-learn's bundled copy, not a folder: leave out --data")
+    if args.dataset == CSV_DATASET and args.csv_delimiter is None:
+        args.csv_delimiter = TABLE_DEFAULTS["csv_delimiter"]
     if _is_table(args.dataset):
         if getattr(args, "standardize", False) is None:
             args.standardize = TABLE_DEFAULTS["standardize"]
@@ -564,7 +580,9 @@ def _choose_data(args: argparse.Namespace, evaluate: bool = False) -> None:
 
 def _read_csv(args: argparse.Namespace, classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every row of --data-csv: features and labels (``classes``: labels must lie in 0..classes-1)."""
-    return load_csv(args.data_csv, args.labels_csv, label_column=args.label_column, classes=classes)
+    return load_csv(
+        args.data_csv, args.labels_csv, label_column=args.label_column, delimiter=args.csv_delimiter, classes=classes
+    )
 
 
 def _load_data(args: argparse.Namespace, classes: int | None = None) -> tuple:
@@ -841,6 +859,16 @@ class _RunFolder:
         if stray:
             print(f"removed {', '.join(p.name for p in stray)} from {self.out}: temporary files of an interrupted run")
 
+    def check_writable(self) -> None:
+        """Fail before the first epoch when a file of the run cannot be replaced: after
+        an epoch, history.json would be written and model.npz not, and the history of the
+        run that model.npz holds would be lost."""
+        for path in (self.history_path, self.model_path, self.curves_path):
+            try:
+                check_writable(path)
+            except PermissionError as exc:
+                raise CommandError(f"cannot write {path}: {exc.strerror}; nothing was trained") from exc
+
     def read_history(self) -> None:
         """Take the saved history (if any); a damaged one is an error, left as it is."""
         path = self.history_path
@@ -997,6 +1025,9 @@ def _train(args: argparse.Namespace) -> int:
     folder = _RunFolder(Path(args.out or f"runs/{model_name}-{dataset}"))
     _check_out_folder(folder.out)
     folder.remove_temporary_files()
+    folder.check_writable()
+    if not args.resume and folder.model_path.is_file():
+        _warn(f"{folder.model_path} holds an earlier run, which this one replaces (--resume continues it instead)")
     model = None
     if args.resume:
         if not folder.model_path.is_file():

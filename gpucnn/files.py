@@ -61,6 +61,7 @@ __all__ = [
     "ModelFileError",
     "SavedModel",
     "atomic_write",
+    "check_writable",
     "read_model_file",
     "temporary_files",
     "write_model_file",
@@ -95,6 +96,18 @@ def _read_only(path: Path) -> bool:
     return not mode & stat.S_IWUSR or not os.access(path, os.W_OK)
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise the ``PermissionError`` that :func:`atomic_write` raises for a read-only
+    ``path``, before anything is written; nothing for a writable or a missing file."""
+    path = Path(path)
+    if _read_only(path):
+        raise PermissionError(
+            errno.EACCES,
+            f"the file is read-only (mode {path.stat().st_mode & 0o777:o}); make it writable to replace it",
+            str(path),
+        )
+
+
 def temporary_files(path: str | os.PathLike) -> list[Path]:
     """The temporary files :func:`atomic_write` makes for ``path`` (``.NAME.*.tmp`` beside
     it), which a process killed during the write leaves behind; sorted."""
@@ -114,12 +127,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     read-only ``path`` raises ``PermissionError`` before anything is written.
     """
     path = Path(path)
-    if _read_only(path):
-        raise PermissionError(
-            errno.EACCES,
-            f"the file is read-only (mode {path.stat().st_mode & 0o777:o}); make it writable to replace it",
-            str(path),
-        )
+    check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -82,6 +82,7 @@ class ConvReluMaxPool(Step):
     def forward(self, x, train=True):
         block, n = self.infer_block, x.shape[0]
         if not train and n > block:
+            self.conv.check_input(x)  # before slicing, so that an error names the caller's shape
             parts = [self.forward(x[i : min(i + block, n), ...], train=False) for i in range(0, n, block)]
             return self.conv.xp.concat(parts, axis=0)
         conv, kernels = self.conv, self.conv.backend.kernels

@@ -51,6 +51,9 @@ INSTALL_TABLES = "pip install 'gpucnn[tables]'"
 # A decimal number as written by people, spreadsheets and pandas: 3, -0.5, .5, 5., 1e-3, +2.5E+07.
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _NOT_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+# Delimiters that a refusal names when it finds one inside a cell (see _refusal_hint).
+OTHER_DELIMITERS = (";", ",", "\t", "|")
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
 
 
 class MissingDependency(ImportError):
@@ -146,6 +149,10 @@ def read_csv(path: str | os.PathLike, *, header: bool | str = "infer", delimiter
     path = Path(path)
     if header not in (True, False, "infer"):
         raise ValueError(f"header must be True, False or 'infer', got {header!r}")
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n' or delimiter.isalnum():
+        raise ValueError(
+            f"the delimiter must be one character other than a quote, a letter or a digit, got {delimiter!r}"
+        )
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
@@ -176,8 +183,23 @@ def read_csv(path: str | os.PathLike, *, header: bool | str = "infer", delimiter
             try:
                 table.values[i, j] = _number(text)
             except ValueError as exc:
-                raise TableError(f"{table.where(i, j)}: {exc}") from None
+                hint = _refusal_hint(text, delimiter, first_cell=(table.first_row + i, j) == (1, 0))
+                raise TableError(f"{table.where(i, j)}: {exc}{hint}") from None
     return table
+
+
+def _refusal_hint(text: str, delimiter: str, first_cell: bool) -> str:
+    """Why a cell that is not a number may be there: another delimiter than ``delimiter``
+    (a semicolon, as spreadsheets write where the decimal mark is a comma), or, in the first
+    cell of the file, the empty corner of the header that pandas writes with its index."""
+    if _DECIMAL_COMMA.fullmatch(text.strip()):
+        return " (write a number with a decimal point: 2.5, not 2,5)"
+    others = [other for other in OTHER_DELIMITERS if other != delimiter and other in text]
+    if others:
+        return f" (its cells seem to be separated by {others[0]!r}, not by {delimiter!r})"
+    if first_cell and not text.strip():
+        return " (an empty first cell starts the header pandas writes with its index: save with index=False)"
+    return ""
 
 
 def _labels(table: Table, column: int, classes: int | None) -> np.ndarray:
@@ -237,7 +259,9 @@ def load_csv(
             binary 0/1 column). Without it, the labels found must be exactly 0..K-1, every
             class present: pass it for a file that may lack a class (a small test set).
 
-    Labels may be written as whole floats (``1.0``); anything else raises :class:`TableError`.
+    Labels may be written as whole floats (``1.0``); anything else raises :class:`TableError`,
+    as does a feature column that a header leaves without a name (the index that pandas
+    writes unless told ``index=False``).
     """
     if classes is not None and (isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 2):
         raise ValueError(f"classes must be an integer >= 2, got {classes!r}")
@@ -251,9 +275,11 @@ def load_csv(
         column = features.column_index(label_column)
         if features.values.shape[1] < 2:
             raise TableError(f"{features.path} has one column, the labels: no features are left")
+        _refuse_unnamed_features(features, column)
         t = _labels(features, column, classes)
         x = np.delete(features.values, column, axis=1)
     else:
+        _refuse_unnamed_features(features)
         labels = read_csv(y_path, header=header, delimiter=delimiter)
         if label_column is None:
             if labels.values.shape[1] != 1:
@@ -279,6 +305,20 @@ def load_csv(
                 f"{features.path} has {len(x)} rows of features but {labels.path} has {len(t)} labels{hint}"
             )
     return x.astype(dtype), t
+
+
+def _refuse_unnamed_features(table: Table, label_column: int | None = None) -> None:
+    """Refuse a feature column that the header leaves unnamed: in a header that names the
+    others, it is most often the row index that pandas writes, which is no feature."""
+    for column, name in enumerate(table.columns):
+        if not name and column != label_column:
+            pandas = (
+                " (an unnamed first column is the index pandas writes: save with index=False)" if column == 0 else ""
+            )
+            raise TableError(
+                f"{table.path}: the header leaves column {column + 1} without a name, so it is not taken "
+                f"for a feature; name it or remove it{pandas}"
+            )
 
 
 def stratified_split(labels: Any, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -120,6 +120,14 @@ def test_library_warnings_are_one_line(runs, tmp_path, capsys):
     assert "warnings.warn" not in err and ".py:" not in err
 
 
+def test_a_new_run_into_a_run_folder_says_it_replaces_the_earlier_run(runs, run, capsys):
+    capsys.readouterr()
+    assert main(train_args(runs / "data", run, "--epochs", "1")) == 0
+    err = capsys.readouterr().err
+    assert f"gpucnn: warning: {run / 'model.npz'} holds an earlier run, which this one replaces" in err
+    assert history(run)["epoch"] == [0]
+
+
 def test_info_and_the_installed_command():
     """``python -m gpucnn`` (one subprocess: the command as users start it)."""
     result = subprocess.run(
@@ -154,8 +162,8 @@ def test_a_reader_that_stops_early_is_not_an_error(monkeypatch, capsys):
         (["train", "--batch-size", "0"], "argument --batch-size: expected a number >= 1, got 0"),
         (["train", "--epochs", "two"], "expected a whole number, got 'two'"),
         (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
-        (["train", "--lr", "-1"], "expected a number > 0"),
-        (["train", "--lr", "nan"], "expected a number > 0, got nan"),
+        (["train", "--lr", "-1"], "expected a finite number > 0, got -1.0"),
+        (["train", "--lr", "nan"], "expected a finite number > 0, got nan"),
         (["train", "--lr", "inf"], "argument --lr: expected a finite number > 0, got inf"),
         (["train", "--seed", "-1"], "argument --seed: expected a whole number from 0 to 4294967295, got -1"),
         (["train", "--seed", str(2**32)], "expected a whole number from 0 to 4294967295, got 4294967296"),
@@ -408,6 +416,21 @@ def test_a_full_disk_during_a_checkpoint(failing, runs, run, monkeypatch, capsys
     assert not list(run.glob(".*.tmp"))
     assert main(resume_args(runs / "data", run, 2)) == 0
     assert_same_as_uninterrupted(run, runs)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_read_only_checkpoint_stops_the_run_before_its_history_is_replaced(resume, runs, run, capsys):
+    before = {name: (run / name).read_bytes() for name in ("model.npz", "history.json")}
+    os.chmod(run / "model.npz", 0o444)
+    try:
+        argv = resume_args(runs / "data", run, 2) if resume else train_args(runs / "data", run, "--epochs", "1")
+        line = fails(argv, capsys)
+    finally:
+        os.chmod(run / "model.npz", 0o644)
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert f"cannot write {run / 'model.npz'}: the file is read-only (mode 444)" in line
+    assert "nothing was trained" in line
+    assert not list(run.glob(".*.tmp"))
 
 
 def test_interrupted_run(runs, run, monkeypatch, capsys):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import gpucnn
+from gpucnn.fused import ConvReluMaxPool
 from gpucnn.io import atomic_write, temporary_files
 from gpucnn.layers import Affine, AvgPooling, BatchNormalization, Convolution, MaxPooling, ReLU
 from gpucnn.optimizers import AdaGrad, Adam
@@ -271,6 +272,15 @@ def test_predict_on_no_samples_gives_no_rows(backend):
         model.predict(np.zeros((0, 5)))
     with pytest.raises(ValueError, match="no samples, and the model has no input shape yet"):
         gpucnn.Sequential([Affine(2)]).predict([])
+
+
+def test_a_large_batch_of_the_wrong_rank_is_named_by_its_own_shape():
+    """The fused first layer runs inference in blocks; the error names the caller's array, not a block."""
+    model = gpucnn.SimpleConvNet(input_dim=(1, 8, 8), conv_param={"filter_num": 2, "filter_size": 3}, seed=0)
+    n = ConvReluMaxPool.infer_block + 1
+    assert isinstance(model.steps[0], ConvReluMaxPool)
+    with pytest.raises(ValueError, match=re.escape(f"expects a 4-D array (N, C, H, W), got shape ({n},)")):
+        model.predict(np.zeros(n, dtype=np.float32))
 
 
 def test_measures_of_no_samples_are_errors_and_train_nothing():

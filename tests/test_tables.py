@@ -142,6 +142,76 @@ def test_load_csv_hints_at_a_header_of_numbers(tmp_path):
     np.testing.assert_array_equal(t, [0, 1])
 
 
+@pytest.mark.parametrize(
+    ("text", "label_column", "message"),
+    [
+        # pd.DataFrame(x, columns=["a", "b"]).assign(y=t).to_csv("data.csv"): the index comes first, unnamed
+        (
+            ",a,b,y\n0,1.5,2,0\n1,3,4,1\n",
+            "y",
+            r"data\.csv: the header leaves column 1 without a name, so it is "
+            r"not taken for a feature; name it or remove it \(an unnamed first column is the index pandas writes: "
+            r"save with index=False\)$",
+        ),
+        ("a,,y\n1.5,2,0\n3,4,1\n", "y", r"the header leaves column 2 without a name, .*; name it or remove it$"),
+    ],
+)
+def test_load_csv_refuses_an_unnamed_feature_column(tmp_path, text, label_column, message):
+    path = write(tmp_path, "data.csv", text)
+    with pytest.raises(TableError, match=message):
+        load_csv(path, label_column=label_column)
+    # The same file as features, its labels in a file of their own.
+    y_path = write(tmp_path, "y.csv", "y\n0\n1\n")
+    with pytest.raises(TableError, match=message):
+        load_csv(path, y_path)
+
+
+def test_load_csv_takes_an_unnamed_column_that_holds_the_labels(tmp_path):
+    path = write(tmp_path, "data.csv", "a,b,\n1.5,2,0\n3,4,1\n")
+    x, t = load_csv(path, label_column=-1)
+    np.testing.assert_array_equal(x, [[1.5, 2], [3, 4]])
+    np.testing.assert_array_equal(t, [0, 1])
+
+
+@pytest.mark.parametrize(
+    ("text", "delimiter", "message"),
+    [
+        # A spreadsheet's export where the decimal mark is a comma: cells separated by ';'.
+        (
+            "a;b\n1.5;2\n",
+            ",",
+            r"row 2, column 1 \('a;b'\): '1\.5;2' is not a number "
+            r"\(its cells seem to be separated by ';', not by ','\)$",
+        ),
+        # Without a header too, though its first row, not a number, is then taken for one.
+        (
+            "1.5;2\n3;4\n",
+            ",",
+            r"row 2, column 1 \('1\.5;2'\): '3;4' is not a number \(its cells seem to be separated by ';'",
+        ),
+        ("1\t2\n3\t4\n", ",", r"is not a number \(its cells seem to be separated by '\\t', not by ','\)$"),
+        (
+            "a;b\n1,5;2\n",
+            ";",
+            r"row 2, column 1 \('a'\): '1,5' is not a number \(write a number with a decimal "
+            r"point: 2\.5, not 2,5\)$",
+        ),
+        # pd.DataFrame(x).to_csv("x.csv"): the header of column numbers, after an empty corner, reads as data.
+        (
+            ",0,1\n0,1.5,2\n1,3,4\n",
+            ",",
+            r"row 1, column 1: empty cell \(a missing value\) \(an empty first cell "
+            r"starts the header pandas writes with its index: save with index=False\)$",
+        ),
+        ("1,2\n,4\n", ",", r"row 2, column 1: empty cell \(a missing value\)$"),  # no hint past row 1
+    ],
+)
+def test_read_csv_refusals_hint_at_a_delimiter_a_decimal_comma_or_an_index(tmp_path, text, delimiter, message):
+    path = write(tmp_path, "x.csv", text)
+    with pytest.raises(TableError, match=message):
+        read_csv(path, delimiter=delimiter)
+
+
 def test_load_csv_needs_to_be_told_where_the_labels_are(tmp_path):
     path = write(tmp_path, "x.csv", "a,b\n1,2\n")
     with pytest.raises(TableError, match=r"x\.csv: where are the labels\? Give y_path .* or label_column"):
@@ -424,3 +494,11 @@ def test_a_damaged_preprocessing_entry_is_refused(tmp_path, rng, entry, message)
         np.savez(f, **arrays)
     with pytest.raises(gpucnn.io.ModelFileError, match=message):
         gpucnn.load(tmp_path / "damaged.npz")
+
+
+@pytest.mark.parametrize("delimiter", ["", ";;", '"', "\n", "a", "1"])
+def test_a_delimiter_that_cannot_separate_cells_is_refused(delimiter, tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="the delimiter must be one character other than a quote"):
+        read_csv(path, delimiter=delimiter)

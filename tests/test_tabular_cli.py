@@ -94,6 +94,7 @@ def test_train_and_evaluate_on_csv_files_with_standardization(tables, tmp_path, 
         "data_csv": str(tables / "xtrain.csv"),
         "labels_csv": str(tables / "ytrain.csv"),
         "label_column": None,
+        "csv_delimiter": ",",
         "standardize": True,
         "test_fraction": 0.2,
     }
@@ -169,6 +170,23 @@ def test_labels_in_a_column_of_the_features_file(tables, tmp_path, capsys):
     assert not (tmp_path / "binary").exists()
 
 
+def test_a_semicolon_separated_table_with_its_labels_column(tables, tmp_path, capsys):
+    """--csv-delimiter reads the files of a spreadsheet that separates cells with ';'; the run
+    records it, so --resume reads the same files again without it."""
+    text = (tables / "iris.csv").read_text().replace(",", ";")
+    (tmp_path / "iris.csv").write_text(text)
+    out = tmp_path / "run"
+    argv = ["train", "--model", "two_layer_net", "--data-csv", str(tmp_path / "iris.csv"), "--label-column", "species"]
+    assert (
+        main([*argv, "--csv-delimiter", ";", "--epochs", "1", "--batch-size", "10", "--out", str(out), "--quiet"]) == 0
+    )
+    assert history(out)["params"]["options"]["csv_delimiter"] == ";"
+    assert main(["train", "--out", str(out), "--epochs", "2", "--quiet", "--resume"]) == 0
+    assert history(out)["epoch"] == [0, 1]
+    line = fails([*argv, "--epochs", "1", "--out", str(tmp_path / "comma")], capsys)
+    assert "seem to be separated by ';', not by ','" in line
+
+
 @pytest.mark.parametrize(
     ("x_text", "y_text", "message"),
     [
@@ -211,6 +229,8 @@ def test_a_missing_csv_file(tmp_path, capsys):
         (["--dataset", "breast-cancer", "--data", "folder"], "scikit-learn's bundled copy, not a folder"),
         (["--test-fraction", "1"], "argument --test-fraction: expected a fraction strictly between 0 and 1, got 1.0"),
         (["--label-column", " "], "argument --label-column: expected a column name or a 0-based index"),
+        (["--csv-delimiter", ";"], "--csv-delimiter goes with --data-csv"),
+        (["--csv-delimiter", ";;"], "argument --csv-delimiter: expected one character other than a quote"),
     ],
 )
 def test_table_options_that_contradict_each_other(argv, message, tmp_path, capsys):
