@@ -41,8 +41,8 @@ GPUCNN_DECAY = RMSprop().decay_rate  # gpucnn's (the book's) RMSprop
 
 # (name, features standardized, RMSprop decay rate)
 RECIPES = [
-    ("Keras, rho 0.9", True, RHO),
-    ("Keras, rho 0.9", False, RHO),
+    ("gpucnn with Keras's RMSprop (rho 0.9)", True, RHO),
+    ("gpucnn with Keras's RMSprop (rho 0.9)", False, RHO),
     (f"gpucnn default, decay {GPUCNN_DECAY}", True, GPUCNN_DECAY),
 ]
 
