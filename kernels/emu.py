@@ -33,6 +33,15 @@ through the backend (``to_numpy``) or ``a.get()``; ``float()``, ``int()``, ``boo
 such arrays. Inside :func:`gpucnn.kernels.cuda_set.counting`, every operation on them is
 counted as the device operations CuPy would run for it (:data:`NAMESPACE_OPERATIONS`).
 
+Counting global-memory sectors. ``EmuLauncher(instrument=True)`` builds each source with
+``cuda/emu_coalescing.h`` (and ``GPUCNN_EMU_COALESCING`` defined, so with its own cache key):
+:func:`_rewrite_pointers` turns every pointer of the source into a ``Global<T>`` whose
+subscripts record the element's address and the source line and column, and each launch
+then counts, for every warp request, the distinct 32-byte sectors its active lanes touch
+(the k-th visit of lane L of warp w to a site joins request (w, site, k)). The counts of
+each launch are appended to :attr:`EmuLauncher.sector_counts` as :class:`SiteCount` rows.
+They are counted from the kernels' addresses, not measured on a GPU.
+
 Built libraries are cached in ``$GPUCNN_EMU_CACHE``, else ``$XDG_CACHE_HOME/gpucnn/cuda-emu``
 (``~/.cache/gpucnn/cuda-emu``), keyed by a hash of the compiler, its flags and the code.
 Emulation is meant to be correct, not fast: keep its inputs small.
@@ -51,6 +60,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +77,7 @@ __all__ = [
     "EmulationError",
     "EmulationUnavailable",
     "KernelFault",
+    "SiteCount",
     "SharedMemoryRace",
     "SynchronizationError",
     "is_cooperative",
@@ -80,6 +91,7 @@ CXX_FLAGS = ("-x", "c++", "-std=c++17", "-O2", "-shared", "-fPIC", "-ffp-contrac
 
 SHIM = Path(str(importlib.resources.files("gpucnn.kernels") / "cuda" / "emu_shim.h"))
 COOPERATIVE_SHIM = SHIM.with_name("emu_cooperative.h")
+COALESCING_SHIM = SHIM.with_name("emu_coalescing.h")
 
 # What makes a source cooperative: its threads share memory, wait for one another or talk.
 _COOPERATIVE = re.compile(
@@ -94,6 +106,11 @@ _SHARED = re.compile(
 )
 _EXTERN_SHARED = re.compile(r"\bextern[ \t]+__shared__\b")
 _DIMENSION = re.compile(r"\[([^\]\n]+)\]")
+# The type parameters of a template (`template <typename T, class U>`), and the arithmetic
+# types a kernel's pointers may point to.
+_TEMPLATE = re.compile(r"\btemplate\s*<([^<>]*)>")
+_TYPE_PARAMETER = re.compile(r"\b(?:typename|class)\s+([A-Za-z_]\w*)")
+_ARITHMETIC = ("unsigned long long", "long long", "unsigned int", "unsigned", "int", "float", "double", "char", "bool")
 
 # Kernel parameter codes (see emu_shim.h): the NumPy dtype of each pointer, the NumPy
 # scalar type of each value. CuPy hands a NumPy scalar to a kernel as its own C type, so
@@ -130,22 +147,54 @@ class SynchronizationError(KernelFault):
 _FAULTS = {1: SharedMemoryRace, 2: SynchronizationError, 3: KernelFault}
 
 
+@dataclass(frozen=True)
+class SiteCount:
+    """The counted requests of one global-memory site of a kernel, for one visit number.
+
+    ``file``, ``line``, ``column``: where the subscript is written (``column`` of its closing
+    bracket, 0 where the compiler cannot tell); ``load``: a pointer to const (else an access
+    that may load, store or both); ``element_bytes``: the size of its elements; ``visit``:
+    k, the k-th time each lane reached the site (a loop's k-th iteration, a gather's k-th
+    tap); ``requests``: the warp requests; ``sectors``: the distinct 32-byte sectors summed
+    over them; ``ideal``: the sum of ceil(active lanes x element_bytes / 32); ``lanes``: the
+    active lanes summed over them.
+    """
+
+    file: str
+    line: int
+    column: int
+    load: bool
+    element_bytes: int
+    visit: int
+    requests: int
+    sectors: int
+    ideal: int
+    lanes: int
+
+
 class EmuLauncher:
     """Runs CUDA kernels on the CPU, on NumPy arrays.
 
     ``compiler`` is a C++ compiler command (default ``$CXX``, else ``g++``, ``c++`` or
     ``clang++``, the first found); ``cache_dir`` where built libraries go. Raises
-    :class:`EmulationUnavailable` when no compiler works.
+    :class:`EmulationUnavailable` when no compiler works. With ``instrument``, every launch
+    also counts the 32-byte sectors of its warps' global-memory requests: one
+    ``(kernel instance, [SiteCount, ...])`` entry per launch in :attr:`sector_counts`.
     """
 
-    def __init__(self, compiler: str | None = None, cache_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, compiler: str | None = None, cache_dir: str | os.PathLike | None = None, *, instrument: bool = False
+    ) -> None:
         self.compiler = _find_compiler(compiler)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        self.instrument = instrument
+        self.sector_counts: list[tuple[str, list[SiteCount]]] = []
         self._identity = self._compiler_identity()
         self._modules: dict[Path, _EmuModule] = {}
         self._lock = threading.Lock()
         try:
-            self._build(_with_shim(_PROBE), "probe")
+            probe = _translation_unit(_PROBE_KERNEL, ("probe<float>",), False, instrument)
+            self._build(probe if instrument else _with_shim(_PROBE), "probe")
         except EmulationError as exc:
             raise EmulationUnavailable(f"the C++ compiler {self.compiler} cannot build the emulation: {exc}") from exc
 
@@ -165,15 +214,18 @@ class EmuLauncher:
             if module is None:
                 code = source.code()
                 cooperative = is_cooperative(code)
-                unit = _translation_unit(code, source.name_expressions, cooperative)
+                unit = _translation_unit(code, source.name_expressions, cooperative, self.instrument)
                 library = self._build(unit, Path(source.file).stem, source.path)
-                module = self._modules[source.path] = _EmuModule(library, source.name_expressions, cooperative)
+                module = _EmuModule(library, source.name_expressions, cooperative, self.instrument)
+                self._modules[source.path] = module
             return module
 
     def launch(self, source: CudaSource, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
         """Run kernel instance ``name`` of ``source`` over ``grid`` x ``block`` threads."""
         args = tuple(a.data if isinstance(a, DeviceArray) else a for a in args)
-        self.module(source).launch(name, _dims(grid, "grid"), _dims(block, "block"), args)
+        counts = self.module(source).launch(name, _dims(grid, "grid"), _dims(block, "block"), args)
+        if counts is not None:
+            self.sector_counts.append((name, counts))
 
     def address(self, a: Any) -> int:
         """The address of ``a``'s first element (a DeviceArray's, or a NumPy array's)."""
@@ -202,14 +254,19 @@ class EmuLauncher:
 
 class _EmuModule:
     """One built source: for each name expression, its launch function and signature.
-    ``cooperative``: whether its blocks run as fibers (:func:`is_cooperative`)."""
+    ``cooperative``: whether its blocks run as fibers (:func:`is_cooperative`);
+    ``instrumented``: whether it counts sectors (built with emu_coalescing.h)."""
 
-    def __init__(self, library: Path, names: tuple[str, ...], cooperative: bool = False) -> None:
+    def __init__(self, library: Path, names: tuple[str, ...], cooperative: bool = False, instrumented: bool = False):
         self.cooperative = cooperative
+        self.instrumented = instrumented
         self._lib = ctypes.CDLL(str(library))
         self._error = self._lib.gpucnn_emu_error
         self._error.restype = ctypes.c_char_p
         self._error.argtypes = ()
+        if instrumented:
+            self._lib.gpucnn_emu_coalescing_begin.restype = None
+            self._lib.gpucnn_emu_coalescing_report.restype = ctypes.c_char_p
         self._kernels: dict[str, tuple[Any, str]] = {}
         for k, name in enumerate(names):
             launch = getattr(self._lib, f"gpucnn_emu_launch_{k}")
@@ -226,16 +283,35 @@ class _EmuModule:
             param_sizes.restype = ctypes.POINTER(ctypes.c_uint)
             self._kernels[name] = (launch, codes, tuple(param_sizes()[: len(codes)]))
 
-    def launch(self, name: str, grid: tuple[int, int, int], block: tuple[int, int, int], args: tuple) -> None:
+    def launch(
+        self, name: str, grid: tuple[int, int, int], block: tuple[int, int, int], args: tuple
+    ) -> list[SiteCount] | None:
+        """Run kernel instance ``name``; its sector counts when instrumented, else None."""
         if name not in self._kernels:
             raise EmulationError(f"no kernel instance {name!r} here; built: {', '.join(self._kernels)}")
         launch, signature, sizes = self._kernels[name]
         values = _pack(name, signature, sizes, args)
         pointers = (ctypes.c_void_p * max(len(values), 1))(*[ctypes.addressof(v) for v in values])
+        if self.instrumented:
+            self._lib.gpucnn_emu_coalescing_begin()
         fault = launch((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), pointers)
+        # the counts and the message are the launching OS thread's, and this thread launched
+        counts = _site_counts(self._lib.gpucnn_emu_coalescing_report().decode()) if self.instrumented else None
         if fault:
-            # the message is the launching OS thread's, and this thread launched
             raise _FAULTS.get(fault, KernelFault)(f"cuda-emu: {self._error().decode()}")
+        return counts
+
+
+def _site_counts(report: str) -> list[SiteCount]:
+    """The rows of gpucnn_emu_coalescing_report()'s text (see emu_coalescing.h)."""
+    rows = []
+    for line in report.splitlines():
+        file, *numbers = line.split("\t")
+        line_number, column, load, element_bytes, visit, requests, sectors, ideal, lanes = map(int, numbers)
+        rows.append(
+            SiteCount(file, line_number, column, bool(load), element_bytes, visit, requests, sectors, ideal, lanes)
+        )
+    return rows
 
 
 def _pack(name: str, signature: str, sizes: tuple[int, ...], args: tuple) -> list:
@@ -274,9 +350,8 @@ def _pack(name: str, signature: str, sizes: tuple[int, ...], args: tuple) -> lis
 
 
 # A one-line kernel: tells at start-up whether the compiler can build the emulation.
-_PROBE = (
-    "template <typename T> __global__ void probe(T* x) { x[threadIdx.x] = T(1); }\nGPUCNN_EMU_EXPORT(0, probe<float>)\n"
-)
+_PROBE_KERNEL = "template <typename T> __global__ void probe(T* x) { x[threadIdx.x] = T(1); }\n"
+_PROBE = f"{_PROBE_KERNEL}GPUCNN_EMU_EXPORT(0, probe<float>)\n"
 
 
 def is_cooperative(code: str) -> bool:
@@ -301,13 +376,42 @@ def _rewrite_shared(code: str) -> str:
     return _SHARED.sub(rewrite, code)
 
 
-def _translation_unit(code: str, names: tuple[str, ...], cooperative: bool) -> str:
+def _rewrite_pointers(code: str) -> str:
+    """``code`` with every pointer to an arithmetic type or to a template type parameter,
+    where it declares something (``const T* __restrict__ x``, ``T* p = ...``, a function's
+    ``T*`` return type) or names a ``static_cast<T*>`` target, made a recording pointer of
+    emu_coalescing.h, ``::gpucnn_emu::Global<const T> x``. Other casts
+    (``reinterpret_cast<T*>``) are left alone: a Global is made from the raw pointer they give.
+    Lines stay where they were."""
+    parameters = {name for group in _TEMPLATE.findall(code) for name in _TYPE_PARAMETER.findall(group)}
+    types = "|".join([*(re.escape(t).replace("\\ ", r"\s+") for t in _ARITHMETIC), *sorted(parameters)])
+    element = rf"(?P<const>const\s+)?(?P<type>{types})\s*\*"
+    declaration = re.compile(rf"(?<![\w:]){element}\s*(?:__restrict__\s*)?(?=(?!__restrict__)[A-Za-z_])")
+    cast = re.compile(rf"\bstatic_cast\s*<\s*{element}\s*>")
+
+    def recording(match: re.Match) -> str:
+        return f"::gpucnn_emu::Global<{match.group('const') or ''}{' '.join(match.group('type').split())}>"
+
+    code = cast.sub(lambda match: f"static_cast<{recording(match)}>", code)
+    return declaration.sub(lambda match: f"{recording(match)} ", code)
+
+
+def _translation_unit(code: str, names: tuple[str, ...], cooperative: bool, instrument: bool = False) -> str:
     """The C++ code built for a source's ``code``: shim, kernels, one exported launcher per
-    instance in ``names``."""
+    instance in ``names``; with ``instrument``, its pointers made recording ones
+    (:func:`_rewrite_pointers`) after the sector-counting header."""
     exports = "".join(f"GPUCNN_EMU_EXPORT({k}, {name})\n" for k, name in enumerate(names))
     if cooperative:
         code = _rewrite_shared(code)
-    return _with_shim(f'{code}\n#line 1 "cuda-emu exports"\n{exports}', cooperative)
+    if not instrument:
+        return _with_shim(f'{code}\n#line 1 "cuda-emu exports"\n{exports}', cooperative)
+    code = _rewrite_pointers(code)
+    shims = _with_shim("", cooperative)
+    return (
+        f"#define GPUCNN_EMU_COALESCING 1\n{shims}\n"
+        f'#line 1 "{COALESCING_SHIM.name}"\n{COALESCING_SHIM.read_text()}\n'
+        f'{code}\n#line 1 "cuda-emu exports"\n{exports}'
+    )
 
 
 def _with_shim(code: str, cooperative: bool = False) -> str:

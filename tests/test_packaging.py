@@ -87,7 +87,7 @@ def test_package_data_holds_every_cuda_source():
 
     cuda = importlib.resources.files("gpucnn.kernels") / "cuda"
     shipped = {entry.name for entry in cuda.iterdir() if entry.name.endswith(CUDA_SUFFIXES)}
-    needed = {"emu_shim.h", "emu_cooperative.h"} | {source.file for source in CUDA_SOURCES}
+    needed = {"emu_shim.h", "emu_cooperative.h", "emu_coalescing.h"} | {source.file for source in CUDA_SOURCES}
     for source in CUDA_SOURCES:
         needed |= set(re.findall(r'#include "([^"]+)"', source.path.read_text()))
     assert needed <= shipped, f"missing: {sorted(needed - shipped)}"

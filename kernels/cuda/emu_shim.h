@@ -84,17 +84,24 @@ const char* signature(void (*)(Args...)) {
     return codes;
 }
 
+// How a kernel parameter of type A is passed: `bytes` bytes at args[k], read by `read`.
+// emu_coalescing.h passes its recording pointers as the plain pointers they stand for.
+template <typename A> struct kernel_argument {
+    static constexpr unsigned bytes = sizeof(A);
+    static A read(void* value) { return *static_cast<A*>(value); }
+};
+
 // The size in bytes of each kernel parameter, in order.
 template <typename... Args>
 const unsigned* param_sizes(void (*)(Args...)) {
-    static const unsigned sizes[] = {static_cast<unsigned>(sizeof(Args))..., 0u};
+    static const unsigned sizes[] = {kernel_argument<Args>::bytes..., 0u};
     return sizes;
 }
 
 // args[k] points at the value of parameter k, as in cuLaunchKernel's kernelParams.
 template <typename... Args, std::size_t... K>
 void call(void (*kernel)(Args...), void** args, std::index_sequence<K...>) {
-    kernel(*static_cast<Args*>(args[K])...);
+    kernel(kernel_argument<Args>::read(args[K])...);
 }
 
 // The launcher of kernels that do not cooperate: each thread runs to its end in turn.
