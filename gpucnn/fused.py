@@ -118,17 +118,19 @@ class ConvReluMaxPool(Step):
             layer.clear_cache()
 
     def memory(self, batch_size, itemsize, training):
-        """Columns, the pooled output and its argmax kept (the NumPy set's rows path, the
-        most generous); forward: the GEMM rows, the biased rows, one more in the pooling."""
+        """Columns (or the input, in blocks of images), the pooled output and its argmax
+        kept (the NumPy set's rows path, the most generous); forward: the GEMM rows, the
+        biased rows, one more in the pooling, beside one block's columns."""
         gemm = self.conv.gemm_memory(batch_size, itemsize)
         out_size = batch_size * math.prod(self.pool.output_shape)
         return MemoryTerms(
             output=out_size * itemsize,
             kept=gemm.columns + out_size * (itemsize + ARGMAX_BYTES),
             columns=gemm.columns,
-            forward=3 * gemm.rows,
-            backward=gemm.rows + gemm.input_grad,
+            forward=3 * gemm.rows + gemm.block_columns,
+            backward=gemm.rows + gemm.block_columns + gemm.input_grad,
             output_in_cache=True,
+            keeps_input=gemm.keeps_input,
         )
 
 
@@ -176,8 +178,9 @@ class LinearReLU(Step):
             output=out,
             kept=gemm.columns + gemm.rows,
             columns=gemm.columns,
-            forward=gemm.rows + (0 if gemm.output_is_rows else out),  # the GEMM rows, then the NCHW copy
-            backward=2 * gemm.rows + gemm.input_grad,
+            # the GEMM rows (beside one block's columns), then the NCHW copy
+            forward=gemm.rows + gemm.block_columns + (0 if gemm.output_is_rows else out),
+            backward=2 * gemm.rows + gemm.block_columns + gemm.input_grad,
             output_in_cache=gemm.output_is_rows,
             keeps_input=gemm.keeps_input,
         )

@@ -138,6 +138,8 @@ class GemmMemory:
             input needs no gradient.
         keeps_input: whether the layer keeps (a view of) its input for backward.
         output_is_rows: whether the output has the rows' layout (no NCHW copy).
+        block_columns: one block's columns, made again in backward, when a convolution
+            passes through im2col in blocks of images (then ``columns`` is 0).
     """
 
     columns: int
@@ -145,6 +147,7 @@ class GemmMemory:
     input_grad: int
     keeps_input: bool
     output_is_rows: bool
+    block_columns: int = 0
 
 
 class Step:
@@ -411,9 +414,18 @@ class Convolution(_GemmLayer):
     ``"valid"`` (0) or ``"same"`` (``filter_size // 2``, so that OH = H and OW = W; for a
     square, odd filter at stride 1, the only case where that padding is symmetric).
     ``self.pad`` is the number.
+
+    Training passes through im2col in blocks of images when the kernel set asks for it
+    (``conv_block_bytes``, the most bytes of one block's column matrix): forward keeps the
+    input instead of the columns, and backward computes each block's columns again, its
+    share of ``dW`` (added in block order) and its rows of ``dx`` (col2im of that block's
+    ``dcol``). The whole batch's columns and ``dcol`` never exist. The output and ``dx``
+    are the whole-batch GEMM's rows, each computed from the same values; ``dW`` is a sum
+    of per-block products, equal to the whole-batch product to float rounding.
     """
 
-    cache_names = ("_x_shape", "_col", "_rows_shape")
+    # _col: the whole batch's columns, or _x: the input (blocks of images); see the class docstring
+    cache_names = ("_x_shape", "_col", "_x", "_rows_shape")
 
     def __init__(
         self,
@@ -489,13 +501,41 @@ class Convolution(_GemmLayer):
         fh, fw = self.filter_size
         return (n, *output_hw(h, w, fh, fw, self.stride, self.pad))
 
+    def block_images(self, batch_size: int, itemsize: int) -> int | None:
+        """Images per block of the training passes through im2col (see the class docstring),
+        or None when the kernel set takes the whole batch in one call."""
+        budget = self.backend.kernels.conv_block_bytes
+        if budget is None:
+            return None
+        fh, fw = self.filter_size
+        per_image = math.prod(self.output_shape[1:]) * self.input_shape[0] * fh * fw * itemsize
+        return max(1, min(batch_size, budget // per_image))
+
+    def _blocks(self, n: int, block: int):
+        """(first image, end image, first row, end row) of each block, in order."""
+        ohw = self._rows_shape[1] * self._rows_shape[2]
+        for i in range(0, n, block):
+            j = min(i + block, n)
+            yield i, j, i * ohw, j * ohw
+
     def gemm_rows(self, x):
         """im2col and the GEMM, no bias: rows (N*OH*OW, FN) in (n, oh, ow) order."""
         self.check_input(x)
+        self.clear_cache()  # the last step's columns go before this step's are made
+        xp, kernels = self.xp, self.backend.kernels
         fn, wc, fh, fw = self.W.shape
-        col = self.backend.kernels.im2col(x, fh, fw, self.stride, self.pad)
-        self._x_shape, self._col, self._rows_shape = tuple(x.shape), col, self.output_nhw(x.shape)
-        return col @ self.xp.matrix_transpose(self.xp.reshape(self.W, (fn, wc * fh * fw)))
+        w_t = xp.matrix_transpose(xp.reshape(self.W, (fn, wc * fh * fw)))
+        self._x_shape, self._rows_shape = tuple(x.shape), self.output_nhw(x.shape)
+        n = x.shape[0]
+        block = self.block_images(n, xp.finfo(x.dtype).bits // 8)
+        if block is None:
+            self._col = kernels.im2col(x, fh, fw, self.stride, self.pad)
+            return self._col @ w_t
+        self._x = x
+        rows = xp.empty((n * self._rows_shape[1] * self._rows_shape[2], fn), dtype=x.dtype)
+        for i, j, r0, r1 in self._blocks(n, block):
+            rows[r0:r1, :] = kernels.im2col(x[i:j, ...], fh, fw, self.stride, self.pad) @ w_t
+        return rows
 
     def rows_to_output(self, rows):
         return self.backend.kernels.rows_to_nchw(rows, *self._rows_shape)
@@ -504,25 +544,44 @@ class Convolution(_GemmLayer):
         return self.backend.kernels.nchw_to_rows(dout)
 
     def backward_rows(self, drows):
-        xp = self.xp
+        xp, kernels = self.xp, self.backend.kernels
         fn, c, fh, fw = self.W.shape
-        self.grads["b"] = self.backend.kernels.bias_grad(drows)
-        self.grads["W"] = xp.reshape(xp.matrix_transpose(drows) @ self._col, (fn, c, fh, fw))
-        if not self.needs_input_grad:
-            return None
-        dcol = drows @ xp.reshape(self.W, (fn, c * fh * fw))
-        return self.backend.kernels.col2im(dcol, self._x_shape, fh, fw, self.stride, self.pad)
+        w2 = xp.reshape(self.W, (fn, c * fh * fw))
+        self.grads["b"] = kernels.bias_grad(drows)
+        if self._x is None:  # the whole batch's columns
+            self.grads["W"] = xp.reshape(xp.matrix_transpose(drows) @ self._col, (fn, c, fh, fw))
+            if not self.needs_input_grad:
+                return None
+            return kernels.col2im(drows @ w2, self._x_shape, fh, fw, self.stride, self.pad)
+        n, _, h, w = self._x_shape
+        dx = xp.empty(self._x_shape, dtype=drows.dtype) if self.needs_input_grad else None
+        dw = None
+        for i, j, r0, r1 in self._blocks(n, self.block_images(n, xp.finfo(drows.dtype).bits // 8)):
+            block_rows = drows[r0:r1, :]
+            col = kernels.im2col(self._x[i:j, ...], fh, fw, self.stride, self.pad)
+            part = xp.matrix_transpose(block_rows) @ col
+            dw = part if dw is None else dw + part
+            if dx is not None:
+                dx[i:j, ...] = kernels.col2im(block_rows @ w2, (j - i, c, h, w), fh, fw, self.stride, self.pad)
+        self.grads["W"] = xp.reshape(dw, (fn, c, fh, fw))
+        return dx
 
     def gemm_memory(self, batch_size, itemsize):
         fh, fw = self.filter_size
-        columns = batch_size * math.prod(self.output_shape[1:]) * self.input_shape[0] * fh * fw * itemsize
-        input_grad = columns + self._bytes_in(batch_size, itemsize) if self.needs_input_grad else 0
+        per_image = math.prod(self.output_shape[1:]) * self.input_shape[0] * fh * fw * itemsize
+        block = self.block_images(batch_size, itemsize)
+        blocked = block is not None
+        columns = (block if blocked else batch_size) * per_image
+        x_bytes = self._bytes_in(batch_size, itemsize)
+        # whole batch: dcol and dx; blocks: one block's dcol (its columns are counted apart) and dx
+        input_grad = columns + x_bytes if self.needs_input_grad else 0
         return GemmMemory(
-            columns=columns,
+            columns=0 if blocked else columns,
             rows=self._bytes_out(batch_size, itemsize),
             input_grad=input_grad,
-            keeps_input=False,
+            keeps_input=blocked,
             output_is_rows=False,
+            block_columns=columns if blocked else 0,
         )
 
     def memory(self, batch_size, itemsize, training):
@@ -532,8 +591,11 @@ class Convolution(_GemmLayer):
             output=out,
             kept=gemm.columns,
             columns=gemm.columns,
-            forward=2 * gemm.rows + out,  # the GEMM rows, + bias, the NCHW copy
-            backward=gemm.rows + gemm.input_grad,  # the rows' gradient, then dcol and dx
+            # the GEMM rows (a block's columns beside them), + bias, the NCHW copy
+            forward=2 * gemm.rows + out + gemm.block_columns,
+            # the rows' gradient, then a block's columns, dcol and dx
+            backward=gemm.rows + gemm.block_columns + gemm.input_grad,
+            keeps_input=gemm.keeps_input,
         )
 
     def config(self):
@@ -944,7 +1006,7 @@ class SoftmaxWithLoss(LossLayer):
     occur. backward returns ``(softmax(x) - t) * dout / N``.
     """
 
-    cache_names = ("_y", "_t")
+    cache_names = ("_y", "_t", "_dx")  # _dx: the gradient at dout = 1, from forward_counting
 
     def __init__(self, *, name=None):
         super().__init__(name=name)
@@ -986,6 +1048,7 @@ class SoftmaxWithLoss(LossLayer):
             raise ValueError(f"SoftmaxWithLoss expects (N, K) scores, got shape {tuple(x.shape)}")
         self._t = self._check_targets(x, t, check_labels)
         loss, self._y = self.backend.kernels.softmax_cross_entropy(x, self._t)
+        self._dx = None
         return loss
 
     def count_correct(self, x, t):
@@ -998,15 +1061,20 @@ class SoftmaxWithLoss(LossLayer):
         return xp.sum(xp.astype(right, xp.int64))
 
     def forward_counting(self, x, t, *, check_labels=True):
-        """The loss and the right answers in one kernel operation (``softmax_cross_entropy_count``)."""
+        """The loss, the right answers and the gradient that ``backward(1.0)`` returns, in one
+        kernel operation (``softmax_cross_entropy_count_grad``): a training step's backward
+        then launches nothing for the loss."""
         self.check_input(x)
         if x.ndim != 2:
             raise ValueError(f"SoftmaxWithLoss expects (N, K) scores, got shape {tuple(x.shape)}")
         self._t = self._check_targets(x, t, check_labels)
-        loss, self._y, right = self.backend.kernels.softmax_cross_entropy_count(x, self._t)
+        scale = 1.0 / max(x.shape[0], 1)  # backward's dout / N at dout = 1 (an empty batch has no gradient)
+        loss, self._y, right, self._dx = self.backend.kernels.softmax_cross_entropy_count_grad(x, self._t, scale)
         return loss, right
 
     def backward(self, dout=1.0):
+        if self._dx is not None and isinstance(dout, (int, float)) and dout == 1:
+            return self._dx
         return self.backend.kernels.softmax_cross_entropy_backward(self._y, self._t, dout / self._y.shape[0])
 
     def memory(self, batch_size, itemsize, training):

@@ -7,22 +7,26 @@ One training step (forward, backward, optimizer update) holds, at its peak:
 * **parameters**, their **gradients** and the **optimizer state** (one array per
   parameter for Momentum, AdaGrad and RMSprop, two for Adam): independent of N;
 * the **input batch** (N samples in the model's dtype, plus the labels);
-* the **activations** every layer keeps from forward to backward: im2col's columns
-  (N*OH*OW, C*KH*KW) for each convolution, argmax arrays of max pooling (int32), ReLU
-  masks (one byte per element), dropout scales, the inputs kept by Affine layers
-  (through views such as Flatten's), the loss layer's probabilities and one-hot targets;
+* the **activations** every layer keeps from forward to backward: for each convolution,
+  im2col's columns (N*OH*OW, C*KH*KW), or its input where the kernel set passes through
+  im2col in blocks of images (the kernel set's ``conv_block_bytes``); argmax
+  arrays of max pooling (int32), ReLU masks (one byte per element), dropout scales, the
+  inputs kept by Affine layers (through views such as Flatten's), the loss layer's
+  probabilities and one-hot targets;
 * the **workspace** of the most demanding single layer: the arrays alive only while that
   layer runs, such as a convolution's GEMM output before it becomes NCHW, or in backward
-  the incoming gradient, ``dcol`` (as large as the columns) and the input gradient (the
-  optimizer update counts as a layer whose workspace is two of the largest parameter).
+  the incoming gradient, ``dcol`` (as large as the columns, or one block's) and the input
+  gradient (the optimizer update counts as a layer whose workspace is two of the largest
+  parameter).
 
 Each step of the model (a layer, or a fused step of :mod:`gpucnn.fused`) answers its own
 terms: ``step.memory(batch_size, itemsize, training)`` returns a
 :class:`gpucnn.layers.MemoryTerms`; a step that does not define it makes the estimate
 raise instead of guess. This module adds the terms up.
 
-Every term but the first grows linearly with N, so the largest batch that fits a budget
-is a division (:func:`max_batch_size`). A kernel set may also cap N whatever the memory:
+Every term but the first grows with N: linearly, except one block's columns, which stop
+growing at the block's size. The largest batch that fits a budget is found by bisection
+over the estimate (:func:`max_batch_size`). A kernel set may also cap N whatever the memory:
 the CUDA kernels (backends ``cupy`` and ``cuda-emu``) index with 32-bit ints and refuse an
 array of more than 2**31 - 1 elements, so the largest array a layer hands to them (its
 input, its output or its im2col columns, whichever is largest per sample) bounds the batch
@@ -257,21 +261,31 @@ def max_batch_size(
     """The largest batch size whose estimated peak (:func:`estimate_memory`) fits ``budget_bytes``.
 
     Returns 0 when not even one sample fits beside the parameters, gradients and
-    optimizer state. The estimate is linear in the batch size, so this is exact for
-    the model, not a search. It never exceeds :func:`kernel_batch_limit`, the largest
+    optimizer state. The estimate grows with the batch size (linearly but for the
+    convolutions' column blocks), so doubling and then bisecting finds the exact
+    answer for the model. It never exceeds :func:`kernel_batch_limit`, the largest
     batch the model's kernel set can run at all.
     """
     if not budget_bytes >= 0:
         raise ValueError(f"budget_bytes must be >= 0, got {budget_bytes!r}")
-    one = estimate_memory(model, 1, training=training, optimizer=optimizer, input_shape=input_shape).total
-    two = estimate_memory(model, 2, training=training, optimizer=optimizer).total
-    per_sample = two - one
-    fixed = one - per_sample
-    if budget_bytes < one:
+
+    def fits(n: int) -> bool:
+        return estimate_memory(model, n, training=training, optimizer=optimizer).total <= budget_bytes
+
+    if estimate_memory(model, 1, training=training, optimizer=optimizer, input_shape=input_shape).total > budget_bytes:
         return 0
-    fits = int((budget_bytes - fixed) // per_sample)
     limit = kernel_batch_limit(model)
-    return fits if limit is None else min(fits, limit)
+    if limit == 0:
+        return 0
+    low, high = 1, 2  # fits(low); high is the first power of two that does not fit, or the limit
+    while (limit is None or high <= limit) and fits(high):
+        low, high = high, 2 * high
+    if limit is not None:
+        high = min(high, limit + 1)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
 
 
 def kernel_batch_limit(model: Any, input_shape: Sequence[int] | None = None) -> int | None:

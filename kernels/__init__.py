@@ -101,6 +101,10 @@ Fused operations (a kernel set may override them; the generic set composes them)
 ``softmax_cross_entropy_backward(probs, t, scale) -> dx``
     ``(probs - onehot(t)) * scale`` (or ``probs - t`` for (N, K) targets), (N, K);
     ``scale`` is ``dout / N`` for a mean loss.
+``softmax_cross_entropy_count_grad(x, t, scale) -> (loss, probs, right, dx)``
+    ``softmax_cross_entropy_count`` and ``softmax_cross_entropy_backward(probs, t, scale)``
+    in one operation: a training step's loss, count and gradient of the scores, so that its
+    backward launches nothing for the loss (the CUDA set: the same two passes as the count).
 ``bias_grad(drows) -> db``
     The gradient of a bias added to every row: the column sums of (M, F) → (F,).
 ``rows_to_nchw(y, n, oh, ow) -> out``  and  ``nchw_to_rows(dout) -> rows``
@@ -152,6 +156,11 @@ class KernelSet(Protocol):
 
     max_array_elements: int | None
     """The largest array, in elements, the set's kernels accept; None for no limit."""
+
+    conv_block_bytes: int | None
+    """The most bytes of one column matrix in a convolution's training passes: the layer
+    runs im2col, its GEMMs and col2im over blocks of images that fit, keeping the input
+    instead of the whole batch's columns. None: the whole batch in one call of each."""
 
     def im2col(self, x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0) -> Array:
         """x (N, C, H, W) → col (N*OH*OW, C*KH*KW), in the column layout above."""
@@ -249,6 +258,10 @@ class KernelSet(Protocol):
 
     def softmax_cross_entropy_count(self, x: Array, t: Array) -> tuple[Array, Array, Array]:
         """Scores x (N, K), labels (N,) or targets (N, K) → (0-d mean loss, probs (N, K), 0-d right answers)."""
+
+    def softmax_cross_entropy_count_grad(self, x: Array, t: Array, scale: float) -> tuple[Array, Array, Array, Array]:
+        """:meth:`softmax_cross_entropy_count` and :meth:`softmax_cross_entropy_backward` at ``scale``:
+        (0-d loss, probs (N, K), 0-d right answers, dx (N, K))."""
 
     def softmax_cross_entropy_backward(self, probs: Array, t: Array, scale: float) -> Array:
         """``(probs - targets) * scale``, (N, K)."""

@@ -25,17 +25,23 @@ Against the NumPy set, as ``tests/test_kernel_agreement.py`` measured them on ``
 (its ``TOLERANCES`` table). Equal bit for bit: ``im2col``, ``col2im``, max pooling forward
 and backward (values and ``argmax``), ``avgpool_backward``, ``bias_relu_maxpool`` and
 ``bias_relu_maxpool_infer``, ``maxpool_relu_backward``, ``bias_relu``, ``relu_backward``,
-the layout changes, ``softmax_cross_entropy_backward``, the optimizer steps, and
-``conv_bias_relu_maxpool`` and its ``_infer`` (composed, with NumPy's GEMM); the count of
+the layout changes, ``softmax_cross_entropy_backward``, the optimizer steps; the count of
 ``softmax_cross_entropy_count``, and its probabilities equal this set's
-``softmax_cross_entropy``'s. The sources are compiled without fused
-multiply-adds (``NVRTC_OPTIONS``; ``-ffp-contract=off`` in the emulation), so every product
-is rounded as NumPy rounds it. Equal to float rounding: ``avgpool_forward`` (a thread sums
-its window in its own order), ``bias_grad`` and the bias gradient of
-``conv_maxpool_relu_backward_params`` (sums in another order), ``softmax_cross_entropy``
-(``exp`` and ``log`` from the C++ library, not NumPy's), and the loss of
-``softmax_cross_entropy_count`` (its row losses summed serially, in row order, where
-``softmax_cross_entropy`` takes ``xp.sum``'s).
+``softmax_cross_entropy``'s; ``softmax_cross_entropy_count_grad`` equals this set's
+``softmax_cross_entropy_count`` and ``softmax_cross_entropy_backward`` of its probabilities.
+The sources are compiled without fused multiply-adds (``NVRTC_OPTIONS``;
+``-ffp-contract=off`` in the emulation), so every product is rounded as NumPy rounds it.
+Equal to float rounding: ``avgpool_forward`` (a thread sums its window in its own order),
+``bias_grad`` (sums in another order), ``softmax_cross_entropy`` (``exp`` and ``log`` from
+the C++ library, not NumPy's), the loss of ``softmax_cross_entropy_count`` (its row losses
+summed serially, in row order, where ``softmax_cross_entropy`` takes ``xp.sum``'s), and the
+three ``conv_*`` operations. Those compute a convolution with few taps
+(``prefers_direct_conv``: a first layer) directly, without a column matrix: each output
+sums its taps from zero in (c, ky, kx) order, then adds the bias, where the GEMM sums in
+BLAS's order, so a window's argmax may name another of two values within rounding of each
+other; each weight's gradient is one thread's serial sum over the batch's pooled elements
+in (n, py, px) order, and each bias's likewise. Other convolutions take im2col and the GEMM:
+``conv_bias_relu_maxpool`` and its ``_infer`` are then equal bit for bit (NumPy's GEMM).
 
 On a GPU (backend ``cupy``) the table's row comes from reading the kernels, not from a
 measurement: the same, except that the GEMMs are cuBLAS's, so every ``conv_*`` operation
@@ -181,11 +187,20 @@ OPTIMIZERS = CudaSource(
 ELEMENTWISE = CudaSource("elementwise.cu", ("bias_relu", "relu_backward"))
 LOSS = CudaSource(
     "loss.cu",
-    ("softmax_cross_entropy", "softmax_cross_entropy_backward", "softmax_cross_entropy_count"),
+    (
+        "softmax_cross_entropy",
+        "softmax_cross_entropy_backward",
+        "softmax_cross_entropy_count",
+        "softmax_cross_entropy_count_grad",
+    ),
+)
+DIRECT_CONV = CudaSource(
+    "direct_conv.cu",
+    ("conv_bias_relu_maxpool", "conv_bias_relu_maxpool_infer", "conv_maxpool_relu_backward_params"),
 )
 
 # Every source of the set; the compile check and the emulation tests walk this tuple.
-CUDA_SOURCES = (IM2COL, POOL, LAYOUT, OPTIMIZERS, ELEMENTWISE, LOSS)
+CUDA_SOURCES = (IM2COL, POOL, LAYOUT, OPTIMIZERS, ELEMENTWISE, LOSS, DIRECT_CONV)
 
 
 # The parameters one multi-tensor optimizer launch updates, at most, and the kernel argument
@@ -534,6 +549,74 @@ class CudaKernels(GenericKernels):
         )
         return drows
 
+    # -- convolution -> ReLU -> max pooling from the input, computed directly ---------------
+
+    # The most taps per output (C*FH*FW) of a convolution computed directly: a first layer
+    # of few channels, where one step then launches one kernel forward (instead of im2col,
+    # the GEMM and bias_relu_maxpool) and one backward (instead of maxpool_relu_backward
+    # and the GEMMs of dW and db). The backward gives each weight one thread that sums over
+    # the batch's pooled elements, so it suits few weights.
+    direct_conv_max_taps = 32
+
+    def prefers_direct_conv(self, c, fh, fw, stride):
+        return c * fh * fw <= self.direct_conv_max_taps
+
+    @staticmethod
+    def _direct_geometry(op, x, w_shape, stride, pad, kh, kw, pool_stride, pool_pad):
+        """Checks; the launch's size arguments (FN, C, H, W, FH, FW, stride, pad, OH, OW,
+        KH, KW, pool stride and pad, PH, PW) and the pooled shape (N, FN, PH, PW)."""
+        check_pool_pad(kh, kw, pool_pad)
+        if x.ndim != 4 or len(w_shape) != 4:
+            raise ValueError(f"{op}: x and w must be 4-D, got shapes {tuple(x.shape)} and {tuple(w_shape)}")
+        n, c, h, wd = x.shape
+        fn, _, fh, fw = w_shape
+        _check_shape(op, "w", w_shape, (fn, c, fh, fw))
+        oh, ow = output_hw(h, wd, fh, fw, stride, pad)
+        ph, pw = output_hw(oh, ow, kh, kw, pool_stride, pool_pad)
+        sizes = (fn, c, h, wd, fh, fw, stride, pad, oh, ow, kh, kw, pool_stride, pool_pad, ph, pw)
+        return sizes, (n, fn, ph, pw)
+
+    def _direct_forward(self, op, x, w, b, stride, pad, kh, kw, pool_stride, pool_pad, with_argmax):
+        dtype = _float_dtype(op, x, w, b)
+        sizes, shape = self._direct_geometry(op, x, w.shape, stride, pad, kh, kw, pool_stride, pool_pad)
+        _check_shape(op, "b", b.shape, (w.shape[0],))
+        out = self._empty(shape, dtype, x)
+        argmax = (self._empty(shape, self.xp.int32, x),) if with_argmax else ()
+        inputs = (self._contiguous(x), self._contiguous(w), self._contiguous(b))
+        self._launch(DIRECT_CONV, op, dtype, out.size, *inputs, out, *argmax, *_ints(out.size, *sizes))
+        return (out, *argmax)
+
+    def conv_bias_relu_maxpool(self, x, w, b, stride, pad, kh, kw, pool_stride, pool_pad=0):
+        if not self.prefers_direct_conv(w.shape[1], w.shape[2], w.shape[3], stride):
+            return super().conv_bias_relu_maxpool(x, w, b, stride, pad, kh, kw, pool_stride, pool_pad)
+        pool = (kh, kw, pool_stride, pool_pad)
+        return self._direct_forward("conv_bias_relu_maxpool", x, w, b, stride, pad, *pool, True)
+
+    def conv_bias_relu_maxpool_infer(self, x, w, b, stride, pad, kh, kw, pool_stride, pool_pad=0):
+        if not self.prefers_direct_conv(w.shape[1], w.shape[2], w.shape[3], stride):
+            return super().conv_bias_relu_maxpool_infer(x, w, b, stride, pad, kh, kw, pool_stride, pool_pad)
+        pool = (kh, kw, pool_stride, pool_pad)
+        return self._direct_forward("conv_bias_relu_maxpool_infer", x, w, b, stride, pad, *pool, False)[0]
+
+    def conv_maxpool_relu_backward_params(
+        self, dout, argmax, out, x, w_shape, stride, pad, kh, kw, pool_stride, pool_pad=0
+    ):
+        fn, c, fh, fw = w_shape
+        pool = (kh, kw, pool_stride, pool_pad)
+        if not self.prefers_direct_conv(c, fh, fw, stride):
+            return super().conv_maxpool_relu_backward_params(dout, argmax, out, x, w_shape, stride, pad, *pool)
+        op = "conv_maxpool_relu_backward_params"
+        dtype = _float_dtype(op, dout, out, x)
+        sizes, shape = self._direct_geometry(op, x, tuple(w_shape), stride, pad, *pool)
+        for what, a in (("dout", dout), ("argmax", argmax), ("out", out)):
+            _check_shape(op, what, a.shape, shape)
+        dw = self._empty(tuple(w_shape), dtype, x)
+        db = self._empty((fn,), dtype, x)
+        arrays = (self._contiguous(dout), self._index(argmax), self._contiguous(out), self._contiguous(x), dw, db)
+        total = dw.size + fn
+        self._launch(DIRECT_CONV, op, dtype, total, *arrays, *_ints(total, x.shape[0], *sizes[:8], *sizes[10:]))
+        return dw, db
+
     def bias_relu(self, rows, b):
         dtype = _float_dtype("bias_relu", rows, b)
         m, columns = _matrix_shape("bias_relu", "rows", rows, "(M, F)")
@@ -621,23 +704,34 @@ class CudaKernels(GenericKernels):
     def softmax_cross_entropy_count(self, x, t):
         if t.ndim != 1:
             return super().softmax_cross_entropy_count(x, t)
-        dtype = _float_dtype("softmax_cross_entropy_count", x)
-        n, k = _matrix_shape("softmax_cross_entropy_count", "x", x, "(N, K)")
-        labels = self._labels("softmax_cross_entropy_count", t, n)
+        return self._count("softmax_cross_entropy_count", x, t, None)
+
+    def softmax_cross_entropy_count_grad(self, x, t, scale):
+        if t.ndim != 1:
+            return super().softmax_cross_entropy_count_grad(x, t, scale)
+        return self._count("softmax_cross_entropy_count_grad", x, t, scale)
+
+    def _count(self, op: str, x: Array, t: Array, scale: float | None) -> tuple:
+        """``op``'s two passes: (loss, probs, right), and dx when ``scale`` is given."""
+        dtype = _float_dtype(op, x)
+        n, k = _matrix_shape(op, "x", x, "(N, K)")
+        labels = self._labels(op, t, n)
         if k == 0 and n > 0:
-            raise ValueError(
-                f"softmax_cross_entropy_count: x has shape {tuple(x.shape)}: no classes to take a softmax over"
-            )
+            raise ValueError(f"{op}: x has shape {tuple(x.shape)}: no classes to take a softmax over")
         probs = self._empty((n, k), dtype, x)
         row_loss = self._empty((n,), dtype, x)
         row_right = self._empty((n,), self.xp.int32, x)
         loss = self._empty((), dtype, x)
         right = self._empty((), self.xp.int32, x)
-        args = (self._contiguous(x), labels, probs, row_loss, row_right, loss, right, *_ints(n, k))
-        self._launch(LOSS, "softmax_cross_entropy_count", dtype, n, *args, np.int32(0))
+        if scale is None:
+            grad, sizes = (), _ints(n, k)
+        else:
+            grad, sizes = (self._empty((n, k), dtype, x),), (*_ints(n, k), dtype.type(scale))
+        args = (self._contiguous(x), labels, probs, row_loss, row_right, loss, right, *grad, *sizes)
+        self._launch(LOSS, op, dtype, n, *args, np.int32(0))
         # The two sums in a second pass of two threads: no host sync, and the same loss on every run.
-        self._launch(LOSS, "softmax_cross_entropy_count", dtype, 2, *args, np.int32(1))
-        return loss, probs, right
+        self._launch(LOSS, op, dtype, 2, *args, np.int32(1))
+        return (loss, probs, right, *grad)
 
     def softmax_cross_entropy_backward(self, probs, t, scale):
         if t.ndim != 1:

@@ -38,6 +38,9 @@ class GenericKernels:
     # No limit on array size: indexing is the namespace's (64-bit on NumPy). A set whose
     # kernels index with narrower integers overrides it (the CUDA set: 2**31 - 1).
     max_array_elements: int | None = None
+    # None: a convolution's training passes through im2col take the whole batch in one call.
+    # A number: the most bytes of one block's column matrix (see ``KernelSet``).
+    conv_block_bytes: int | None = None
 
     def __init__(self, xp: Any) -> None:
         self.xp = xp
@@ -265,6 +268,12 @@ class GenericKernels:
             predicted = xp.astype(predicted, truth.dtype)
         right = (predicted == truth) & xp.all(xp.isfinite(x), axis=1)
         return loss, probs, xp.sum(xp.astype(right, xp.int64))
+
+    def softmax_cross_entropy_count_grad(self, x: Array, t: Array, scale: float):
+        """:meth:`softmax_cross_entropy_count` and :meth:`softmax_cross_entropy_backward` of its
+        probabilities at ``scale``: (loss, probs, right, dx)."""
+        loss, probs, right = self.softmax_cross_entropy_count(x, t)
+        return loss, probs, right, self.softmax_cross_entropy_backward(probs, t, scale)
 
     def softmax_cross_entropy_backward(self, probs: Array, t: Array, scale: float) -> Array:
         """``(probs - targets) * scale``, (N, K)."""

@@ -20,6 +20,11 @@ class NumpyKernels(GenericKernels):
     """Kernel set for NumPy arrays on the CPU."""
 
     name = "numpy"
+    # None: a convolution trains on the whole batch's columns. Blocks (for example
+    # ``conv_block_bytes = 8 * 2**20``, set on the backend's kernel set) keep a fraction
+    # of the memory but compute im2col twice, which costs more time than the GEMMs save
+    # (benchmarks/results/training_memory.md): the choice stays the user's.
+    conv_block_bytes = None
 
     def __init__(self, xp=None) -> None:
         if xp is None:

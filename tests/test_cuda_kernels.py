@@ -9,7 +9,7 @@ import pytest
 
 import gpucnn
 from gpucnn.kernels import KERNEL_OPERATIONS
-from gpucnn.kernels.cuda_set import BLOCK_SIZE, CUDA_SOURCES, CudaKernels
+from gpucnn.kernels.cuda_set import BLOCK_SIZE, CUDA_SOURCES, CudaKernels, counting
 from gpucnn.kernels.generic import GenericKernels
 from gpucnn.kernels.numpy_set import NumpyKernels
 
@@ -61,6 +61,32 @@ def test_softmax_cross_entropy_rows_in_several_blocks(cuda):
         cuda.to_numpy(cuda.kernels.softmax_cross_entropy_backward(probs, cuda.asarray(t), 0.5)),
         NP.softmax_cross_entropy_backward(cuda.to_numpy(probs), t, 0.5),
     )
+
+
+def test_a_first_layer_convolution_is_computed_directly_with_more_weights_than_a_block(cuda):
+    """SimpleConvNet's first layer: one kernel forward and one for both parameter gradients
+    (780 threads: 750 weights, then 30 biases), no column matrix; a deep layer's many taps
+    take im2col and the GEMM."""
+    kernels = cuda.kernels
+    assert kernels.prefers_direct_conv(1, 5, 5, 1) and not kernels.prefers_direct_conv(64, 3, 3, 1)
+    rng = np.random.default_rng(12)
+    x, w, b = rng.standard_normal((3, 1, 28, 28)), rng.standard_normal((30, 1, 5, 5)), rng.standard_normal(30)
+    geometry = (1, 0, 2, 2, 2, 0)
+    assert w.size > BLOCK_SIZE
+    with counting() as work:
+        out, argmax = kernels.conv_bias_relu_maxpool(cuda.asarray(x), cuda.asarray(w), cuda.asarray(b), *geometry)
+        dout = cuda.asarray(rng.standard_normal(out.shape))
+        dw, db = kernels.conv_maxpool_relu_backward_params(dout, argmax, out, cuda.asarray(x), w.shape, *geometry)
+    assert work.by_name["kernel conv_bias_relu_maxpool<double>"] == 1
+    assert work.by_name["kernel conv_maxpool_relu_backward_params<double>"] == 1
+    assert work.operations["kernel"] == 2 and work.operations["gemm"] == 0
+    out, argmax, dout = (cuda.to_numpy(a) for a in (out, argmax, dout))
+    want_out, want_argmax = NP.conv_bias_relu_maxpool(x, w, b, *geometry)
+    np.testing.assert_allclose(out, want_out, rtol=1e-13, atol=1e-13)  # 25 taps summed in another order
+    np.testing.assert_array_equal(argmax, want_argmax)  # no two window values within rounding here
+    want_dw, want_db = NP.conv_maxpool_relu_backward_params(dout, argmax, out, x, w.shape, *geometry)
+    np.testing.assert_allclose(cuda.to_numpy(dw), want_dw, rtol=1e-12, atol=1e-12)  # 432 routed terms
+    np.testing.assert_allclose(cuda.to_numpy(db), want_db, rtol=1e-12, atol=1e-12)
 
 
 # -- arguments --------------------------------------------------------------------------------------

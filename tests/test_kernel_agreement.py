@@ -49,7 +49,8 @@ ULPS = "elementary functions or fused multiply-adds"
 # "Values" section of its module's docstring; the generic and CUDA sets' follow from their
 # arithmetic: they sum over another axis (avgpool_forward, bias_grad), matmul on
 # array_api_strict's arrays takes another BLAS path, the CUDA kernels take exp and log from
-# the C++ library (cuda-emu) or the device's, and a GPU contracts a*b + c into one FMA.
+# the C++ library (cuda-emu) or the device's and compute a first layer's convolution
+# directly, and a GPU contracts a*b + c into one FMA.
 CONV_OPERATIONS = ("conv_bias_relu_maxpool", "conv_bias_relu_maxpool_infer", "conv_maxpool_relu_backward_params")
 OPTIMIZER_OPERATIONS = ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
 TOLERANCES: dict[str, dict[str, str]] = {
@@ -66,7 +67,9 @@ TOLERANCES: dict[str, dict[str, str]] = {
     "cuda-emu": {
         "avgpool_forward": ORDER,
         "bias_grad": ORDER,
-        "conv_maxpool_relu_backward_params": ORDER,
+        # the direct convolution of a first layer: taps summed in (c, ky, kx) order, the
+        # weight and bias gradients over the batch's pooled elements, not BLAS's order
+        **dict.fromkeys(CONV_OPERATIONS, ORDER),
         "softmax_cross_entropy": ULPS,
         "softmax_cross_entropy_count": ORDER,  # its mean: a serial sum of the row losses, not xp.sum's
     },
@@ -380,6 +383,15 @@ def test_softmax_cross_entropy_and_its_backward(subject, case):
     want = (ref_probs - onehot) * x.dtype.type(scale)
     EQUAL(subject.run("softmax_cross_entropy_backward", ref_probs, t, scale), want)
     EQUAL(subject.run("softmax_cross_entropy_backward", ref_probs, onehot, scale), want)
+
+    # The count with the gradient: the count's results, and the backward of its own
+    # probabilities, bit for bit.
+    for targets in (t, onehot):
+        *counted, dx = subject.run("softmax_cross_entropy_count_grad", x, targets, scale)
+        for got, expected in zip(counted, subject.run("softmax_cross_entropy_count", x, targets)):
+            EQUAL(got, expected)
+        assert dx.dtype == x.dtype
+        EQUAL(dx, subject.run("softmax_cross_entropy_backward", counted[1], targets, scale))
 
 
 # -- optimizer steps --------------------------------------------------------------------------------

@@ -59,6 +59,40 @@ def test_convolution_forward_and_gradients(backend, shape, fn, size, stride, pad
     assert max(errors.values()) < TOL, errors
 
 
+@pytest.mark.parametrize("images_per_block", [1, 2, 5])
+def test_convolution_in_blocks_of_images_agrees_with_the_whole_batch(backend, monkeypatch, images_per_block):
+    """Training in blocks of images (``conv_block_bytes``) computes the whole batch's values:
+    each output row and each row of dx from the same products; dW summed block by block,
+    which moves only its rounding (bounded by the sum of the absolute terms)."""
+    rng = np.random.default_rng(3)
+    shape, (fn, size, stride, pad) = (5, 3, 6, 7), (4, 3, 2, 1)
+    layer = Convolution(fn, size, stride, pad, dtype="float64")
+    layer.build(shape[1:], rng)
+    x = rng.standard_normal(shape)
+    dout = rng.standard_normal((5, *layer.output_shape))
+    per_image = 3 * 4 * 3 * 3 * 3 * 8  # one image's columns: OH*OW windows of C*KH*KW float64 values
+    results = {}
+    for budget in (None, images_per_block * per_image + 7):
+        monkeypatch.setattr(backend.kernels, "conv_block_bytes", budget)
+        assert layer.block_images(5, 8) == (None if budget is None else images_per_block)
+        out = layer.forward(as64(backend, x))
+        dx = layer.backward(as64(backend, dout))
+        results[budget] = [host(backend, a) for a in (out, dx, layer.dW, layer.db)]
+    # The sums of absolute terms bound each value's rounding.
+    with gpucnn.use_backend("numpy"):
+        magnitude = Convolution(W=np.abs(host(backend, layer.W)), b=np.zeros(fn), stride=stride, pad=pad)
+        bound_out = magnitude.forward(np.abs(x))
+        bound_dx = magnitude.backward(np.abs(dout))
+        bound_dw = magnitude.dW
+    eps = np.finfo(np.float64).eps
+    whole, blocks = results[None], results[images_per_block * per_image + 7]
+    for got, want, bound in zip(blocks[:3], whole[:3], (bound_out, bound_dx, bound_dw)):
+        assert np.all(np.abs(got - want) <= 4 * 27 * eps * bound + 1e-300)
+    np.testing.assert_array_equal(blocks[3], whole[3])  # db: the same sum of the same rows
+    errors = check_layer_gradients(layer, x)  # still in blocks
+    assert max(errors.values()) < TOL, errors
+
+
 def test_convolution_from_the_books_arrays(backend):
     rng = np.random.default_rng(1)
     W, b = rng.standard_normal((2, 3, 3, 3)), rng.standard_normal(2)

@@ -34,9 +34,10 @@ def batch(n: int, shape=(1, 10, 10), classes: int = 10) -> tuple[np.ndarray, np.
 # -- the model ------------------------------------------------------------------------------
 
 
-def test_estimate_counts_columns_and_optimizer_state():
+def test_estimate_counts_columns_and_optimizer_state(monkeypatch):
     model = small_cnn()
     n = 16
+    monkeypatch.setattr(model.backend.kernels, "conv_block_bytes", None)  # the whole batch's columns, kept
     estimate = estimate_memory(model, n, optimizer=Adam())
     # conv 3x3 on 10x10: 8x8 windows of 1*3*3 values per sample, float32
     assert estimate.im2col == n * 8 * 8 * 9 * 4
@@ -48,10 +49,32 @@ def test_estimate_counts_columns_and_optimizer_state():
     assert "im2col" in estimate.table() and estimate.layers[0].name.startswith("convolution1+")
 
 
-def test_estimate_is_linear_in_the_batch_size():
+def test_estimate_is_linear_in_the_batch_size_with_whole_batch_columns(monkeypatch):
     model = small_cnn()
+    monkeypatch.setattr(model.backend.kernels, "conv_block_bytes", None)
     one, two, ten = (estimate_memory(model, n).total for n in (1, 2, 10))
     assert ten - one == 9 * (two - one) > 0
+
+
+def test_blocks_of_images_keep_the_input_and_one_block_of_columns(monkeypatch):
+    model = small_cnn()
+    per_image = 8 * 8 * 9 * 4  # one image's columns, float32
+    monkeypatch.setattr(model.backend.kernels, "conv_block_bytes", 3 * per_image + 5)  # 3 images per block
+    assert model.layers[0].block_images(16, 4) == 3 and model.layers[0].block_images(2, 4) == 2
+    estimate = {n: estimate_memory(model, n) for n in (1, 2, 3, 4, 30, 60)}
+    assert all(e.im2col == 0 for e in estimate.values())
+    monkeypatch.setattr(model.backend.kernels, "conv_block_bytes", None)
+    whole = {n: estimate_memory(model, n) for n in (30, 60)}
+    assert estimate[60].total < whole[60].total
+    assert whole[60].total - whole[30].total > estimate[60].total - estimate[30].total  # the columns no longer grow
+
+
+@pytest.mark.parametrize("budget", [30_000, 31_000, 33_000, 50_000, 123_456, 2**20])
+def test_max_batch_size_is_tight_when_blocks_cap_the_columns(monkeypatch, budget):
+    model = small_cnn()
+    monkeypatch.setattr(model.backend.kernels, "conv_block_bytes", 3 * 8 * 8 * 9 * 4)
+    n = max_batch_size(model, budget)
+    assert n >= 1 and estimate_memory(model, n).total <= budget < estimate_memory(model, n + 1).total
 
 
 @settings(max_examples=40, deadline=None)
@@ -79,9 +102,12 @@ def test_max_batch_size_builds_an_unbuilt_model_from_input_shape():
         max_batch_size(model, -1)
 
 
+@pytest.mark.parametrize("block_bytes", [None, 2**21])
 @pytest.mark.parametrize("name, n", [("mnist_cnn", 24), ("simple_convnet", 48)])
-def test_estimate_against_traced_allocations(name, n):
-    """Two training steps from nothing, traced on the NumPy backend, peak near the model."""
+def test_estimate_against_traced_allocations(name, n, block_bytes, monkeypatch):
+    """Two training steps from nothing, traced on the NumPy backend, peak near the model:
+    the whole batch's columns, or blocks of images (3 of mnist_cnn's second convolution)."""
+    monkeypatch.setattr(gpucnn.get_backend("numpy").kernels, "conv_block_bytes", block_bytes)
 
     def build():
         with gpucnn.use_backend("numpy"):
@@ -315,7 +341,7 @@ def test_a_layer_without_memory_terms_makes_the_estimate_raise(monkeypatch):
 
 
 @pytest.mark.parametrize("fuse", [True, False])
-def test_every_layer_and_fused_step_answers_its_memory_terms(fuse):
+def test_every_layer_and_fused_step_answers_its_memory_terms(fuse, monkeypatch):
     from gpucnn.layers import AvgPooling, BatchNormalization, Dropout, Flatten, Sigmoid
 
     with gpucnn.use_backend("numpy"):
@@ -339,7 +365,11 @@ def test_every_layer_and_fused_step_answers_its_memory_terms(fuse):
             input_shape=(3, 10, 10),
             fuse=fuse,
         )
+    monkeypatch.setattr(model.backend.kernels, "conv_block_bytes", 4 * 2**10)  # a few images per block
+    blocked = estimate_memory(model, 16)
+    monkeypatch.setattr(model.backend.kernels, "conv_block_bytes", None)  # the whole batch's columns, kept
     training, inference = estimate_memory(model, 16), estimate_memory(model, 16, training=False)
+    assert blocked.im2col == 0 and blocked.total < training.total
     names = [row.name for row in training.layers]
     assert len(names) == len(model.steps) + 2  # and the loss, and the optimizer's update
     assert ("convolution2+relu2+max_pooling2" in names) == fuse and ("affine1+relu3" in names) == fuse

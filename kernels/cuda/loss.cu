@@ -56,40 +56,39 @@ __global__ void softmax_cross_entropy_backward(const T* __restrict__ probs, cons
     dx[i] = (probs[i] - target) * scale;
 }
 
-// softmax_cross_entropy_count, launched twice (one operation, two passes; stage = 0, then 1).
-// Stage 0, one thread per row: thread i does softmax_cross_entropy's work for row i
-// (probs[i, :], row_loss[i] = -log probs[i, t[i]]) and writes row_right[i] = 1 when every
-// score of the row is finite and its first maximum is at column t[i], else 0 (a row with a
-// NaN or infinite score is wrong, whatever its maximum).
-// Stage 1, two threads, each a serial sum in row order (the same sums on every run): thread 0
-// writes loss[0] = sum(row_loss) / n, thread 1 right[0] = sum(row_right). A tree sum across
-// threads needs shared memory; N serial adds suit a batch of up to thousands of rows.
+// Stage 1 of the counting kernels, two threads, each a serial sum in row order (the same sums
+// on every run): thread 0 writes loss[0] = sum(row_loss) / n, thread 1 right[0] = sum(row_right).
+// A tree sum across threads needs shared memory; N serial adds suit a batch of up to thousands
+// of rows.
 template <typename T>
-__global__ void softmax_cross_entropy_count(const T* __restrict__ x, const int* __restrict__ t,
-                                            T* __restrict__ probs, T* __restrict__ row_loss,
-                                            int* __restrict__ row_right, T* __restrict__ loss,
-                                            int* __restrict__ right, const int n, const int k,
-                                            const int stage) {
-    const int i = thread_index();
-    if (stage == 1) {
-        if (i == 0) {
-            T sum = T(0);
-            for (int r = 0; r < n; ++r) {
-                sum += row_loss[r];
-            }
-            loss[0] = sum / T(n);
-        } else if (i == 1) {
-            int count = 0;
-            for (int r = 0; r < n; ++r) {
-                count += row_right[r];
-            }
-            right[0] = count;
+__device__ __forceinline__ void count_sums(const T* __restrict__ row_loss, const int* __restrict__ row_right,
+                                           T* __restrict__ loss, int* __restrict__ right, const int n,
+                                           const int i) {
+    if (i == 0) {
+        T sum = T(0);
+        for (int r = 0; r < n; ++r) {
+            sum += row_loss[r];
         }
-        return;
+        loss[0] = sum / T(n);
+    } else if (i == 1) {
+        int count = 0;
+        for (int r = 0; r < n; ++r) {
+            count += row_right[r];
+        }
+        right[0] = count;
     }
-    if (i >= n) {
-        return;
-    }
+}
+
+// Stage 0 of the counting kernels for row i: softmax_cross_entropy's work (probs[i, :],
+// row_loss[i] = -log probs[i, t[i]]), row_right[i] = 1 when every score of the row is finite
+// and its first maximum is at column t[i], else 0 (a row with a NaN or infinite score is
+// wrong, whatever its maximum), and, when dx is not null, softmax_cross_entropy_backward's
+// dx[i, :] = (probs[i, :] - onehot(t[i])) * scale from the probabilities just stored.
+template <typename T>
+__device__ __forceinline__ void count_row(const T* __restrict__ x, const int* __restrict__ t,
+                                          T* __restrict__ probs, T* __restrict__ row_loss,
+                                          int* __restrict__ row_right, T* __restrict__ dx, const T scale,
+                                          const int k, const int i) {
     const T* scores = x + i * k;
     T* p = probs + i * k;
 
@@ -121,4 +120,44 @@ __global__ void softmax_cross_entropy_count(const T* __restrict__ x, const int* 
     }
     row_loss[i] = row;
     row_right[i] = (finite && top_class == label) ? 1 : 0;
+    if (dx != nullptr) {
+        T* d = dx + i * k;
+        for (int j = 0; j < k; ++j) {
+            d[j] = (p[j] - (j == label ? T(1) : T(0))) * scale;
+        }
+    }
+}
+
+// softmax_cross_entropy_count, launched twice (one operation, two passes; stage = 0, then 1).
+// Stage 0, one thread per row: thread i does count_row's work for row i, without dx.
+// Stage 1, two threads: count_sums (thread 0 the mean loss, thread 1 the right answers).
+template <typename T>
+__global__ void softmax_cross_entropy_count(const T* __restrict__ x, const int* __restrict__ t,
+                                            T* __restrict__ probs, T* __restrict__ row_loss,
+                                            int* __restrict__ row_right, T* __restrict__ loss,
+                                            int* __restrict__ right, const int n, const int k,
+                                            const int stage) {
+    const int i = thread_index();
+    if (stage == 1) {
+        count_sums(row_loss, row_right, loss, right, n, i);
+    } else if (i < n) {
+        count_row(x, t, probs, row_loss, row_right, static_cast<T*>(nullptr), T(0), k, i);
+    }
+}
+
+// softmax_cross_entropy_count_grad, launched twice as softmax_cross_entropy_count (stage = 0,
+// then 1). Stage 0, one thread per row: thread i does count_row's work for row i, dx[i, :]
+// included (the gradient of the scores at scale `scale`). Stage 1, two threads: count_sums.
+template <typename T>
+__global__ void softmax_cross_entropy_count_grad(const T* __restrict__ x, const int* __restrict__ t,
+                                                 T* __restrict__ probs, T* __restrict__ row_loss,
+                                                 int* __restrict__ row_right, T* __restrict__ loss,
+                                                 int* __restrict__ right, T* __restrict__ dx, const int n,
+                                                 const int k, const T scale, const int stage) {
+    const int i = thread_index();
+    if (stage == 1) {
+        count_sums(row_loss, row_right, loss, right, n, i);
+    } else if (i < n) {
+        count_row(x, t, probs, row_loss, row_right, dx, scale, k, i);
+    }
 }
