@@ -49,6 +49,22 @@ def test_im2col_rows_wider_than_a_block(cuda):
     np.testing.assert_array_equal(cuda.to_numpy(col), NP.im2col(x, 3, 3, 2, 1))
 
 
+@pytest.mark.parametrize(
+    ("n", "fn", "oh", "ow"),
+    [(3, 45, 7, 9), (2, 32, 8, 4), (1, 1, 1, 1), (2, 70, 1, 33)],  # 63 and 33 pixels, 45 and 70 filters: partial tiles
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layout_transposes_tiles_that_do_not_divide_the_shape(cuda, n, fn, oh, ow, dtype):
+    rows = np.random.default_rng(11).standard_normal((n * oh * ow, fn)).astype(dtype)
+    nchw = cuda.kernels.rows_to_nchw(cuda.asarray(rows), n, oh, ow)
+    want = NP.rows_to_nchw(rows, n, oh, ow)
+    assert nchw.dtype == dtype
+    np.testing.assert_array_equal(cuda.to_numpy(nchw), want)
+    back = cuda.kernels.nchw_to_rows(cuda.asarray(want))
+    np.testing.assert_array_equal(cuda.to_numpy(back), NP.nchw_to_rows(want))
+    np.testing.assert_array_equal(cuda.to_numpy(back), rows)
+
+
 def test_softmax_cross_entropy_rows_in_several_blocks(cuda):
     rng = np.random.default_rng(9)
     x, t = 30 * rng.standard_normal((600, 10)), rng.integers(0, 10, 600)  # one thread a row: 3 blocks
@@ -146,21 +162,22 @@ def test_an_optimizer_step_the_kernels_cannot_take_takes_the_generic_path(emu):
 
 
 def test_emulation_checks_every_argument(emu):
-    from gpucnn.kernels.cuda_set import LAYOUT
+    from gpucnn.kernels.cuda_set import LAYOUT, TRANSPOSE_ROWS, TRANSPOSE_TILE
 
     launcher = emu.launcher
     rows, out = np.ones((4, 2)), np.empty((1, 2, 2, 2))
-    sizes = tuple(np.int32(v) for v in (8, 2, 2, 2))
-    launcher.launch(LAYOUT, "rows_to_nchw<double>", (1,), (8,), (rows, out, *sizes))
+    sizes = tuple(np.int32(v) for v in (2, 2, 2))  # fn, oh, ow
+    block = (TRANSPOSE_TILE, TRANSPOSE_ROWS)
+    launcher.launch(LAYOUT, "rows_to_nchw<double>", (1,), block, (rows, out, *sizes))
     np.testing.assert_array_equal(out, 1.0)
     with pytest.raises(TypeError, match="argument 0 must be a float32 array, got float64"):
-        launcher.launch(LAYOUT, "rows_to_nchw<float>", (1,), (8,), (rows, out, *sizes))
+        launcher.launch(LAYOUT, "rows_to_nchw<float>", (1,), block, (rows, out, *sizes))
     with pytest.raises(ValueError, match="argument 1 must be C-contiguous"):
-        launcher.launch(LAYOUT, "rows_to_nchw<double>", (1,), (8,), (rows, np.empty((2, 8)).T, *sizes))
+        launcher.launch(LAYOUT, "rows_to_nchw<double>", (1,), block, (rows, np.empty((2, 8)).T, *sizes))
     with pytest.raises(TypeError, match="argument 2 must be a numpy.int32, got int"):
-        launcher.launch(LAYOUT, "rows_to_nchw<double>", (1,), (8,), (rows, out, 8, *sizes[1:]))
-    with pytest.raises(RuntimeError, match="takes 6 arguments, got 5"):
-        launcher.launch(LAYOUT, "rows_to_nchw<double>", (1,), (8,), (rows, out, *sizes[1:]))
+        launcher.launch(LAYOUT, "rows_to_nchw<double>", (1,), block, (rows, out, 2, *sizes[1:]))
+    with pytest.raises(RuntimeError, match="takes 5 arguments, got 4"):
+        launcher.launch(LAYOUT, "rows_to_nchw<double>", (1,), block, (rows, out, *sizes[1:]))
 
 
 def test_emulation_without_a_compiler_is_unavailable():
