@@ -208,6 +208,9 @@ def simple_convnet_cases(kernels, device: Callable) -> dict[str, Callable[[], ob
         "softmax_cross_entropy_backward": lambda: kernels.softmax_cross_entropy_backward(scores, labels, 1 / N),
         "softmax_cross_entropy_count": lambda: kernels.softmax_cross_entropy_count(scores, labels),
         "softmax_cross_entropy_count_grad": lambda: kernels.softmax_cross_entropy_count_grad(scores, labels, 1 / N),
+        "bias_softmax_cross_entropy_count_grad": lambda: kernels.bias_softmax_cross_entropy_count_grad(
+            scores, params[5], labels, 1 / N
+        ),
         "sgd_update": lambda: kernels.sgd_update(big, big_grad, 0.01),
         "momentum_update": lambda: kernels.momentum_update(big, big_grad, m, 0.01, 0.9),
         "adagrad_update": lambda: kernels.adagrad_update(big, big_grad, v, 0.01, 1e-7),

@@ -12,6 +12,10 @@ gradients (``conv.params``, ``conv.grads``): optimizers, saving and loading neve
 the fusion. The steps reach the layers through their public methods only: a GEMM
 layer's ``gemm_rows`` / ``rows_to_output`` / ``output_to_rows`` / ``backward_rows``,
 a convolution's ``check_input`` and ``output_nhw``.
+
+Training alone has one more: a last Affine layer and a SoftmaxWithLoss run as one
+:class:`AffineSoftmaxLoss` (:func:`plan_loss_head`), whose forward ends in the loss, so the
+scores are never stored; inference runs the Affine as itself.
 """
 
 from __future__ import annotations
@@ -20,9 +24,20 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .layers import ARGMAX_BYTES, Affine, Convolution, Layer, MaxPooling, MemoryTerms, ReLU, Step
+from .layers import (
+    ARGMAX_BYTES,
+    Affine,
+    Convolution,
+    Layer,
+    LossLayer,
+    MaxPooling,
+    MemoryTerms,
+    ReLU,
+    SoftmaxWithLoss,
+    Step,
+)
 
-__all__ = ["ConvReluMaxPool", "LinearReLU", "plan_steps"]
+__all__ = ["AffineSoftmaxLoss", "ConvReluMaxPool", "LinearReLU", "plan_loss_head", "plan_steps"]
 
 Array = Any
 
@@ -203,3 +218,58 @@ def plan_steps(layers: Sequence[Layer], fuse: bool = True) -> list[Step]:
         steps.append(step)
         i += len(step.layers)
     return steps
+
+
+class AffineSoftmaxLoss:
+    """A model's last step, an Affine layer, and its SoftmaxWithLoss run as one training step.
+
+    Not a :class:`~gpucnn.layers.Step`: its forward takes the targets and ends in the loss.
+    ``forward_counting`` computes the GEMM rows ``x @ W`` and hands them with the bias to the
+    loss (``SoftmaxWithLoss.forward_counting_biased``: one kernel operation adds the bias,
+    takes the loss, the right answers and the scores' gradient, and sums that gradient's
+    columns); ``backward`` hands the gradient and the bias's to ``Affine.backward_rows``. The
+    scores ``rows + b`` and the bias-gradient product of the plain path are never made; the
+    values are the same (see ``bias_softmax_cross_entropy_count_grad`` in
+    :mod:`gpucnn.kernels`).
+    """
+
+    cache_names = ("_db",)  # the bias's gradient at dout = 1, from forward_counting
+
+    def __init__(self, affine: Affine, loss: SoftmaxWithLoss) -> None:
+        self.affine, self.loss = affine, loss
+        self.clear_cache()
+
+    @staticmethod
+    def fits(steps: Sequence[Step], loss: LossLayer) -> bool:
+        """Whether the last of ``steps`` is an Affine layer running as itself and ``loss`` a SoftmaxWithLoss."""
+        return bool(steps) and type(steps[-1]) is Affine and type(loss) is SoftmaxWithLoss
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """The layers whose parameters the step's backward sets (the loss has none)."""
+        return (self.affine,)
+
+    def forward_counting(self, x: Array, t: Array, *, check_labels: bool = True) -> tuple[Array, Array]:
+        """The batch's mean loss and number of right answers (0-d arrays) for the Affine's
+        input ``x`` and targets ``t``, as ``loss.forward_counting(affine.forward(x), t)``."""
+        rows = self.affine.gemm_rows(x)
+        loss, right, self._db = self.loss.forward_counting_biased(rows, self.affine.b, t, check_labels=check_labels)
+        return loss, right
+
+    def backward(self, dout: float = 1.0) -> Array | None:
+        """Backpropagate ``dout`` (the loss's gradient) through the loss and the Affine; set the
+        Affine's ``grads`` and return its input gradient (None when the input needs none)."""
+        db = self._db if isinstance(dout, (int, float)) and dout == 1 else None  # db is at dout = 1
+        return self.affine.backward_rows(self.loss.backward(dout), db=db)
+
+    def clear_cache(self) -> None:
+        for name in self.cache_names:
+            setattr(self, name, None)
+
+
+def plan_loss_head(steps: Sequence[Step], loss: LossLayer, fuse: bool = True) -> AffineSoftmaxLoss | None:
+    """The fused training step of the last of ``steps`` and ``loss`` (when ``fuse`` and it
+    fits), or None: training then runs the steps, then the loss."""
+    if fuse and AffineSoftmaxLoss.fits(steps, loss):
+        return AffineSoftmaxLoss(steps[-1], loss)  # type: ignore[arg-type]
+    return None

@@ -731,10 +731,12 @@ class Affine(_GemmLayer):
     def output_to_rows(self, dout):
         return dout
 
-    def backward_rows(self, drows):
+    def backward_rows(self, drows, db=None):
+        """As the GEMM layers' ``backward_rows``; ``db``, when given, is the bias's gradient
+        already computed from ``drows`` (its column sums), taken instead of computing it."""
         xp = self.xp
         self.grads["W"] = xp.matrix_transpose(self._x2d) @ drows
-        self.grads["b"] = self.backend.kernels.bias_grad(drows)
+        self.grads["b"] = self.backend.kernels.bias_grad(drows) if db is None else db
         if not self.needs_input_grad:
             return None
         return xp.reshape(drows @ xp.matrix_transpose(self.W), self._x_shape)
@@ -1064,13 +1066,35 @@ class SoftmaxWithLoss(LossLayer):
         """The loss, the right answers and the gradient that ``backward(1.0)`` returns, in one
         kernel operation (``softmax_cross_entropy_count_grad``): a training step's backward
         then launches nothing for the loss."""
+        self._t = self._check_scores(x, t, check_labels)
+        loss, self._y, right, self._dx = self.backend.kernels.softmax_cross_entropy_count_grad(
+            x, self._t, self._scale(x)
+        )
+        return loss, right
+
+    def forward_counting_biased(self, rows, b, t, *, check_labels=True):
+        """:meth:`forward_counting` of the scores ``rows + b`` (GEMM rows (N, K) without the
+        bias b (K,) of the layer that made them), with the gradient of ``b`` at dout = 1:
+        ``(loss, right, db)``. One kernel operation
+        (``bias_softmax_cross_entropy_count_grad``): the scores are never stored, and the
+        bias's gradient needs no product of its own."""
+        self._t = self._check_scores(rows, t, check_labels)
+        loss, self._y, right, self._dx, db = self.backend.kernels.bias_softmax_cross_entropy_count_grad(
+            rows, b, self._t, self._scale(rows)
+        )
+        return loss, right, db
+
+    def _check_scores(self, x, t, check_labels):
+        """Check (N, K) scores; return the targets as :meth:`_check_targets` does."""
         self.check_input(x)
         if x.ndim != 2:
             raise ValueError(f"SoftmaxWithLoss expects (N, K) scores, got shape {tuple(x.shape)}")
-        self._t = self._check_targets(x, t, check_labels)
-        scale = 1.0 / max(x.shape[0], 1)  # backward's dout / N at dout = 1 (an empty batch has no gradient)
-        loss, self._y, right, self._dx = self.backend.kernels.softmax_cross_entropy_count_grad(x, self._t, scale)
-        return loss, right
+        return self._check_targets(x, t, check_labels)
+
+    @staticmethod
+    def _scale(x):
+        """backward's dout / N at dout = 1 (an empty batch has no gradient)."""
+        return 1.0 / max(x.shape[0], 1)
 
     def backward(self, dout=1.0):
         if self._dx is not None and isinstance(dout, (int, float)) and dout == 1:

@@ -30,7 +30,7 @@ import numpy as np
 from .backend import Backend, get_backend
 from .distributed import Communicator, DataParallel, shard_bounds
 from .files import write_model_file
-from .fused import plan_steps
+from .fused import AffineSoftmaxLoss, plan_loss_head, plan_steps
 from .initializers import normal
 from .layers import (
     LAYERS,
@@ -217,6 +217,8 @@ class Sequential:
         layers[0].needs_input_grad = False
         self._fuse = fuse
         self._plan: list[Step] | None = None
+        self._head: AffineSoftmaxLoss | None = None  # planned with _plan
+        self._head_ran = False  # whether the last forward pass ended in _head (train_step's)
         self._seed_layers(seed)
         if input_shape is not None:
             self.build(input_shape)
@@ -269,13 +271,28 @@ class Sequential:
     def fuse(self, value: bool) -> None:
         self._fuse = bool(value)
         self._plan = None
+        self._head_ran = False
 
     @property
     def steps(self) -> list[Step]:
         """The layers as they run: each Convolution → ReLU → MaxPooling and each Affine or
         Convolution → ReLU as one fused step when ``fuse`` (:func:`gpucnn.fused.plan_steps`)."""
+        return self._plan if self._plan is not None else self._plan_steps()
+
+    @property
+    def loss_head(self) -> AffineSoftmaxLoss | None:
+        """The last step and the loss as one training step, when ``fuse`` and they fit
+        (:func:`gpucnn.fused.plan_loss_head`): ``train_step`` runs it in place of the last
+        step and the loss. None otherwise."""
         if self._plan is None:
-            self._plan = plan_steps(self.layers, self._fuse)
+            self._plan_steps()
+        return self._head
+
+    def _plan_steps(self) -> list[Step]:
+        """Plan the steps and the loss head; return the steps."""
+        self._plan = plan_steps(self.layers, self._fuse)
+        self._head = plan_loss_head(self._plan, self.loss_layer, self._fuse)
+        self._head_ran = False
         return self._plan
 
     def _seed_layers(self, seed: int | None) -> None:
@@ -372,6 +389,9 @@ class Sequential:
         """Drop every array kept from the last forward pass (layers, fused steps, loss)."""
         for step in self.steps:
             step.clear_cache()
+        if self._head is not None:
+            self._head.clear_cache()
+        self._head_ran = False
         self.loss_layer.clear_cache()
 
     def summary(self) -> str:
@@ -440,13 +460,14 @@ class Sequential:
 
     def forward(self, x: Array, train: bool = True) -> Array:
         """Scores for a batch already on the backend (``predict`` takes any array)."""
+        self._head_ran = False
         for step in self.steps:
             x = step.forward(x, train)
         return x
 
     def backward(self, on_gradient: GradientHook | None = None) -> None:
         """Backpropagate from the loss of the last forward pass (``forward`` then the loss
-        layer's); the gradients land in ``grads``.
+        layer's, or ``train_step``'s); the gradients land in ``grads``.
 
         ``on_gradient(key, grad)``, if given, is called once per parameter as soon as its
         gradient is computed: right after the backward of the step that owns it, before
@@ -455,8 +476,12 @@ class Sequential:
         hold; the hook must not change it in place unless that change is meant to reach
         the update (an all-reduce, say).
         """
-        dout = self.loss_layer.backward(1.0)
-        for step in reversed(self.steps):
+        steps: list[Any] = self.steps
+        if self._head_ran:  # the last step and the loss ran as the loss head
+            steps, dout = [*steps[:-1], self._head], 1.0
+        else:
+            dout = self.loss_layer.backward(1.0)
+        for step in reversed(steps):
             dout = step.backward(dout)
             if on_gradient is not None:
                 for layer in reversed(step.layers):
@@ -563,8 +588,14 @@ class Sequential:
         """
         if self.optimizer is None:
             raise ValueError("train_step needs an optimizer: set model.optimizer, or pass one to fit or train_on_batch")
-        scores = self.forward(x, True)
-        loss, correct = self.loss_layer.forward_counting(scores, t, check_labels=check_labels)
+        head = self.loss_head
+        if head is None:
+            loss, correct = self.loss_layer.forward_counting(self.forward(x, True), t, check_labels=check_labels)
+        else:
+            for step in self.steps[:-1]:
+                x = step.forward(x, True)
+            loss, correct = head.forward_counting(x, t, check_labels=check_labels)
+            self._head_ran = True
         self.backward(on_gradient)
         self.optimizer.update(self.params, self.grads, backend=self.backend)
         return loss, correct

@@ -105,6 +105,12 @@ Fused operations (a kernel set may override them; the generic set composes them)
     ``softmax_cross_entropy_count`` and ``softmax_cross_entropy_backward(probs, t, scale)``
     in one operation: a training step's loss, count and gradient of the scores, so that its
     backward launches nothing for the loss (the CUDA set: the same two passes as the count).
+``bias_softmax_cross_entropy_count_grad(rows, b, t, scale) -> (loss, probs, right, dx, db)``
+    ``softmax_cross_entropy_count_grad(rows + b, t, scale)`` and ``bias_grad(dx)``: the
+    training step of a last Affine layer's bias and its softmax loss, for GEMM rows (N, K)
+    without the bias and the bias (K,). Neither the scores ``rows + b`` nor a product for
+    the bias gradient is made (the CUDA set: the same two passes as the count, the bias added
+    to each score inside the kernel, ``db`` column sums in row order in the second pass).
 ``bias_grad(drows) -> db``
     The gradient of a bias added to every row: the column sums of (M, F) → (F,).
 ``rows_to_nchw(y, n, oh, ow) -> out``  and  ``nchw_to_rows(dout) -> rows``
@@ -262,6 +268,12 @@ class KernelSet(Protocol):
     def softmax_cross_entropy_count_grad(self, x: Array, t: Array, scale: float) -> tuple[Array, Array, Array, Array]:
         """:meth:`softmax_cross_entropy_count` and :meth:`softmax_cross_entropy_backward` at ``scale``:
         (0-d loss, probs (N, K), 0-d right answers, dx (N, K))."""
+
+    def bias_softmax_cross_entropy_count_grad(
+        self, rows: Array, b: Array, t: Array, scale: float
+    ) -> tuple[Array, Array, Array, Array, Array]:
+        """:meth:`softmax_cross_entropy_count_grad` of ``rows + b`` and :meth:`bias_grad` of its dx:
+        rows (N, K), b (K,) → (0-d loss, probs (N, K), 0-d right answers, dx (N, K), db (K,))."""
 
     def softmax_cross_entropy_backward(self, probs: Array, t: Array, scale: float) -> Array:
         """``(probs - targets) * scale``, (N, K)."""

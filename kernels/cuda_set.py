@@ -2,10 +2,10 @@
 
 :class:`CudaKernels` is the one Python wrapper around those kernels. For each operation it
 checks the arguments, allocates the outputs through ``xp``, and fixes the launch
-configuration (one thread per output element, or per row for the softmax, on a 1-D grid)
-and the kernel's argument list. It then hands the launch to a *launcher*, which
-only knows how to compile a source file and run ``kernel(grid, block, args)`` on its own
-arrays:
+configuration (one thread per output element, or per row for the softmax, or one block per
+shared-memory tile for the layout transposes, on a 1-D grid) and the kernel's argument list.
+It then hands the launch to a *launcher*, which only knows how to compile a source file and
+run ``kernel(grid, block, args)`` on its own arrays:
 
 * :class:`CupyLauncher` (backend ``cupy``): CuPy arrays, ``cupy.RawModule`` compiled by
   NVRTC once per device and source file;
@@ -28,7 +28,11 @@ and backward (values and ``argmax``), ``avgpool_backward``, ``bias_relu_maxpool`
 the layout changes, ``softmax_cross_entropy_backward``, the optimizer steps; the count of
 ``softmax_cross_entropy_count``, and its probabilities equal this set's
 ``softmax_cross_entropy``'s; ``softmax_cross_entropy_count_grad`` equals this set's
-``softmax_cross_entropy_count`` and ``softmax_cross_entropy_backward`` of its probabilities.
+``softmax_cross_entropy_count`` and ``softmax_cross_entropy_backward`` of its probabilities;
+``bias_softmax_cross_entropy_count_grad`` equals this set's ``softmax_cross_entropy_count_grad``
+of ``rows + b`` (the kernel adds the bias to each score with the same one float add), and its
+``db`` this set's ``bias_grad`` of that dx to float rounding (each column summed serially, in
+row order, where ``bias_grad`` is a GEMV).
 The sources are compiled without fused multiply-adds (``NVRTC_OPTIONS``;
 ``-ffp-contract=off`` in the emulation), so every product is rounded as NumPy rounds it.
 Equal to float rounding: ``avgpool_forward`` (a thread sums its window in its own order),
@@ -85,6 +89,10 @@ Array = Any
 # Threads per block: whole warps, and few enough that every architecture from sm_75 on
 # holds several blocks per SM.
 BLOCK_SIZE = 256
+
+# The layout.cu transposes' tile (TILE) and block rows (TILE_ROWS): blocks of 32 x 8 threads.
+TRANSPOSE_TILE = 32
+TRANSPOSE_ROWS = 8
 
 # Element types the kernels are instantiated for, by NumPy dtype.
 CUDA_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -192,6 +200,7 @@ LOSS = CudaSource(
         "softmax_cross_entropy_backward",
         "softmax_cross_entropy_count",
         "softmax_cross_entropy_count_grad",
+        "bias_softmax_cross_entropy_count_grad",
     ),
 )
 DIRECT_CONV = CudaSource(
@@ -668,17 +677,26 @@ class CudaKernels(GenericKernels):
         fn = y.shape[1]
         _check_shape("rows_to_nchw", "y", y.shape, (n * oh * ow, fn))
         out = self._empty((n, fn, oh, ow), dtype, y)
-        self._launch(LAYOUT, "rows_to_nchw", dtype, out.size, self._contiguous(y), out, *_ints(out.size, fn, oh, ow))
+        self._launch_transpose("rows_to_nchw", dtype, n, fn, oh, ow, self._contiguous(y), out)
         return out
 
     def nchw_to_rows(self, dout):
         dtype = _float_dtype("nchw_to_rows", dout)
         n, fn, oh, ow = dout.shape
         rows = self._empty((n * oh * ow, fn), dtype, dout)
-        self._launch(
-            LAYOUT, "nchw_to_rows", dtype, rows.size, self._contiguous(dout), rows, *_ints(rows.size, fn, oh, ow)
-        )
+        self._launch_transpose("nchw_to_rows", dtype, n, fn, oh, ow, self._contiguous(dout), rows)
         return rows
+
+    def _launch_transpose(
+        self, kernel: str, dtype: np.dtype, n: int, fn: int, oh: int, ow: int, src: Array, dst: Array
+    ) -> None:
+        """A layout.cu transpose: blocks of TRANSPOSE_TILE x TRANSPOSE_ROWS threads, one per
+        TRANSPOSE_TILE x TRANSPOSE_TILE tile of each image's (OH*OW, FN) matrix, on a 1-D grid."""
+        tiles = n * -(-fn // TRANSPOSE_TILE) * -(-(oh * ow) // TRANSPOSE_TILE)
+        if tiles == 0:
+            return
+        block = (TRANSPOSE_TILE, TRANSPOSE_ROWS)
+        self._launch_grid(LAYOUT, kernel, dtype, (tiles,), block, (src, dst, *_ints(fn, oh, ow)))
 
     # -- softmax cross-entropy ----------------------------------------------------------
     # The kernels take (N,) integer labels, as int32. (N, K) float targets are a plain
@@ -711,8 +729,18 @@ class CudaKernels(GenericKernels):
             return super().softmax_cross_entropy_count_grad(x, t, scale)
         return self._count("softmax_cross_entropy_count_grad", x, t, scale)
 
-    def _count(self, op: str, x: Array, t: Array, scale: float | None) -> tuple:
-        """``op``'s two passes: (loss, probs, right), and dx when ``scale`` is given."""
+    def bias_softmax_cross_entropy_count_grad(self, rows, b, t, scale):
+        if t.ndim != 1:
+            return super().bias_softmax_cross_entropy_count_grad(rows, b, t, scale)
+        op = "bias_softmax_cross_entropy_count_grad"
+        k = _matrix_shape(op, "rows", rows, "(N, K)")[1]
+        _float_dtype(op, rows, b)
+        _check_shape(op, "b", b.shape, (k,))
+        return self._count(op, rows, t, scale, b)
+
+    def _count(self, op: str, x: Array, t: Array, scale: float | None, b: Array | None = None) -> tuple:
+        """``op``'s two passes: (loss, probs, right), then dx when ``scale`` is given, then db
+        when the bias ``b`` is (added to the scores ``x`` inside the kernel)."""
         dtype = _float_dtype(op, x)
         n, k = _matrix_shape(op, "x", x, "(N, K)")
         labels = self._labels(op, t, n)
@@ -723,15 +751,16 @@ class CudaKernels(GenericKernels):
         row_right = self._empty((n,), self.xp.int32, x)
         loss = self._empty((), dtype, x)
         right = self._empty((), self.xp.int32, x)
-        if scale is None:
-            grad, sizes = (), _ints(n, k)
-        else:
-            grad, sizes = (self._empty((n, k), dtype, x),), (*_ints(n, k), dtype.type(scale))
-        args = (self._contiguous(x), labels, probs, row_loss, row_right, loss, right, *grad, *sizes)
+        grad = () if scale is None else (self._empty((n, k), dtype, x),)
+        db = () if b is None else (self._empty((k,), dtype, x),)
+        sizes = _ints(n, k) if scale is None else (*_ints(n, k), dtype.type(scale))
+        bias = () if b is None else (self._contiguous(b),)
+        args = (self._contiguous(x), *bias, labels, probs, row_loss, row_right, loss, right, *grad, *db, *sizes)
         self._launch(LOSS, op, dtype, n, *args, np.int32(0))
-        # The two sums in a second pass of two threads: no host sync, and the same loss on every run.
-        self._launch(LOSS, op, dtype, 2, *args, np.int32(1))
-        return (loss, probs, right, *grad)
+        # The two sums (and the bias's column sums) in a second pass: no host sync, and the
+        # same sums on every run.
+        self._launch(LOSS, op, dtype, 2 + (0 if b is None else k), *args, np.int32(1))
+        return (loss, probs, right, *grad, *db)
 
     def softmax_cross_entropy_backward(self, probs, t, scale):
         if t.ndim != 1:

@@ -13,7 +13,9 @@ Against the NumPy set, as ``tests/test_kernel_agreement.py`` measured them on
 ``bias_relu_maxpool`` and ``bias_relu_maxpool_infer``, ``maxpool_relu_backward``,
 ``bias_relu``, ``relu_backward``, the softmax cross-entropy (with its count of right
 answers) and its backward, the layout changes and the optimizer steps: the same float
-operations in the same order. Equal to float rounding:
+operations in the same order; ``bias_softmax_cross_entropy_count_grad`` is the composition of
+``+ b``, ``softmax_cross_entropy_count_grad`` and ``bias_grad``, so all but its ``db`` too. Equal
+to float rounding:
 ``avgpool_forward``, which sums a window's stacked taps where the NumPy set reduces the
 window's axes, and ``bias_grad`` and the ``conv_*`` operations, whose products
 (``matmul``) take another BLAS path on ``array_api_strict``'s arrays than on NumPy's.
@@ -274,6 +276,13 @@ class GenericKernels:
         probabilities at ``scale``: (loss, probs, right, dx)."""
         loss, probs, right = self.softmax_cross_entropy_count(x, t)
         return loss, probs, right, self.softmax_cross_entropy_backward(probs, t, scale)
+
+    def bias_softmax_cross_entropy_count_grad(self, rows: Array, b: Array, t: Array, scale: float):
+        """:meth:`softmax_cross_entropy_count_grad` of the scores ``rows + b`` and
+        :meth:`bias_grad` of their gradient: (loss, probs, right, dx, db). The very operations
+        of an Affine layer's ``+ b``, the loss and the layer's backward, one after the other."""
+        loss, probs, right, dx = self.softmax_cross_entropy_count_grad(rows + b, t, scale)
+        return loss, probs, right, dx, self.bias_grad(dx)
 
     def softmax_cross_entropy_backward(self, probs: Array, t: Array, scale: float) -> Array:
         """``(probs - targets) * scale``, (N, K)."""

@@ -72,6 +72,8 @@ TOLERANCES: dict[str, dict[str, str]] = {
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
         "softmax_cross_entropy": ULPS,
         "softmax_cross_entropy_count": ORDER,  # its mean: a serial sum of the row losses, not xp.sum's
+        # its db: each column of dx summed serially in row order, where bias_grad is a GEMV
+        "bias_softmax_cross_entropy_count_grad": ORDER,
     },
     "cupy": {  # as cuda-emu, with cuBLAS for the GEMMs and FMAs in the optimizer steps
         "avgpool_forward": ORDER,
@@ -79,6 +81,7 @@ TOLERANCES: dict[str, dict[str, str]] = {
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
         "softmax_cross_entropy": ULPS,
         "softmax_cross_entropy_count": ORDER,
+        "bias_softmax_cross_entropy_count_grad": ORDER,
         **dict.fromkeys(OPTIMIZER_OPERATIONS, ULPS),
     },
 }
@@ -392,6 +395,25 @@ def test_softmax_cross_entropy_and_its_backward(subject, case):
             EQUAL(got, expected)
         assert dx.dtype == x.dtype
         EQUAL(dx, subject.run("softmax_cross_entropy_backward", counted[1], targets, scale))
+
+
+@given(scores())
+def test_the_loss_of_biased_rows_and_its_bias_gradient(subject, case):
+    """``bias_softmax_cross_entropy_count_grad`` is the set's ``softmax_cross_entropy_count_grad``
+    of ``rows + b`` bit for bit (the bias added with the same one float add), and its db the
+    set's ``bias_grad`` of that dx (to rounding where the set sums the columns in another order)."""
+    rows, t, b = case.x, case.t, case.b
+    n, k = rows.shape
+    scale = 1.0 / n
+    for targets in (t, np.eye(k, dtype=rows.dtype)[t]):
+        *got, db = subject.run("bias_softmax_cross_entropy_count_grad", rows, b, targets, scale)
+        want = subject.run("softmax_cross_entropy_count_grad", rows + b, targets, scale)
+        for got_one, want_one in zip(got, want, strict=True):
+            EQUAL(got_one, want_one)
+        dx = want[3]
+        assert db.shape == (k,) and db.dtype == rows.dtype
+        rtol = subject.sum_rtol("bias_softmax_cross_entropy_count_grad", rows.dtype, n, exact=False)
+        assert_close_to_sum(db, subject.run("bias_grad", dx), abs64(dx).sum(axis=0), rtol, "db")
 
 
 # -- optimizer steps --------------------------------------------------------------------------------

@@ -207,6 +207,29 @@ def test_softmax_with_loss_values_and_gradient(backend):
     assert abs(float(big) - 500.0) < 1e-9  # log-sum-exp: no overflow, exact
 
 
+def test_softmax_loss_of_biased_rows_and_the_affine_that_takes_its_bias_gradient(backend):
+    """``forward_counting_biased(rows, b, t)`` is ``forward_counting(rows + b, t)`` with the
+    bias's gradient, and ``Affine.backward_rows(drows, db)`` takes that gradient as it is."""
+    rng = np.random.default_rng(8)
+    x, t = rng.standard_normal((5, 3)), backend.asarray(np.array([0, 3, 1, 1, 2]))
+    affine = Affine(W=as64(backend, rng.standard_normal((3, 4))), b=as64(backend, rng.standard_normal(4)))
+    rows = affine.gemm_rows(as64(backend, x))
+    plain, fused = SoftmaxWithLoss(), SoftmaxWithLoss()
+    want = plain.forward_counting(rows + affine.b, t)
+    loss, right, db = fused.forward_counting_biased(rows, affine.b, t)
+    for got, expected in zip((loss, right, fused.backward()), (*want, plain.backward()), strict=True):
+        np.testing.assert_array_equal(host(backend, got), host(backend, expected))
+    dx = fused.backward()
+    # the column sums of dx: |dx| <= 1/5, so each sum of 5 terms is off by at most 5 eps
+    np.testing.assert_allclose(host(backend, db), host(backend, dx).sum(axis=0), rtol=0, atol=5 * 2.0**-52)
+    affine.backward_rows(dx, db=db)
+    assert affine.grads["b"] is db
+    affine.backward_rows(dx)
+    np.testing.assert_array_equal(host(backend, affine.grads["b"]), host(backend, backend.kernels.bias_grad(dx)))
+    with pytest.raises(ValueError, match="shape"):
+        fused.forward_counting_biased(affine.b, affine.b, t)  # (K,) rows
+
+
 def test_sigmoid_with_loss_values_and_gradient(backend):
     x = np.array([-800.0, -1.0, 0.0, 2.0, 900.0])
     t = np.array([0.0, 1.0, 1.0, 0.0, 1.0])

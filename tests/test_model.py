@@ -354,9 +354,53 @@ def test_backward_announces_each_gradient_as_soon_as_it_is_computed(backend):
     grads = net.grads
     assert all(grad is grads[key] for key, grad, _ in calls)  # the very arrays the update used
     # The same gradients as without the hook.
+    assert_train_step_gradients(backend, net.grads, small_net().gradient(x, t), len(t))
+
+
+# The kernel sets whose last bias gradient in train_step (bias_softmax_cross_entropy_count_grad)
+# sums the columns in another order than bias_grad's GEMV, which gradient() takes.
+SERIAL_BIAS_GRADIENT = {"cuda-emu", "cupy"}
+
+
+def assert_train_step_gradients(backend, got, want, n):
+    """train_step's gradients (the last Affine and its loss as one step) are gradient()'s (the
+    plain path), bit for bit, but for the last bias where the set sums its columns serially:
+    the scores' gradient is (probs - onehot) / N, so each column's N terms add up to at most 1
+    in absolute value and the sums lie within N eps of each other."""
+    assert got.keys() == want.keys()
+    for key in want:
+        g, w = backend.to_numpy(got[key]), backend.to_numpy(want[key])
+        if key == "b3" and backend.name in SERIAL_BIAS_GRADIENT:
+            np.testing.assert_allclose(g, w, rtol=0, atol=n * np.finfo(w.dtype).eps)
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=key)
+
+
+def test_train_step_runs_the_last_affine_and_its_loss_as_one_step(backend):
+    from gpucnn.fused import AffineSoftmaxLoss
+
+    net = small_net()
+    assert isinstance(net.loss_head, AffineSoftmaxLoss) and net.loss_head.layers == (net.layers[-1],)
+    x, t = data(n=7)
+    want = small_net().gradient(x, t)
+    scores = backend.to_numpy(net.predict(x))  # predict still returns the scores
+    net.optimizer = SGD(lr=0.1)
+    loss, correct = net.train_step(net.as_input(x), net.as_target(t))
+    assert_train_step_gradients(backend, net.grads, want, len(t))
     plain = small_net()
+    np.testing.assert_array_equal(backend.to_numpy(plain.predict(x)), scores)
+    assert float(loss) == pytest.approx(plain.loss(x, t), rel=1e-12)  # the loss before the update
+    assert int(correct) == int(np.sum(np.argmax(scores, axis=1) == t))
+    # After train_step, gradient() (a plain forward pass, then backward) takes the plain path.
+    plain.load_state_dict(net.state_dict())
+    got = net.gradient(x, t)
     for key, value in plain.gradient(x, t).items():
-        np.testing.assert_array_equal(backend.to_numpy(value), backend.to_numpy(grads[key]))
+        np.testing.assert_array_equal(backend.to_numpy(got[key]), backend.to_numpy(value))
+    # Not planned without fusion, for a loss other than the softmax's, or after a non-Affine layer.
+    net.fuse = False
+    assert net.loss_head is None
+    assert gpucnn.Sequential([Affine(3), ReLU()], input_shape=(4,)).loss_head is None
+    assert gpucnn.Sequential([Affine(1)], "binary_crossentropy", input_shape=(4,)).loss_head is None
 
 
 def test_fit_is_one_train_step_per_batch():

@@ -114,16 +114,24 @@ def test_a_simple_convnet_step_is_counted_without_host_syncs(emu):
     assert step.host_syncs == 0
     assert step.device_operations == sum(step.operations.values())
     # Our kernels: the direct first convolution with its bias, ReLU and pooling, bias_relu,
-    # the loss with the right answers and the scores' gradient (two passes), relu_backward,
-    # the first convolution's weight and bias gradients, then one AdaGrad update of all 6
-    # parameters. No column matrix, and no backward kernel for the loss.
+    # the last Affine's bias with the loss, the right answers, the scores' gradient and the
+    # bias's gradient (two passes), relu_backward, the first convolution's weight and bias
+    # gradients, then one AdaGrad update of all 6 parameters. No column matrix, no backward
+    # kernel for the loss, and no add for the last bias.
     assert step.operations["kernel"] == 7
     assert step.by_name["kernel conv_bias_relu_maxpool<float>"] == 1
     assert step.by_name["kernel conv_maxpool_relu_backward_params<float>"] == 1
-    assert step.by_name["kernel softmax_cross_entropy_count_grad<float>"] == 2
-    assert not {"kernel im2col<float>", "kernel softmax_cross_entropy_backward<float>"} & set(step.by_name)
-    # GEMMs: two Affine layers forward, and their dW, dx and bias-gradient products
-    assert step.operations["gemm"] == 8
+    assert step.by_name["kernel bias_softmax_cross_entropy_count_grad<float>"] == 2
+    assert not {
+        "kernel im2col<float>",
+        "kernel softmax_cross_entropy_backward<float>",
+        "kernel softmax_cross_entropy_count_grad<float>",
+    } & set(step.by_name)
+    assert step.operations["array"] == 0  # no "array add" for the last Affine's bias
+    # GEMMs: two Affine layers forward, their dW and dx products, and the first Affine's
+    # bias-gradient product (the last Affine's comes with the loss)
+    assert step.operations["gemm"] == 7
+    assert step.device_operations == 16
     assert step.by_name["kernel adagrad_update_many<float>"] == 1
     assert step.by_name["kernel adagrad_update<float>"] == 0
     # No fill of a ones vector for the bias gradients (kept by the kernel set), no zero

@@ -79,24 +79,32 @@ __device__ __forceinline__ void count_sums(const T* __restrict__ row_loss, const
     }
 }
 
-// Stage 0 of the counting kernels for row i: softmax_cross_entropy's work (probs[i, :],
+// Score j of a row: scores[j], plus b[j] when a bias b (K,) is given (the same one float add
+// as the scores' rows + b).
+template <typename T>
+__device__ __forceinline__ T score(const T* __restrict__ scores, const T* __restrict__ b, const int j) {
+    return b != nullptr ? scores[j] + b[j] : scores[j];
+}
+
+// Stage 0 of the counting kernels for row i, whose scores are x[i, :] (+ b when b is not
+// null): softmax_cross_entropy's work (probs[i, :],
 // row_loss[i] = -log probs[i, t[i]]), row_right[i] = 1 when every score of the row is finite
 // and its first maximum is at column t[i], else 0 (a row with a NaN or infinite score is
 // wrong, whatever its maximum), and, when dx is not null, softmax_cross_entropy_backward's
 // dx[i, :] = (probs[i, :] - onehot(t[i])) * scale from the probabilities just stored.
 template <typename T>
-__device__ __forceinline__ void count_row(const T* __restrict__ x, const int* __restrict__ t,
-                                          T* __restrict__ probs, T* __restrict__ row_loss,
-                                          int* __restrict__ row_right, T* __restrict__ dx, const T scale,
-                                          const int k, const int i) {
+__device__ __forceinline__ void count_row(const T* __restrict__ x, const T* __restrict__ b,
+                                          const int* __restrict__ t, T* __restrict__ probs,
+                                          T* __restrict__ row_loss, int* __restrict__ row_right,
+                                          T* __restrict__ dx, const T scale, const int k, const int i) {
     const T* scores = x + i * k;
     T* p = probs + i * k;
 
-    T top = scores[0];
+    T top = score(scores, b, 0);
     int top_class = 0;
     bool finite = true;
     for (int j = 0; j < k; ++j) {
-        const T s = scores[j];
+        const T s = score(scores, b, j);
         finite = finite && s - s == T(0);  // false for NaN and for +-inf (inf - inf is NaN)
         if (s > top) {  // strict '>': the first maximum wins, as argmax's does
             top = s;
@@ -105,14 +113,14 @@ __device__ __forceinline__ void count_row(const T* __restrict__ x, const int* __
     }
     T sum = T(0);
     for (int j = 0; j < k; ++j) {
-        sum += exp(scores[j] - top);
+        sum += exp(score(scores, b, j) - top);
     }
     const T log_sum = log(sum);
 
     const int label = t[i];
     T row = T(0);
     for (int j = 0; j < k; ++j) {
-        const T log_p = (scores[j] - top) - log_sum;
+        const T log_p = (score(scores, b, j) - top) - log_sum;
         p[j] = exp(log_p);
         if (j == label) {
             row = -log_p;
@@ -141,7 +149,8 @@ __global__ void softmax_cross_entropy_count(const T* __restrict__ x, const int* 
     if (stage == 1) {
         count_sums(row_loss, row_right, loss, right, n, i);
     } else if (i < n) {
-        count_row(x, t, probs, row_loss, row_right, static_cast<T*>(nullptr), T(0), k, i);
+        count_row(x, static_cast<const T*>(nullptr), t, probs, row_loss, row_right, static_cast<T*>(nullptr), T(0),
+                  k, i);
     }
 }
 
@@ -158,6 +167,37 @@ __global__ void softmax_cross_entropy_count_grad(const T* __restrict__ x, const 
     if (stage == 1) {
         count_sums(row_loss, row_right, loss, right, n, i);
     } else if (i < n) {
-        count_row(x, t, probs, row_loss, row_right, dx, scale, k, i);
+        count_row(x, static_cast<const T*>(nullptr), t, probs, row_loss, row_right, dx, scale, k, i);
+    }
+}
+
+// bias_softmax_cross_entropy_count_grad: softmax_cross_entropy_count_grad of the scores
+// x + b (GEMM rows x (N, K) and the bias b (K,) of the layer that made them), with the bias's
+// gradient, launched twice (stage = 0, then 1). Stage 0, one thread per row: thread i does
+// count_row's work for row i with the bias added to each score, dx[i, :] included. Stage 1,
+// 2 + K threads: threads 0 and 1 count_sums; thread 2 + j writes db[j], the sum of column j
+// of dx, serially in row order (the same sum on every run; a warp reads 32 adjacent columns
+// of one row at a time).
+template <typename T>
+__global__ void bias_softmax_cross_entropy_count_grad(const T* __restrict__ x, const T* __restrict__ b,
+                                                      const int* __restrict__ t, T* __restrict__ probs,
+                                                      T* __restrict__ row_loss, int* __restrict__ row_right,
+                                                      T* __restrict__ loss, int* __restrict__ right,
+                                                      T* __restrict__ dx, T* __restrict__ db, const int n,
+                                                      const int k, const T scale, const int stage) {
+    const int i = thread_index();
+    if (stage == 1) {
+        if (i < 2) {
+            count_sums(row_loss, row_right, loss, right, n, i);
+        } else if (i < 2 + k) {
+            const int j = i - 2;
+            T sum = T(0);
+            for (int r = 0; r < n; ++r) {
+                sum += dx[r * k + j];
+            }
+            db[j] = sum;
+        }
+    } else if (i < n) {
+        count_row(x, b, t, probs, row_loss, row_right, dx, scale, k, i);
     }
 }
