@@ -521,7 +521,6 @@ class Convolution(_GemmLayer):
     def gemm_rows(self, x):
         """im2col and the GEMM, no bias: rows (N*OH*OW, FN) in (n, oh, ow) order."""
         self.check_input(x)
-        self.clear_cache()  # the last step's columns go before this step's are made
         xp, kernels = self.xp, self.backend.kernels
         fn, wc, fh, fw = self.W.shape
         w_t = xp.matrix_transpose(xp.reshape(self.W, (fn, wc * fh * fw)))
