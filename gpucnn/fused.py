@@ -56,13 +56,13 @@ class ConvReluMaxPool(Step):
       ``maxpool_relu_backward``) otherwise.
 
     Inference always asks for ``conv_bias_relu_maxpool_infer`` (no argmax is tracked);
-    a large batch runs ``infer_block`` images at a time, so that a column matrix and its
-    GEMM output stay in the CPU's caches, where those of a whole batch of 1024 (tens of
-    MB) would stream from memory twice. The results are the same.
+    a batch larger than the kernel set's ``inference_block`` runs that many images at a
+    time (the CPU sets: so that a column matrix and its GEMM output stay in the caches),
+    a set whose ``inference_block`` is None (CUDA) takes the whole batch in one call. The
+    results are the same.
     """
 
     size = 3
-    infer_block = 128
     # _conv_shape: (N, OH, OW) of the convolution (rows path); _x: the input (direct path)
     cache_names = ("_conv_shape", "_x", "_argmax", "_out")
 
@@ -95,8 +95,8 @@ class ConvReluMaxPool(Step):
         return (*self.pool.pool_size, self.pool.stride, self.pool.pad)
 
     def forward(self, x, train=True):
-        block, n = self.infer_block, x.shape[0]
-        if not train and n > block:
+        block, n = self.conv.backend.kernels.inference_block, x.shape[0]
+        if not train and block is not None and n > block:
             self.conv.check_input(x)  # before slicing, so that an error names the caller's shape
             parts = [self.forward(x[i : min(i + block, n), ...], train=False) for i in range(0, n, block)]
             return self.conv.xp.concat(parts, axis=0)

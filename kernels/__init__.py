@@ -128,13 +128,18 @@ Fused operations (a kernel set may override them; the generic set composes them)
 
 Every method keeps the floating dtype it is given (float32 stays float32).
 
-One attribute:
+Attributes:
 
 ``max_array_elements``
     The largest array, in elements, the set's kernels accept; None for no limit. The
     NumPy and Numba sets index with 64-bit integers (None); the CUDA set indexes with
     32-bit ones (2**31 - 1). :func:`gpucnn.memory.kernel_batch_limit` caps a model's
     batch size by it.
+``inference_block``
+    The most images one ``conv_bias_relu_maxpool_infer`` call takes: a fused first layer
+    runs a larger inference batch in blocks of this many and concatenates the results
+    (the same values). The CPU sets say 128, so that a block's column matrix and GEMM
+    output stay in the caches; the CUDA set says None, the whole batch in one launch.
 """
 
 from __future__ import annotations
@@ -167,6 +172,10 @@ class KernelSet(Protocol):
     """The most bytes of one column matrix in a convolution's training passes: the layer
     runs im2col, its GEMMs and col2im over blocks of images that fit, keeping the input
     instead of the whole batch's columns. None: the whole batch in one call of each."""
+
+    inference_block: int | None
+    """The most images of one ``conv_bias_relu_maxpool_infer`` call: a fused step runs a
+    larger inference batch in blocks of this many. None: the whole batch in one call."""
 
     def im2col(self, x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0) -> Array:
         """x (N, C, H, W) → col (N*OH*OW, C*KH*KW), in the column layout above."""

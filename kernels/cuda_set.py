@@ -2,10 +2,10 @@
 
 :class:`CudaKernels` is the one Python wrapper around those kernels. For each operation it
 checks the arguments, allocates the outputs through ``xp``, and fixes the launch
-configuration (one thread per output element, or per row for the softmax, or one block per
-shared-memory tile for the layout transposes, on a 1-D grid) and the kernel's argument list.
-It then hands the launch to a *launcher*, which only knows how to compile a source file and
-run ``kernel(grid, block, args)`` on its own arrays:
+configuration (one thread per output element, or one warp per row for the softmax, or one block per
+shared-memory tile for the layout transposes and the fused pooling kernels, on a 1-D grid)
+and the kernel's argument list. It then hands the launch to a *launcher*, which only knows
+how to compile a source file and run ``kernel(grid, block, args)`` on its own arrays:
 
 * :class:`CupyLauncher` (backend ``cupy``): CuPy arrays, ``cupy.RawModule`` compiled by
   NVRTC once per device and source file;
@@ -37,8 +37,11 @@ The sources are compiled without fused multiply-adds (``NVRTC_OPTIONS``;
 ``-ffp-contract=off`` in the emulation), so every product is rounded as NumPy rounds it.
 Equal to float rounding: ``avgpool_forward`` (a thread sums its window in its own order),
 ``bias_grad`` (sums in another order), ``softmax_cross_entropy`` (``exp`` and ``log`` from
-the C++ library, not NumPy's), the loss of ``softmax_cross_entropy_count`` (its row losses
-summed serially, in row order, where ``softmax_cross_entropy`` takes ``xp.sum``'s), and the
+the C++ library, not NumPy's, and each row's sum of exponentials in another order: a warp's
+lanes each sum a stride of the row, then a butterfly of warp shuffles adds the lanes' sums;
+the table's elementary-function bound already grows with K for the sum inside the log), the loss of
+``softmax_cross_entropy_count`` (its row losses summed serially, in row order, where
+``softmax_cross_entropy`` takes ``xp.sum``'s), and the
 three ``conv_*`` operations. Those compute a convolution with few taps
 (``prefers_direct_conv``: a first layer) directly, without a column matrix: each output
 sums its taps from zero in (c, ky, kx) order, then adds the bias, where the GEMM sums in
@@ -90,9 +93,16 @@ Array = Any
 # holds several blocks per SM.
 BLOCK_SIZE = 256
 
+# Lanes of a warp: the loss kernels give each row one warp (BLOCK_SIZE // WARP_SIZE rows a block).
+WARP_SIZE = 32
+
 # The layout.cu transposes' tile (TILE) and block rows (TILE_ROWS): blocks of 32 x 8 threads.
 TRANSPOSE_TILE = 32
 TRANSPOSE_ROWS = 8
+
+# The pool.cu fused kernels' tile (POOL_TILE) and block rows (POOL_TILE_ROWS): blocks of 32 x 8.
+POOL_TILE = 32
+POOL_TILE_ROWS = 8
 
 # Element types the kernels are instantiated for, by NumPy dtype.
 CUDA_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -325,6 +335,9 @@ class CudaKernels(GenericKernels):
     """
 
     name = "cuda"
+    # A fused first layer's inference takes the whole batch in one launch: blocks of
+    # images would cost a launch each and a concatenation, and save no cache misses.
+    inference_block: int | None = None
 
     # Distinct row counts whose ones vector (see bias_grad) is kept: a model's GEMM layers
     # and its last, smaller batch need a handful.
@@ -349,6 +362,13 @@ class CudaKernels(GenericKernels):
             return
         grid = ((total + BLOCK_SIZE - 1) // BLOCK_SIZE,)
         self._launch_grid(source, kernel, dtype, grid, (BLOCK_SIZE,), args)
+
+    def _launch_rows(self, source: CudaSource, kernel: str, dtype: np.dtype, rows: int, *args: Any) -> None:
+        """One warp per row of a ``rows``-row matrix, on a 1-D grid of BLOCK_SIZE-thread blocks."""
+        if rows == 0:
+            return
+        per_block = BLOCK_SIZE // WARP_SIZE
+        self._launch_grid(source, kernel, dtype, ((rows + per_block - 1) // per_block,), (BLOCK_SIZE,), args)
 
     def _launch_grid(
         self,
@@ -505,17 +525,14 @@ class CudaKernels(GenericKernels):
         ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
         out = self._empty((n, fn, ph, pw), dtype, rows)
         argmax = self._empty((n, fn, ph, pw), self.xp.int32, rows)
-        self._launch(
-            POOL,
-            "bias_relu_maxpool",
-            dtype,
-            out.size,
+        args = (
             self._contiguous(rows),
             self._contiguous(b),
             out,
             argmax,
-            *_ints(out.size, fn, oh, ow, kh, kw, stride, pad, ph, pw),
+            *_ints(fn, oh, ow, kh, kw, stride, pad, ph, pw),
         )
+        self._launch_pool_tiles("bias_relu_maxpool", dtype, n, fn, ph * pw, args)
         return out, argmax
 
     def bias_relu_maxpool_infer(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
@@ -526,17 +543,18 @@ class CudaKernels(GenericKernels):
         _check_shape("bias_relu_maxpool_infer", "b", b.shape, (fn,))
         ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
         out = self._empty((n, fn, ph, pw), dtype, rows)
-        self._launch(
-            POOL,
-            "bias_relu_maxpool_infer",
-            dtype,
-            out.size,
-            self._contiguous(rows),
-            self._contiguous(b),
-            out,
-            *_ints(out.size, fn, oh, ow, kh, kw, stride, pad, ph, pw),
-        )
+        args = (self._contiguous(rows), self._contiguous(b), out, *_ints(fn, oh, ow, kh, kw, stride, pad, ph, pw))
+        self._launch_pool_tiles("bias_relu_maxpool_infer", dtype, n, fn, ph * pw, args)
         return out
+
+    def _launch_pool_tiles(self, kernel: str, dtype: np.dtype, n: int, fn: int, pixels: int, args: tuple) -> None:
+        """A pool.cu fused kernel: blocks of POOL_TILE x POOL_TILE_ROWS threads, one per
+        POOL_TILE x POOL_TILE tile of each image's (FN, ``pixels``) block, on a 1-D grid:
+        ``pixels`` is PH*PW for the forwards, OH*OW for the backward."""
+        tiles = n * -(-fn // POOL_TILE) * -(-pixels // POOL_TILE)
+        if tiles == 0:
+            return
+        self._launch_grid(POOL, kernel, dtype, (tiles,), (POOL_TILE, POOL_TILE_ROWS), args)
 
     def maxpool_relu_backward(self, dout, argmax, out, n, oh, ow, kh, kw, stride, pad=0):
         dtype = _float_dtype("maxpool_relu_backward", dout, out)
@@ -545,17 +563,14 @@ class CudaKernels(GenericKernels):
         for what, a in (("dout", dout), ("argmax", argmax), ("out", out)):
             _check_shape("maxpool_relu_backward", what, a.shape, (n, fn, ph, pw))
         drows = self._empty((n * oh * ow, fn), dtype, dout)
-        self._launch(
-            POOL,
-            "maxpool_relu_backward",
-            dtype,
-            drows.size,
+        args = (
             self._contiguous(dout),
             self._index(argmax),
             self._contiguous(out),
             drows,
-            *_ints(drows.size, fn, oh, ow, kh, kw, stride, pad, ph, pw),
+            *_ints(fn, oh, ow, kh, kw, stride, pad, ph, pw),
         )
+        self._launch_pool_tiles("maxpool_relu_backward", dtype, n, fn, oh * ow, args)
         return drows
 
     # -- convolution -> ReLU -> max pooling from the input, computed directly ---------------
@@ -712,7 +727,7 @@ class CudaKernels(GenericKernels):
             raise ValueError(f"softmax_cross_entropy: x has shape {tuple(x.shape)}: no classes to take a softmax over")
         probs = self._empty((n, k), dtype, x)
         row_loss = self._empty((n,), dtype, x)
-        self._launch(
+        self._launch_rows(
             LOSS, "softmax_cross_entropy", dtype, n, self._contiguous(x), labels, probs, row_loss, *_ints(n, k)
         )
         # The mean on the device, as a 0-d array (no host sync): xp.sum is a fixed-order tree
@@ -756,7 +771,7 @@ class CudaKernels(GenericKernels):
         sizes = _ints(n, k) if scale is None else (*_ints(n, k), dtype.type(scale))
         bias = () if b is None else (self._contiguous(b),)
         args = (self._contiguous(x), *bias, labels, probs, row_loss, row_right, loss, right, *grad, *db, *sizes)
-        self._launch(LOSS, op, dtype, n, *args, np.int32(0))
+        self._launch_rows(LOSS, op, dtype, n, *args, np.int32(0))
         # The two sums (and the bias's column sums) in a second pass: no host sync, and the
         # same sums on every run.
         self._launch(LOSS, op, dtype, 2 + (0 if b is None else k), *args, np.int32(1))

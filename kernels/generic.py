@@ -43,6 +43,10 @@ class GenericKernels:
     # None: a convolution's training passes through im2col take the whole batch in one call.
     # A number: the most bytes of one block's column matrix (see ``KernelSet``).
     conv_block_bytes: int | None = None
+    # Inference through a fused first layer in blocks of this many images, so that a
+    # block's column matrix and GEMM output stay in a CPU's caches, where those of a whole
+    # batch of 1024 (tens of MB) would stream from memory twice. None: the whole batch.
+    inference_block: int | None = 128
 
     def __init__(self, xp: Any) -> None:
         self.xp = xp

@@ -277,7 +277,7 @@ def test_predict_on_no_samples_gives_no_rows(backend):
 def test_a_large_batch_of_the_wrong_rank_is_named_by_its_own_shape():
     """The fused first layer runs inference in blocks; the error names the caller's array, not a block."""
     model = gpucnn.SimpleConvNet(input_dim=(1, 8, 8), conv_param={"filter_num": 2, "filter_size": 3}, seed=0)
-    n = ConvReluMaxPool.infer_block + 1
+    n = model.backend.kernels.inference_block + 1
     assert isinstance(model.steps[0], ConvReluMaxPool)
     with pytest.raises(ValueError, match=re.escape(f"expects a 4-D array (N, C, H, W), got shape ({n},)")):
         model.predict(np.zeros(n, dtype=np.float32))

@@ -291,14 +291,45 @@ def test_seeded_training_gives_numpys_losses(backend):
     np.testing.assert_allclose(losses, seeded_losses("numpy"), rtol=0, atol=1e-10)
 
 
-def test_large_inference_batches_run_in_blocks_with_the_same_scores(backend):
+def test_large_inference_batches_run_in_the_kernel_sets_blocks_with_the_same_scores(backend, monkeypatch):
+    """A fused first layer's inference takes ``kernels.inference_block`` images per call of
+    ``conv_bias_relu_maxpool_infer`` (128 on the CPU sets), or the whole batch where it is
+    None (CUDA); blocks or not, the scores are the same."""
     from gpucnn.fused import ConvReluMaxPool
 
+    kernels = backend.kernels
     net = small_net(dtype="float64")
-    x = np.random.default_rng(3).random((ConvReluMaxPool.infer_block * 2 + 5, 1, 7, 9))
-    whole = backend.to_numpy(net.predict(x))
-    assert whole.shape == (len(x), 4)
-    np.testing.assert_allclose(whole, backend.to_numpy(net.predict(x, batch_size=50)), rtol=1e-12, atol=1e-14)
+    assert isinstance(net.steps[0], ConvReluMaxPool)
+    block = kernels.inference_block
+    assert block == (None if backend.name in ("cupy", "cuda-emu") else 128)
+    x = np.random.default_rng(3).random((300, 1, 7, 9))
+    calls = []
+    infer = kernels.conv_bias_relu_maxpool_infer
+    monkeypatch.setattr(kernels, "conv_bias_relu_maxpool_infer", lambda x, *a: calls.append(x.shape[0]) or infer(x, *a))
+    scores = backend.to_numpy(net.predict(x))
+    assert scores.shape == (300, 4)
+    assert calls == ([300] if block is None else [128, 128, 44])
+
+    calls.clear()
+    monkeypatch.setattr(kernels, "inference_block", 128 if block is None else None)  # the other way
+    np.testing.assert_allclose(backend.to_numpy(net.predict(x)), scores, rtol=1e-12, atol=1e-14)
+    assert calls == ([128, 128, 44] if block is None else [300])
+    np.testing.assert_allclose(backend.to_numpy(net.predict(x, batch_size=50)), scores, rtol=1e-12, atol=1e-14)
+
+
+def test_cuda_inference_of_a_large_batch_is_one_launch_and_no_concatenation():
+    """cuda-emu runs a fused first layer's inference of 300 images as one kernel launch."""
+    from gpucnn.kernels.cuda_set import counting
+
+    from .conftest import backend_or_skip
+
+    emu = backend_or_skip("cuda-emu")
+    with gpucnn.use_backend(emu):
+        net = small_net(dtype="float64")
+    x = emu.asarray(np.random.default_rng(3).random((300, 1, 7, 9)))
+    with counting() as work:
+        net.steps[0].forward(x, train=False)
+    assert dict(work.by_name) == {"kernel conv_bias_relu_maxpool_infer<double>": 1}
 
 
 def test_methods_that_take_data_take_arrays_of_the_models_backend(backend):
