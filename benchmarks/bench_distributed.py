@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 import gpucnn
-from gpucnn.distributed import MPICommunicator, Request
+from gpucnn.distributed import MPICommunicator, Request, mpiexec_path
 from gpucnn.io import atomic_write
 from gpucnn.machine import machine_description
 from gpucnn.plotting import save_figure
@@ -139,10 +139,10 @@ def work(args: argparse.Namespace) -> dict:
 
 
 def _mpiexec() -> str:
-    for folder in (Path(sys.executable).parent, *map(Path, os.environ.get("PATH", "").split(os.pathsep))):
-        if (folder / "mpiexec").is_file():
-            return str(folder / "mpiexec")
-    raise SystemExit("no mpiexec beside the Python interpreter or on PATH: pip install 'gpucnn[mpi]'")
+    path = mpiexec_path()
+    if path is None:
+        raise SystemExit("no mpiexec beside the Python interpreter or on PATH: pip install 'gpucnn[mpi]'")
+    return path
 
 
 def launch(ranks: int, threads: int, worker_args: list[str]) -> dict:

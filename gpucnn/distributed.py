@@ -67,6 +67,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import numpy as np
@@ -87,6 +88,7 @@ __all__ = [
     "default_communicator",
     "launch_differences",
     "limit_threads",
+    "mpiexec_path",
     "shard_bounds",
     "shard_sizes",
     "spread",
@@ -95,6 +97,18 @@ __all__ = [
 Array = Any
 
 INSTALL_MPI = "pip install 'gpucnn[mpi]'"
+
+
+def mpiexec_path() -> str | None:
+    """The ``mpiexec`` to launch ranks with: the one beside this Python interpreter (the
+    ``mpi`` extra puts Open MPI's there, in a virtual environment that need not be active),
+    else the first on ``PATH``; None when there is none."""
+    for folder in (Path(sys.executable).parent, *map(Path, os.environ.get("PATH", "").split(os.pathsep))):
+        if (folder / "mpiexec").is_file():
+            return str(folder / "mpiexec")
+    return None
+
+
 DEFAULT_BUCKET_BYTES = 1 << 20  # PyTorch DDP uses 25 MiB; the models here are small
 # Waiting for a request (see "Waiting" above): test it without pause for SPIN_S (a sum whose
 # ranks arrive together ends within it), then sleep between tests, from PAUSE_S doubling up

@@ -30,6 +30,7 @@ from gpucnn.distributed import (
     MPIUnavailable,
     NCCLCommunicator,
     limit_threads,
+    mpiexec_path,
     shard_bounds,
     shard_sizes,
     spread,
@@ -359,19 +360,12 @@ def test_nccl_on_one_rank_sums_device_buffers_and_trains_as_the_host_path(monkey
 # -- several ranks, under mpiexec ------------------------------------------------------
 
 
-def _mpiexec() -> str | None:
-    for folder in (Path(sys.executable).parent, *map(Path, os.environ.get("PATH", "").split(os.pathsep))):
-        if (folder / "mpiexec").is_file():
-            return str(folder / "mpiexec")
-    return None
-
-
 def _mpi_missing() -> str | None:
     try:
         import mpi4py  # noqa: F401
     except ImportError:
         return "mpi4py is not installed (pip install 'gpucnn[mpi]')"
-    if _mpiexec() is None:
+    if mpiexec_path() is None:
         return "no mpiexec beside the Python interpreter or on PATH (pip install 'gpucnn[mpi]')"
     return None
 
@@ -390,7 +384,17 @@ def launch(ranks: int, scenario: str, out: Path, *args: str) -> subprocess.Compl
         "MKL_NUM_THREADS": "1",
         "NUMBA_NUM_THREADS": "1",
     }
-    command = [_mpiexec(), "--oversubscribe", "-n", str(ranks), sys.executable, str(HERE), scenario, str(out), *args]
+    command = [
+        mpiexec_path(),
+        "--oversubscribe",
+        "-n",
+        str(ranks),
+        sys.executable,
+        str(HERE),
+        scenario,
+        str(out),
+        *args,
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
 
 

@@ -18,12 +18,12 @@ import pytest
 
 from gpucnn import cli
 from gpucnn.cli import main
-from gpucnn.distributed import LocalCommunicator
+from gpucnn.distributed import LocalCommunicator, mpiexec_path
 
 from . import cli_helpers
 from .cli_helpers import SIZE, history, params, resume_args
 from .idx_files import write_mnist
-from .test_distributed import LAUNCH_TIMEOUT, _mpiexec, needs_mpi
+from .test_distributed import LAUNCH_TIMEOUT, needs_mpi
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -48,7 +48,7 @@ def _env() -> dict[str, str]:
 
 def gpucnn_on_ranks(*commands: tuple[int, list[str]]) -> subprocess.CompletedProcess:
     """``mpiexec -n N1 python -m gpucnn ARGS1 : -n N2 ...``: each part on its own ranks."""
-    command = [_mpiexec(), "--oversubscribe"]
+    command = [mpiexec_path(), "--oversubscribe"]
     for i, (ranks, argv) in enumerate(commands):
         command += ([":"] if i else []) + ["-n", str(ranks), sys.executable, "-m", "gpucnn", *argv]
     return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
@@ -116,7 +116,7 @@ def test_a_rank_failing_while_training_stops_every_rank_with_one_error_line(data
         "sys.exit(cli.main(sys.argv[1:]))\n"
     )
     argv = train_args(data, out, "--epochs", "2", "--distributed")
-    command = [_mpiexec(), "-n", "2", sys.executable, "-c", fail_on_rank_1, *argv]
+    command = [mpiexec_path(), "-n", "2", sys.executable, "-c", fail_on_rank_1, *argv]
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     assert result.returncode == 1
     lines = error_lines(result.stderr)
