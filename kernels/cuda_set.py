@@ -43,12 +43,16 @@ the table's elementary-function bound already grows with K for the sum inside th
 ``softmax_cross_entropy_count`` (its row losses summed serially, in row order, where
 ``softmax_cross_entropy`` takes ``xp.sum``'s), and the
 three ``conv_*`` operations. Those compute a convolution with few taps
-(``prefers_direct_conv``: a first layer) directly, without a column matrix: each output
+(``prefers_direct_conv``: a first layer) directly, without a column matrix, reading the input
+through a shared-memory copy of what each block's tile of pooled pixels reads: each output
 sums its taps from zero in (c, ky, kx) order, then adds the bias, where the GEMM sums in
 BLAS's order, so a window's argmax may name another of two values within rounding of each
-other; each weight's gradient is one thread's serial sum over the batch's pooled elements
-in (n, py, px) order, and each bias's likewise. Other convolutions take im2col and the GEMM:
-``conv_bias_relu_maxpool`` and its ``_infer`` are then equal bit for bit (NumPy's GEMM).
+other; each filter's weight and bias gradients are one block's sums, each thread's serial
+sum over its pooled pixel of every tile of the batch, then a butterfly of warp shuffles over
+the lanes and a serial sum over the block's warps (the same order on every run). Other
+convolutions, and those whose single pooled pixel reads more input than a block's copy
+holds, take im2col and the GEMM: ``conv_bias_relu_maxpool`` and its ``_infer`` are then
+equal bit for bit (NumPy's GEMM).
 
 On a GPU (backend ``cupy``) the table's row comes from reading the kernels, not from a
 measurement: the same, except that the GEMMs are cuBLAS's, so every ``conv_*`` operation
@@ -103,6 +107,14 @@ TRANSPOSE_ROWS = 8
 # The pool.cu fused kernels' tile (POOL_TILE) and block rows (POOL_TILE_ROWS): blocks of 32 x 8.
 POOL_TILE = 32
 POOL_TILE_ROWS = 8
+
+# The direct_conv.cu kernels' blocks (DIRECT_THREADS threads), the elements of their input
+# tile (DIRECT_TILE), the filters of one forward block (DIRECT_FILTERS) and the most taps
+# C*FH*FW they take (DIRECT_MAX_TAPS), as in the source.
+DIRECT_THREADS = 256
+DIRECT_TILE = 4096
+DIRECT_FILTERS = 8
+DIRECT_MAX_TAPS = 32
 
 # Element types the kernels are instantiated for, by NumPy dtype.
 CUDA_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -578,12 +590,19 @@ class CudaKernels(GenericKernels):
     # The most taps per output (C*FH*FW) of a convolution computed directly: a first layer
     # of few channels, where one step then launches one kernel forward (instead of im2col,
     # the GEMM and bias_relu_maxpool) and one backward (instead of maxpool_relu_backward
-    # and the GEMMs of dW and db). The backward gives each weight one thread that sums over
-    # the batch's pooled elements, so it suits few weights.
-    direct_conv_max_taps = 32
+    # and the GEMMs of dW and db). The backward gives each filter one block, whose threads
+    # keep one sum per tap, so it suits few taps.
+    direct_conv_max_taps = DIRECT_MAX_TAPS
 
     def prefers_direct_conv(self, c, fh, fw, stride):
         return c * fh * fw <= self.direct_conv_max_taps
+
+    def _takes_direct(self, c, fh, fw, stride, kh, kw, pool_stride):
+        """Whether the direct kernels compute this convolution: it prefers them, and the input
+        of one pooled pixel fits a block's tile (else im2col and the GEMM do)."""
+        if not self.prefers_direct_conv(c, fh, fw, stride) or c * fh * fw > DIRECT_MAX_TAPS:
+            return False
+        return _direct_tile(c, fh, fw, stride, kh, kw, pool_stride, 1, 1) is not None
 
     @staticmethod
     def _direct_geometry(op, x, w_shape, stride, pad, kh, kw, pool_stride, pool_pad):
@@ -601,23 +620,30 @@ class CudaKernels(GenericKernels):
         return sizes, (n, fn, ph, pw)
 
     def _direct_forward(self, op, x, w, b, stride, pad, kh, kw, pool_stride, pool_pad, with_argmax):
+        """One launch of blocks of DIRECT_THREADS threads, one per image, tile of pooled
+        pixels and DIRECT_FILTERS filters (see direct_conv.cu), on a 1-D grid."""
         dtype = _float_dtype(op, x, w, b)
         sizes, shape = self._direct_geometry(op, x, w.shape, stride, pad, kh, kw, pool_stride, pool_pad)
         _check_shape(op, "b", b.shape, (w.shape[0],))
         out = self._empty(shape, dtype, x)
         argmax = (self._empty(shape, self.xp.int32, x),) if with_argmax else ()
-        inputs = (self._contiguous(x), self._contiguous(w), self._contiguous(b))
-        self._launch(DIRECT_CONV, op, dtype, out.size, *inputs, out, *argmax, *_ints(out.size, *sizes))
+        n, fn, ph, pw = shape
+        tile_ph, tile_pw = _direct_tile(x.shape[1], *w.shape[2:], stride, kh, kw, pool_stride, ph, pw)
+        blocks = n * -(-ph // tile_ph) * -(-pw // tile_pw) * -(-fn // DIRECT_FILTERS)
+        if blocks:
+            inputs = (self._contiguous(x), self._contiguous(w), self._contiguous(b))
+            args = (*inputs, out, *argmax, *_ints(*sizes, tile_ph, tile_pw))
+            self._launch_grid(DIRECT_CONV, op, dtype, (blocks,), (DIRECT_THREADS,), args)
         return (out, *argmax)
 
     def conv_bias_relu_maxpool(self, x, w, b, stride, pad, kh, kw, pool_stride, pool_pad=0):
-        if not self.prefers_direct_conv(w.shape[1], w.shape[2], w.shape[3], stride):
+        if not self._takes_direct(*w.shape[1:], stride, kh, kw, pool_stride):
             return super().conv_bias_relu_maxpool(x, w, b, stride, pad, kh, kw, pool_stride, pool_pad)
         pool = (kh, kw, pool_stride, pool_pad)
         return self._direct_forward("conv_bias_relu_maxpool", x, w, b, stride, pad, *pool, True)
 
     def conv_bias_relu_maxpool_infer(self, x, w, b, stride, pad, kh, kw, pool_stride, pool_pad=0):
-        if not self.prefers_direct_conv(w.shape[1], w.shape[2], w.shape[3], stride):
+        if not self._takes_direct(*w.shape[1:], stride, kh, kw, pool_stride):
             return super().conv_bias_relu_maxpool_infer(x, w, b, stride, pad, kh, kw, pool_stride, pool_pad)
         pool = (kh, kw, pool_stride, pool_pad)
         return self._direct_forward("conv_bias_relu_maxpool_infer", x, w, b, stride, pad, *pool, False)[0]
@@ -627,7 +653,7 @@ class CudaKernels(GenericKernels):
     ):
         fn, c, fh, fw = w_shape
         pool = (kh, kw, pool_stride, pool_pad)
-        if not self.prefers_direct_conv(c, fh, fw, stride):
+        if not self._takes_direct(c, fh, fw, stride, kh, kw, pool_stride):
             return super().conv_maxpool_relu_backward_params(dout, argmax, out, x, w_shape, stride, pad, *pool)
         op = "conv_maxpool_relu_backward_params"
         dtype = _float_dtype(op, dout, out, x)
@@ -637,8 +663,11 @@ class CudaKernels(GenericKernels):
         dw = self._empty(tuple(w_shape), dtype, x)
         db = self._empty((fn,), dtype, x)
         arrays = (self._contiguous(dout), self._index(argmax), self._contiguous(out), self._contiguous(x), dw, db)
-        total = dw.size + fn
-        self._launch(DIRECT_CONV, op, dtype, total, *arrays, *_ints(total, x.shape[0], *sizes[:8], *sizes[10:]))
+        # one block of DIRECT_THREADS threads per filter, walking the batch's tiles (see direct_conv.cu)
+        tile = _direct_tile(c, fh, fw, stride, kh, kw, pool_stride, *shape[2:])
+        if fn:
+            args = (*arrays, *_ints(x.shape[0], *sizes[:8], *sizes[10:], *tile))
+            self._launch_grid(DIRECT_CONV, op, dtype, (fn,), (DIRECT_THREADS,), args)
         return dw, db
 
     def bias_relu(self, rows, b):
@@ -948,6 +977,28 @@ def _float_dtype(op: str, *arrays: Array) -> np.dtype:
         given = ", ".join(sorted(str(d) for d in dtypes))
         raise TypeError(f"{op}: the CUDA kernels take float32 or float64 arrays of one dtype, got {given}")
     return dtypes.pop()
+
+
+def _direct_tile(
+    c: int, fh: int, fw: int, stride: int, kh: int, kw: int, pool_stride: int, ph: int, pw: int
+) -> tuple[int, int] | None:
+    """The pooled rows and columns of a direct_conv.cu block's tile, (TILE_PH, TILE_PW): whole
+    output rows where they fit, at most DIRECT_THREADS pixels, and an input tile of at most
+    DIRECT_TILE elements (C planes of the rows and columns its windows read). None when the
+    input of a single pooled pixel does not fit."""
+
+    def elements(rows: int, cols: int) -> int:
+        in_rows = ((rows - 1) * pool_stride + kh - 1) * stride + fh
+        in_cols = ((cols - 1) * pool_stride + kw - 1) * stride + fw
+        return c * in_rows * in_cols
+
+    cols = max(1, min(pw, DIRECT_THREADS))
+    while cols > 1 and elements(1, cols) > DIRECT_TILE:
+        cols -= 1
+    rows = max(1, min(ph, DIRECT_THREADS // cols))
+    while rows > 1 and elements(rows, cols) > DIRECT_TILE:
+        rows -= 1
+    return (rows, cols) if elements(rows, cols) <= DIRECT_TILE else None
 
 
 def _ints(*values: int) -> tuple[np.int32, ...]:

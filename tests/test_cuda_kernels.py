@@ -81,7 +81,7 @@ def test_softmax_cross_entropy_rows_in_several_blocks(cuda):
 
 def test_a_first_layer_convolution_is_computed_directly_with_more_weights_than_a_block(cuda):
     """SimpleConvNet's first layer: one kernel forward and one for both parameter gradients
-    (780 threads: 750 weights, then 30 biases), no column matrix; a deep layer's many taps
+    (one block per filter, each summing its 25 weights and its bias), no column matrix; a deep layer's many taps
     take im2col and the GEMM."""
     kernels = cuda.kernels
     assert kernels.prefers_direct_conv(1, 5, 5, 1) and not kernels.prefers_direct_conv(64, 3, 3, 1)

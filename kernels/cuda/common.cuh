@@ -11,6 +11,19 @@
 #ifndef GPUCNN_COMMON_CUH
 #define GPUCNN_COMMON_CUH
 
+constexpr int WARP_SIZE = 32;
+constexpr unsigned FULL_MASK = 0xffffffffu;
+
+// The sum of every lane's v over a whole warp, in every lane (the same bits in each: a + b
+// and b + a round alike, so every lane adds the same pairs).
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int offset = WARP_SIZE / 2; offset > 0; offset /= 2) {
+        v += __shfl_xor_sync(FULL_MASK, v, offset);
+    }
+    return v;
+}
+
 // The linear index of this thread in a 1-D launch. The wrappers check that element
 // counts fit in an int, so 32-bit index math is exact.
 __device__ __forceinline__ int thread_index() {

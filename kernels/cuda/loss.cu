@@ -11,9 +11,6 @@
 // every run; it adds the terms in another order than a serial loop, within rounding.
 #include "common.cuh"
 
-constexpr int WARP_SIZE = 32;
-constexpr unsigned FULL_MASK = 0xffffffffu;
-
 // The row of a one-warp-per-row launch (1-D grid, blocks of whole warps), computed per
 // block so that it stays exact for any row count that fits in an int. Every lane of a warp
 // has the same row, so a warp returns or stays whole and its shuffles see all 32 lanes.
@@ -23,15 +20,6 @@ __device__ __forceinline__ int warp_row() {
 
 __device__ __forceinline__ int lane_index() {
     return static_cast<int>(threadIdx.x % WARP_SIZE);
-}
-
-// The sum of every lane's v, in every lane (the same bits in each).
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-    for (int offset = WARP_SIZE / 2; offset > 0; offset /= 2) {
-        v += __shfl_xor_sync(FULL_MASK, v, offset);
-    }
-    return v;
 }
 
 // softmax_cross_entropy: one warp per row (see above). The warp of row i writes probs[i, :]
