@@ -20,7 +20,9 @@ scores are never stored; inference runs the Affine as itself.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,17 +47,22 @@ Array = Any
 class ConvReluMaxPool(Step):
     """Convolution → ReLU → MaxPooling run as one step.
 
-    The ReLU output and the unpooled activation are never stored. Two ways through the
+    The ReLU output and the unpooled activation are never stored. Three ways through the
     kernels:
 
     - from the input (``conv_bias_relu_maxpool`` and its backward
       ``conv_maxpool_relu_backward_params``), when the input needs no gradient (a first
       layer) and the kernel set computes such a convolution directly
       (``prefers_direct_conv``): no column matrix at all;
-    - from the GEMM rows (``im2col``, a GEMM, ``bias_relu_maxpool`` and
-      ``maxpool_relu_backward``) otherwise.
+    - from a Winograd convolution's products (``Convolution.winograd_forward``,
+      ``winograd_bias_relu_maxpool`` and ``winograd_maxpool_relu_backward``), when the
+      convolution runs through Winograd and the pooling is 2x2 at stride 2 without pad:
+      each pooling window is one output tile, so no GEMM rows are made;
+    - from the GEMM rows (``Convolution.gemm_rows``: im2col and a GEMM, or Winograd;
+      ``bias_relu_maxpool`` and ``maxpool_relu_backward``) otherwise.
 
-    Inference always asks for ``conv_bias_relu_maxpool_infer`` (no argmax is tracked);
+    Inference asks for ``conv_bias_relu_maxpool_infer`` (or, on the Winograd path,
+    ``winograd_bias_relu_maxpool_infer``; no argmax is tracked);
     a batch larger than the kernel set's ``inference_block`` runs that many images at a
     time (the CPU sets: so that a column matrix and its GEMM output stay in the caches),
     a set whose ``inference_block`` is None (CUDA) takes the whole batch in one call. The
@@ -63,8 +70,9 @@ class ConvReluMaxPool(Step):
     """
 
     size = 3
-    # _conv_shape: (N, OH, OW) of the convolution (rows path); _x: the input (direct path)
-    cache_names = ("_conv_shape", "_x", "_argmax", "_out")
+    # _conv_shape: (N, OH, OW) of the convolution (rows and Winograd paths); _x: the input
+    # (direct path); _pooled_winograd: True when forward pooled straight from the products
+    cache_names = ("_conv_shape", "_x", "_argmax", "_out", "_pooled_winograd")
 
     def __init__(self, conv: Convolution, relu: ReLU, pool: MaxPooling) -> None:
         self.conv, self.relu, self.pool = conv, relu, pool
@@ -94,6 +102,30 @@ class ConvReluMaxPool(Step):
         """The pooling's (KH, KW, stride, pad), as the kernel operations take them."""
         return (*self.pool.pool_size, self.pool.stride, self.pool.pad)
 
+    def _winograd_pool(self) -> bool:
+        """Whether the step pools straight from a Winograd convolution's products: a 2x2
+        pooling at stride 2 without pad, whose windows are the output tiles."""
+        return self.conv.winograd() and self._pool_args() == (2, 2, 2, 0)
+
+    def _pooled_from_products(self, x, train: bool):
+        """(out, argmax or None) through ``Convolution.winograd_forward`` and the
+        ``winograd_bias_relu_maxpool`` operations, block by block; the GEMM rows are never made."""
+        conv, kernels = self.conv, self.conv.backend.kernels
+        n, oh, ow = conv.output_nhw(x.shape)
+        outs, argmaxes = [], []
+
+        def pool(m, i, j):
+            if train:
+                out, argmax = kernels.winograd_bias_relu_maxpool(m, conv.b, j - i, oh, ow)
+                argmaxes.append(argmax)
+            else:
+                out = kernels.winograd_bias_relu_maxpool_infer(m, conv.b, j - i, oh, ow)
+            outs.append(out)
+
+        conv.winograd_forward(x, pool, keep=train)
+        self._conv_shape = (n, oh, ow)
+        return _joined(conv.xp, outs), _joined(conv.xp, argmaxes) if train else None
+
     def forward(self, x, train=True):
         block, n = self.conv.backend.kernels.inference_block, x.shape[0]
         if not train and block is not None and n > block:
@@ -104,12 +136,18 @@ class ConvReluMaxPool(Step):
         pool = self._pool_args()
         super().clear_cache()  # the step's own arrays; the layers replace theirs as they compute
         if not train:  # no gradient will flow back: no argmax, nothing kept
+            if not self._direct() and self._winograd_pool():
+                return self._pooled_from_products(x, train=False)[0]
             conv.check_input(x)
             return kernels.conv_bias_relu_maxpool_infer(x, conv.W, conv.b, conv.stride, conv.pad, *pool)
         if self._direct():
             conv.check_input(x)
             self._x = x
             self._out, self._argmax = kernels.conv_bias_relu_maxpool(x, conv.W, conv.b, conv.stride, conv.pad, *pool)
+            return self._out
+        if self._winograd_pool():
+            self._out, self._argmax = self._pooled_from_products(x, train=True)
+            self._pooled_winograd = True
             return self._out
         rows = conv.gemm_rows(x)
         self._conv_shape = conv.output_nhw(x.shape)
@@ -124,6 +162,20 @@ class ConvReluMaxPool(Step):
                 dout, self._argmax, self._out, self._x, tuple(conv.W.shape), conv.stride, conv.pad, *pool
             )
             return None
+        if self._pooled_winograd:
+            _, oh, ow = self._conv_shape
+            db = []
+
+            def products_grad(i, j):
+                dm, db_part = kernels.winograd_maxpool_relu_backward(
+                    dout[i:j, ...], self._argmax[i:j, ...], self._out[i:j, ...], j - i, oh, ow
+                )
+                db.append(db_part)
+                return dm
+
+            dx = conv.winograd_backward(products_grad)
+            conv.grads["b"] = functools.reduce(operator.add, db)  # block by block, in order
+            return dx
         drows = kernels.maxpool_relu_backward(dout, self._argmax, self._out, *self._conv_shape, *pool)
         return conv.backward_rows(drows)
 
@@ -138,23 +190,49 @@ class ConvReluMaxPool(Step):
         biased rows, one more in the pooling, beside one block's columns."""
         gemm = self.conv.gemm_memory(batch_size, itemsize)
         out_size = batch_size * math.prod(self.pool.output_shape)
+        pooled = out_size * (itemsize + ARGMAX_BYTES)  # the output and its argmax
+        if not self._direct() and self._winograd_pool():
+            return MemoryTerms(
+                output=out_size * itemsize,
+                kept=gemm.columns + pooled,
+                columns=gemm.columns,
+                # a block's products, the blocks' pooled parts and their concatenation
+                forward=gemm.products + 2 * pooled,
+                backward=gemm.products + gemm.input_grad,
+                output_in_cache=True,
+            )
         return MemoryTerms(
             output=out_size * itemsize,
             kept=gemm.columns + out_size * (itemsize + ARGMAX_BYTES),
             columns=gemm.columns,
-            forward=3 * gemm.rows + gemm.block_columns,
-            backward=gemm.rows + gemm.block_columns + gemm.input_grad,
+            forward=3 * gemm.rows + gemm.block_columns + gemm.products,
+            backward=gemm.rows + gemm.block_columns + gemm.products + gemm.input_grad,
             output_in_cache=True,
             keeps_input=gemm.keeps_input,
         )
 
 
+# A max pooling over 1x1 windows at stride 1 (KH, KW, stride, pad): the identity, so that the
+# fused convolution → ReLU → pooling operations compute a convolution → ReLU.
+IDENTITY_POOL = (1, 1, 1, 0)
+
+
 class LinearReLU(Step):
     """Affine → ReLU or Convolution → ReLU run as one step: the bias and the ReLU in one
-    pass over the GEMM output (the kernel operation ``bias_relu``)."""
+    pass over the GEMM output (the kernel operation ``bias_relu``).
+
+    A convolution whose input needs no gradient (a first layer) and that the kernel set
+    computes directly (``prefers_direct_conv``) runs instead through the direct fused
+    operations of :class:`ConvReluMaxPool` with a 1x1 pooling at stride 1, the identity
+    (``conv_bias_relu_maxpool`` and ``conv_maxpool_relu_backward_params``): no column
+    matrix, no GEMM rows, no layout changes. Its values equal the GEMM path's to float
+    rounding, as that operation says.
+    """
 
     size = 2
-    cache_names = ("_out",)  # the ReLU output as GEMM rows: its sign is the mask
+    # _out: the ReLU output (GEMM rows, or NCHW on the direct path): its sign is the mask;
+    # _x and _argmax: the direct path's input and its (all-zero) pooling argmax
+    cache_names = ("_out", "_x", "_argmax")
 
     def __init__(self, linear: Affine | Convolution, relu: ReLU) -> None:
         self.linear, self.relu = linear, relu
@@ -169,16 +247,41 @@ class LinearReLU(Step):
     def layers(self) -> tuple[Layer, ...]:
         return (self.linear, self.relu)
 
+    def _direct(self) -> bool:
+        """Whether the step takes the direct way (see the class docstring)."""
+        conv = self.linear
+        if type(conv) is not Convolution or conv.needs_input_grad:
+            return False
+        _, c, fh, fw = conv.W.shape
+        return conv.backend.kernels.prefers_direct_conv(c, fh, fw, conv.stride)
+
     def forward(self, x, train=True):
         linear = self.linear
+        kernels = linear.backend.kernels
+        if self._direct():
+            super().clear_cache()
+            linear.check_input(x)
+            args = (x, linear.W, linear.b, linear.stride, linear.pad, *IDENTITY_POOL)
+            if not train:
+                return kernels.conv_bias_relu_maxpool_infer(*args)
+            self._x = x
+            self._out, self._argmax = kernels.conv_bias_relu_maxpool(*args)
+            return self._out
         rows = linear.gemm_rows(x)
-        self._out = linear.backend.kernels.bias_relu(rows, linear.b)
+        self._out = kernels.bias_relu(rows, linear.b)
         return linear.rows_to_output(self._out)
 
     def backward(self, dout):
         linear = self.linear
+        kernels = linear.backend.kernels
+        if self._x is not None:  # the direct path: the input needs no gradient
+            w_shape = tuple(linear.W.shape)
+            linear.grads["W"], linear.grads["b"] = kernels.conv_maxpool_relu_backward_params(
+                dout, self._argmax, self._out, self._x, w_shape, linear.stride, linear.pad, *IDENTITY_POOL
+            )
+            return None
         drows = linear.output_to_rows(dout)
-        return linear.backward_rows(linear.backend.kernels.relu_backward(drows, self._out))
+        return linear.backward_rows(kernels.relu_backward(drows, self._out))
 
     def clear_cache(self) -> None:
         super().clear_cache()
@@ -186,19 +289,34 @@ class LinearReLU(Step):
             layer.clear_cache()
 
     def memory(self, batch_size, itemsize, training):
-        """Columns and the ReLU output as rows kept; backward: the rows' gradient, masked."""
+        """Columns and the ReLU output as rows kept; backward: the rows' gradient, masked.
+        The direct path: the output and its argmax kept, nothing else made."""
+        out_size = batch_size * math.prod(self.relu.output_shape)
+        out = out_size * itemsize
+        if self._direct():
+            return MemoryTerms(
+                output=out,
+                kept=out_size * (itemsize + ARGMAX_BYTES),
+                forward=out_size * (itemsize + ARGMAX_BYTES),
+                output_in_cache=True,
+                keeps_input=True,
+            )
         gemm = self.linear.gemm_memory(batch_size, itemsize)
-        out = batch_size * math.prod(self.relu.output_shape) * itemsize
         return MemoryTerms(
             output=out,
             kept=gemm.columns + gemm.rows,
             columns=gemm.columns,
             # the GEMM rows (beside one block's columns), then the NCHW copy
-            forward=gemm.rows + gemm.block_columns + (0 if gemm.output_is_rows else out),
-            backward=2 * gemm.rows + gemm.block_columns + gemm.input_grad,
+            forward=gemm.rows + gemm.block_columns + gemm.products + (0 if gemm.output_is_rows else out),
+            backward=2 * gemm.rows + gemm.block_columns + gemm.products + gemm.input_grad,
             output_in_cache=gemm.output_is_rows,
             keeps_input=gemm.keeps_input,
         )
+
+
+def _joined(xp: Any, parts: list) -> Array:
+    """The blocks' arrays joined along the batch axis (the one array itself when one)."""
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
 FUSED_STEPS = (ConvReluMaxPool, LinearReLU)  # tried in this order at each layer

@@ -11,7 +11,17 @@ from typing import Any
 from .layers import Affine, Convolution, Dropout, Flatten, MaxPooling, ReLU, SigmoidWithLoss, SoftmaxWithLoss
 from .model import Sequential, SimpleConvNet
 
-__all__ = ["MODELS", "binary_mlp", "build_model", "cifar_cnn", "mnist_cnn", "simple_convnet", "two_layer_net"]
+__all__ = [
+    "MODELS",
+    "binary_mlp",
+    "build_model",
+    "cifar_cnn",
+    "cifar_vgg",
+    "lenet5",
+    "mnist_cnn",
+    "simple_convnet",
+    "two_layer_net",
+]
 
 
 def simple_convnet(
@@ -60,6 +70,30 @@ def cifar_cnn(
     return Sequential(layers, SoftmaxWithLoss(), input_shape=tuple(input_shape), dtype=dtype, seed=seed)
 
 
+def lenet5(
+    input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, dtype: Any = "float32", seed: int | None = None
+) -> Sequential:
+    """LeNet-5 with ReLU and max pooling: conv 6 5x5 pad 2 - pool - conv 16 5x5 - pool - dense
+    120 - dense 84 - dense."""
+    layers = [Convolution(6, 5, pad="same"), ReLU(), MaxPooling(2), Convolution(16, 5), ReLU(), MaxPooling(2)]
+    layers += [Flatten(), Affine(120), ReLU(), Affine(84), ReLU(), Affine(num_classes)]
+    return Sequential(layers, SoftmaxWithLoss(), input_shape=tuple(input_shape), dtype=dtype, seed=seed)
+
+
+def cifar_vgg(
+    input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, dtype: Any = "float32", seed: int | None = None
+) -> Sequential:
+    """A small VGG: two blocks of two 3x3 "same" convolutions (64, then 128 filters), each
+    block ending in max pooling and dropout .25, then dense 256 with dropout .5."""
+
+    def block(filters: int) -> list:
+        return [Convolution(filters, 3, pad="same"), ReLU(), Convolution(filters, 3, pad="same"), ReLU()]
+
+    layers = [*block(64), MaxPooling(2), Dropout(0.25), *block(128), MaxPooling(2), Dropout(0.25)]
+    layers += _dense_head(256, num_classes)
+    return Sequential(layers, SoftmaxWithLoss(), input_shape=tuple(input_shape), dtype=dtype, seed=seed)
+
+
 def two_layer_net(
     input_shape: Sequence[int] = (784,),
     num_classes: int = 10,
@@ -97,6 +131,8 @@ MODELS: dict[str, Callable[..., Sequential]] = {
     "simple_convnet": simple_convnet,
     "mnist_cnn": mnist_cnn,
     "cifar_cnn": cifar_cnn,
+    "lenet5": lenet5,
+    "cifar_vgg": cifar_vgg,
     "two_layer_net": two_layer_net,
     "binary_mlp": binary_mlp,
 }

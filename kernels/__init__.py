@@ -82,6 +82,44 @@ Fused operations (a kernel set may override them; the generic set composes them)
     Whether the set computes such a convolution directly and faster than im2col and a
     GEMM; layers then train through the three ``conv_*`` operations above (the generic
     set says no: its ``conv_*`` operations are the composition).
+``prefers_winograd(c, fn, fh, fw, stride) -> bool``
+    Whether the set runs a convolution with C input channels, FN filters, an FH x FW
+    filter and this stride faster through the six ``winograd_*`` operations below than
+    through ``im2col`` and one GEMM (only 3x3 at stride 1 can). Layers then use them for
+    the forward and both gradients. The generic and CUDA sets say no.
+Winograd F(2x2, 3x3) (Lavin and Gray, 2016): the convolution of a 3x3 filter at stride 1
+as 16 GEMMs over 4x4 input tiles taken every 2 pixels, 2.25 times fewer multiplications
+than im2col's GEMM. ``TH = (OH + 1) // 2`` and ``TW = (OW + 1) // 2`` tiles cover the
+output; ``T = N*TH*TW`` tiles in (n, ty, tx) order; index ``4*i + j`` is entry (i, j) of a
+4x4 transform. With B^T, G and A^T the matrices of that paper:
+``winograd_filter(w) -> u``
+    w (FN, C, 3, 3) → U (16, C, FN), ``G w G^T`` of each filter.
+``winograd_input(x, pad) -> v``
+    x (N, C, H, W) → V (16, T, C), ``B^T d B`` of each input tile d, whose top-left
+    corner is padded pixel (2*ty, 2*tx) (``pad`` zeros on every side, and more below and
+    right where the last tile reaches past the image).
+``winograd_output(m, n, oh, ow) -> rows``
+    M = V @ U (16, T, FN) → the GEMM rows (N*OH*OW, FN) of ``im2col`` and one GEMM, in
+    (n, oh, ow) order: ``A^T M A`` of each tile, cropped to OH x OW.
+``winograd_output_grad(drows, n, oh, ow) -> dm``, ``winograd_input_grad(dv, x_shape, pad) -> dx``,
+``winograd_filter_grad(du) -> dw``
+    The adjoints of the three above: dM = ``A dY A^T`` (16, T, FN); dx of ``x_shape``,
+    each tile's ``B dV B^T`` added to the pixels it was read from; dW = ``G^T dU G``
+    (FN, C, 3, 3). So ``dW = winograd_filter_grad(V^T @ dM)`` and
+    ``dx = winograd_input_grad(dM @ U^T, ...)`` are the gradients of the Winograd
+    forward exactly; they equal im2col's to float rounding (another order of sums).
+``winograd_bias_relu_maxpool(m, b, n, oh, ow) -> (out, argmax)``
+    ``bias_relu_maxpool(winograd_output(m, n, oh, ow), b, n, oh, ow, 2, 2, 2, 0)``: the
+    products of a Winograd convolution straight to the 2x2, stride-2 max pooling (no pad)
+    of its biased ReLU, (N, FN, OH//2, OW//2) each. Each pooling window is one output tile
+    (an odd OH or OW's last, partial tiles are not pooled), so a set need not make the GEMM
+    rows; the values are the composition's.
+``winograd_bias_relu_maxpool_infer(m, b, n, oh, ow) -> out``
+    Its ``out`` alone.
+``winograd_maxpool_relu_backward(dout, argmax, out, n, oh, ow) -> (dm, db)``
+    ``winograd_output_grad`` and ``bias_grad`` of ``maxpool_relu_backward(dout, argmax,
+    out, n, oh, ow, 2, 2, 2, 0)``: dM (16, T, FN) and the bias gradient (FN,), equal to the
+    composition's (``db`` to float rounding: its sum may run in another order).
 ``bias_relu(rows, b) -> out``
     ``maximum(rows + b, 0)`` for GEMM rows (M, F) and a bias (F,): the bias and ReLU of an
     Affine or Convolution layer in one pass. Its backward is ``relu_backward``.
@@ -140,6 +178,12 @@ Attributes:
     runs a larger inference batch in blocks of this many and concatenates the results
     (the same values). The CPU sets say 128, so that a block's column matrix and GEMM
     output stay in the caches; the CUDA set says None, the whole batch in one launch.
+``winograd_block_bytes``
+    The most bytes of one block's Winograd GEMM products (16, T, FN): a convolution runs
+    its ``winograd_*`` passes over blocks of images that fit (the CPU sets: so that a
+    block's transforms and products stay in the caches and the whole batch's products,
+    four times the output, never exist); None (the CUDA set): the whole batch at once.
+    The values are the same, but for dW, whose transform is summed block by block.
 """
 
 from __future__ import annotations
@@ -153,6 +197,7 @@ __all__ = [
     "conv_output_size",
     "check_pool_pad",
     "output_hw",
+    "winograd_tiles",
 ]
 
 Array = Any  # an array of the set's namespace (NumPy, CuPy, array_api_strict, ...)
@@ -173,6 +218,9 @@ class KernelSet(Protocol):
     runs im2col, its GEMMs and col2im over blocks of images that fit, keeping the input
     instead of the whole batch's columns. None: the whole batch in one call of each."""
 
+    winograd_block_bytes: int | None
+    """The most bytes of one block's Winograd GEMM products (16, T, FN): a layer runs the
+    ``winograd_*`` passes over blocks of images that fit. None: the whole batch at once."""
     inference_block: int | None
     """The most images of one ``conv_bias_relu_maxpool_infer`` call: a fused step runs a
     larger inference batch in blocks of this many. None: the whole batch in one call."""
@@ -261,6 +309,38 @@ class KernelSet(Protocol):
         pool_pad: int = 0,
     ) -> tuple[Array, Array]:
         """dout (N, FN, PH, PW) → (dw of ``w_shape``, db (FN,)) of :meth:`conv_bias_relu_maxpool`."""
+
+    def prefers_winograd(self, c: int, fn: int, fh: int, fw: int, stride: int) -> bool:
+        """Whether such a convolution runs faster through the ``winograd_*`` operations than im2col and a GEMM."""
+
+    def winograd_filter(self, w: Array) -> Array:
+        """w (FN, C, 3, 3) → U (16, C, FN)."""
+
+    def winograd_filter_grad(self, du: Array) -> Array:
+        """The adjoint of :meth:`winograd_filter`: dU (16, C, FN) → dW (FN, C, 3, 3)."""
+
+    def winograd_input(self, x: Array, pad: int) -> Array:
+        """x (N, C, H, W) → V (16, T, C)."""
+
+    def winograd_input_grad(self, dv: Array, x_shape: tuple[int, int, int, int], pad: int) -> Array:
+        """The adjoint of :meth:`winograd_input`: dV (16, T, C) → dx of ``x_shape``."""
+
+    def winograd_output(self, m: Array, n: int, oh: int, ow: int) -> Array:
+        """M (16, T, FN) → GEMM rows (N*OH*OW, FN)."""
+
+    def winograd_output_grad(self, drows: Array, n: int, oh: int, ow: int) -> Array:
+        """The adjoint of :meth:`winograd_output`: rows (N*OH*OW, FN) → dM (16, T, FN)."""
+
+    def winograd_bias_relu_maxpool(self, m: Array, b: Array, n: int, oh: int, ow: int) -> tuple[Array, Array]:
+        """Winograd products M (16, T, FN) and bias (FN,) → (out, argmax), both (N, FN, OH//2, OW//2)."""
+
+    def winograd_bias_relu_maxpool_infer(self, m: Array, b: Array, n: int, oh: int, ow: int) -> Array:
+        """:meth:`winograd_bias_relu_maxpool`'s ``out`` alone."""
+
+    def winograd_maxpool_relu_backward(
+        self, dout: Array, argmax: Array, out: Array, n: int, oh: int, ow: int
+    ) -> tuple[Array, Array]:
+        """dout (N, FN, OH//2, OW//2) → (dM (16, T, FN), db (FN,)) of :meth:`winograd_bias_relu_maxpool`."""
 
     def bias_relu(self, rows: Array, b: Array) -> Array:
         """``maximum(rows + b, 0)``: rows (M, F), b (F,) → (M, F)."""
@@ -375,6 +455,11 @@ def conv_output_size(in_size: int, kernel_size: int, stride: int = 1, pad: int =
 def output_hw(h: int, w: int, kh: int, kw: int, stride: int = 1, pad: int = 0) -> tuple[int, int]:
     """``(OH, OW)`` of a KH x KW window over an H x W image: :func:`conv_output_size` on each axis."""
     return conv_output_size(h, kh, stride, pad), conv_output_size(w, kw, stride, pad)
+
+
+def winograd_tiles(oh: int, ow: int) -> tuple[int, int]:
+    """(TH, TW): the 2x2 output tiles of Winograd F(2x2, 3x3) that cover an OH x OW output."""
+    return (oh + 1) // 2, (ow + 1) // 2
 
 
 def check_pool_pad(kh: int, kw: int, pad: int) -> None:

@@ -28,7 +28,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from . import check_pool_pad, output_hw
+from . import check_pool_pad, output_hw, winograd_tiles
 
 Array = Any
 
@@ -43,6 +43,9 @@ class GenericKernels:
     # None: a convolution's training passes through im2col take the whole batch in one call.
     # A number: the most bytes of one block's column matrix (see ``KernelSet``).
     conv_block_bytes: int | None = None
+    # None: the Winograd passes take the whole batch at once (a GPU's way); a number: the
+    # most bytes of one block's GEMM products (see ``KernelSet``).
+    winograd_block_bytes: int | None = None
     # Inference through a fused first layer in blocks of this many images, so that a
     # block's column matrix and GEMM output stay in a CPU's caches, where those of a whole
     # batch of 1024 (tens of MB) would stream from memory twice. None: the whole batch.
@@ -110,6 +113,151 @@ class GenericKernels:
         parts = [col6[ky, kx, ...] for ky in range(kh) for kx in range(kw)]
         return self._scatter_taps(parts, x_shape, kh, kw, stride, pad, col.dtype, _device(col))
 
+    # -- Winograd F(2x2, 3x3) ---------------------------------------------------
+    # A 3x3, stride-1 convolution as 16 GEMMs over 4x4 input tiles (Lavin and Gray, 2016):
+    # out = A^T [(G w G^T) * (B^T d B)] A per 2x2 output tile. The transforms below are
+    # written as explicit additions, in the order the Numba set repeats.
+
+    def prefers_winograd(self, c: int, fn: int, fh: int, fw: int, stride: int) -> bool:
+        """Whether a convolution with C input channels, FN filters, an FH x FW filter and
+        this stride runs faster through the ``winograd_*`` operations than through im2col
+        and one GEMM. Only 3x3 filters at stride 1 can; the generic set says no."""
+        return False
+
+    def winograd_filter(self, w: Array) -> Array:
+        """w (FN, C, 3, 3) → U (16, C, FN): ``G w G^T`` of each filter, entry
+        ``4*i + j`` of the 4x4 result in row ``4*i + j``."""
+        xp = self.xp
+
+        def g(v0, v1, v2):  # the rows of G v: v0, (v0 + v1 + v2)/2, (v0 - v1 + v2)/2, v2
+            return [v0, (v0 + v1 + v2) * 0.5, (v0 - v1 + v2) * 0.5, v2]
+
+        w = xp.permute_dims(w, (2, 3, 1, 0))  # (3, 3, C, FN)
+        cols = g(w[0, ...], w[1, ...], w[2, ...])  # 4 of (3, C, FN)
+        u = [t for col in cols for t in g(col[0, ...], col[1, ...], col[2, ...])]
+        return xp.stack(u, axis=0)
+
+    def winograd_filter_grad(self, du: Array) -> Array:
+        """The adjoint of :meth:`winograd_filter`: dU (16, C, FN) → dW (FN, C, 3, 3),
+        ``G^T dU G`` of each filter."""
+        xp = self.xp
+
+        def gt(v0, v1, v2, v3):  # the rows of G^T v
+            return [v0 + (v1 + v2) * 0.5, (v1 - v2) * 0.5, (v1 + v2) * 0.5 + v3]
+
+        cols = [
+            gt(du[j, ...], du[4 + j, ...], du[8 + j, ...], du[12 + j, ...]) for j in range(4)
+        ]  # cols[j][ky], (C, FN) each
+        taps = [gt(*(cols[j][ky] for j in range(4))) for ky in range(3)]  # taps[ky][kx]
+        dw = xp.stack([t for ky in range(3) for t in taps[ky]], axis=0)  # (9, C, FN)
+        c, fn = du.shape[1], du.shape[2]
+        return xp.permute_dims(xp.reshape(dw, (3, 3, c, fn)), (3, 2, 0, 1))
+
+    def _winograd_padded(self, x: Array, pad: int, th: int, tw: int) -> Array:
+        """x (N, C, H, W) with ``pad`` zeros above and left and as many below and right as
+        the tiles need: (N, C, 2*TH + 2, 2*TW + 2)."""
+        xp = self.xp
+        n, c, h, w = x.shape
+        out = xp.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=x.dtype, device=_device(x))
+        out[:, :, pad : pad + h, pad : pad + w] = x
+        return out
+
+    def winograd_input(self, x: Array, pad: int) -> Array:
+        """x (N, C, H, W) → V (16, T, C), T = N*TH*TW tiles in (n, ty, tx) order:
+        ``B^T d B`` of the 4x4 input tile ``d`` whose top-left corner is padded pixel
+        (2*ty, 2*tx), with ``pad`` zeros on every side (and more below and right where
+        the last tile reaches past the image)."""
+        xp = self.xp
+        n, c, h, w = x.shape
+        th, tw = winograd_tiles(*output_hw(h, w, 3, 3, 1, pad))
+        xpad = self._winograd_padded(x, pad, th, tw)
+
+        def bt(d0, d1, d2, d3):  # the rows of B^T d
+            return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+
+        taps = [[xpad[:, :, i : i + 2 * th - 1 : 2, j : j + 2 * tw - 1 : 2] for j in range(4)] for i in range(4)]
+        cols = [bt(*(taps[i][j] for i in range(4))) for j in range(4)]  # cols[j][i]
+        v = xp.stack([t for i in range(4) for t in bt(*(cols[j][i] for j in range(4)))], axis=0)
+        v = xp.permute_dims(v, (0, 1, 3, 4, 2))  # (16, N, TH, TW, C)
+        return xp.reshape(v, (16, n * th * tw, c))
+
+    def winograd_input_grad(self, dv: Array, x_shape: tuple[int, int, int, int], pad: int) -> Array:
+        """The adjoint of :meth:`winograd_input`: dV (16, T, C) → dx of ``x_shape``, each
+        tile's ``B dV B^T`` added to the pixels it was read from (tiles overlap by two rows
+        and columns); what falls in the padding is dropped."""
+        xp = self.xp
+        n, c, h, w = x_shape
+        th, tw = winograd_tiles(*output_hw(h, w, 3, 3, 1, pad))
+        dv = xp.permute_dims(xp.reshape(dv, (16, n, th, tw, c)), (0, 1, 4, 2, 3))  # (16, N, C, TH, TW)
+
+        def b(v0, v1, v2, v3):  # the rows of B v
+            return [v0, v1 - v2 + v3, v1 + v2 - v0, -v3]
+
+        cols = [b(*(dv[4 * i + j, ...] for i in range(4))) for j in range(4)]  # cols[j][ky]
+        tiles = [b(*(cols[j][ky] for j in range(4))) for ky in range(4)]  # tiles[ky][kx]: a tile's pixel
+        dxp = xp.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=dv.dtype, device=_device(dv))
+        for ky in range(4):
+            for kx in range(4):
+                ys, xs = slice(ky, ky + 2 * th - 1, 2), slice(kx, kx + 2 * tw - 1, 2)
+                dxp[:, :, ys, xs] = dxp[:, :, ys, xs] + tiles[ky][kx]
+        return dxp[:, :, pad : pad + h, pad : pad + w]
+
+    def winograd_output(self, m: Array, n: int, oh: int, ow: int) -> Array:
+        """M (16, T, FN), the 16 GEMMs' products → GEMM rows (N*OH*OW, FN) in (n, oh, ow)
+        order (the layout of ``im2col`` and one GEMM): ``A^T M A`` of each tile, cropped to
+        OH x OW."""
+        xp = self.xp
+        th, tw = winograd_tiles(oh, ow)
+        fn = m.shape[2]
+        m = xp.reshape(m, (16, n, th, tw, fn))
+
+        def at(m0, m1, m2, m3):  # the rows of A^T m
+            return [m0 + m1 + m2, m1 - m2 - m3]
+
+        cols = [at(*(m[4 * i + j, ...] for i in range(4))) for j in range(4)]  # cols[j][a]
+        out = [at(*(cols[j][a] for j in range(4))) for a in range(2)]  # out[a][b]: a tile's pixel
+        y = xp.stack([xp.stack(out[a], axis=3) for a in range(2)], axis=2)  # (N, TH, 2, TW, 2, FN)
+        y = xp.reshape(y, (n, 2 * th, 2 * tw, fn))[:, :oh, :ow, :]
+        return xp.reshape(y, (n * oh * ow, fn))
+
+    def winograd_output_grad(self, drows: Array, n: int, oh: int, ow: int) -> Array:
+        """The adjoint of :meth:`winograd_output`: GEMM rows (N*OH*OW, FN) → dM (16, T, FN),
+        ``A dY A^T`` of each 2x2 tile (zero where the tile reaches past OH x OW)."""
+        xp = self.xp
+        th, tw = winograd_tiles(oh, ow)
+        fn = drows.shape[1]
+        dy = xp.zeros((n, 2 * th, 2 * tw, fn), dtype=drows.dtype, device=_device(drows))
+        dy[:, :oh, :ow, :] = xp.reshape(drows, (n, oh, ow, fn))
+        g = [[dy[:, a::2, b::2, :] for b in range(2)] for a in range(2)]  # g[a][b]: (N, TH, TW, FN)
+
+        def a_(g0, g1):  # the rows of A g
+            return [g0, g0 + g1, g0 - g1, -g1]
+
+        cols = [a_(g[0][b], g[1][b]) for b in range(2)]  # cols[b][i]
+        dm = xp.stack([t for i in range(4) for t in a_(cols[0][i], cols[1][i])], axis=0)
+        return xp.reshape(dm, (16, n * th * tw, fn))
+
+    # A 2x2 max pooling at stride 2 without padding after a Winograd convolution: each
+    # pooling window is one 2x2 output tile, so a set can pool straight from the products.
+
+    def winograd_bias_relu_maxpool(self, m: Array, b: Array, n: int, oh: int, ow: int) -> tuple[Array, Array]:
+        """``bias_relu_maxpool(winograd_output(m, n, oh, ow), b, n, oh, ow, 2, 2, 2, 0)``:
+        (out, argmax), both (N, FN, OH//2, OW//2)."""
+        return self.bias_relu_maxpool(self.winograd_output(m, n, oh, ow), b, n, oh, ow, 2, 2, 2, 0)
+
+    def winograd_bias_relu_maxpool_infer(self, m: Array, b: Array, n: int, oh: int, ow: int) -> Array:
+        """:meth:`winograd_bias_relu_maxpool`'s ``out`` alone."""
+        return self.bias_relu_maxpool_infer(self.winograd_output(m, n, oh, ow), b, n, oh, ow, 2, 2, 2, 0)
+
+    def winograd_maxpool_relu_backward(
+        self, dout: Array, argmax: Array, out: Array, n: int, oh: int, ow: int
+    ) -> tuple[Array, Array]:
+        """The adjoint of :meth:`winograd_bias_relu_maxpool`: (dM (16, T, FN), db (FN,)),
+        ``winograd_output_grad`` and ``bias_grad`` of ``maxpool_relu_backward(dout, argmax,
+        out, n, oh, ow, 2, 2, 2, 0)``."""
+        drows = self.maxpool_relu_backward(dout, argmax, out, n, oh, ow, 2, 2, 2, 0)
+        return self.winograd_output_grad(drows, n, oh, ow), self.bias_grad(drows)
+
     # -- pooling ---------------------------------------------------------------
 
     def maxpool_forward(self, x: Array, kh: int, kw: int, stride: int, pad: int = 0):
@@ -170,10 +318,14 @@ class GenericKernels:
         return False
 
     def _conv_rows(self, x: Array, w: Array, stride: int, pad: int) -> tuple[Array, int, int]:
-        """The convolution's GEMM rows (N*OH*OW, FN) without bias, with OH and OW."""
+        """The convolution's GEMM rows (N*OH*OW, FN) without bias, with OH and OW: through
+        Winograd when the set prefers it, else im2col and one GEMM."""
         xp = self.xp
         fn, c, fh, fw = w.shape
         oh, ow = output_hw(x.shape[2], x.shape[3], fh, fw, stride, pad)
+        if self.prefers_winograd(c, fn, fh, fw, stride):
+            m = xp.matmul(self.winograd_input(x, pad), self.winograd_filter(w))
+            return self.winograd_output(m, x.shape[0], oh, ow), oh, ow
         rows = self.im2col(x, fh, fw, stride, pad) @ xp.matrix_transpose(xp.reshape(w, (fn, c * fh * fw)))
         return rows, oh, ow
 

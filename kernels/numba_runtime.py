@@ -1,11 +1,12 @@
 """How the Numba kernels are compiled and run: the decorators, the cache, the threads.
 
 The kernel modules (:mod:`.numba_conv`, :mod:`.numba_pool`, :mod:`.numba_direct_conv`,
-:mod:`.numba_optim`) define their loops with the decorators below. Importing them changes
-nothing in the process: :func:`configure` applies the settings the kernels are tuned for,
-and is called by whoever builds the backend (``gpucnn.get_backend("numba")``), before the
-first kernel runs. Kernels run without it compute the same values, compiled again in
-every process and with Numba's default threads.
+:mod:`.numba_elementwise`, :mod:`.numba_optim`, :mod:`.numba_winograd`,
+:mod:`.numba_winograd_pool`) define their loops with the decorators below.
+Importing them changes nothing in the process: :func:`configure` applies the settings the
+kernels are tuned for, and is called by whoever builds the backend
+(``gpucnn.get_backend("numba")``), before the first kernel runs. Kernels run without it
+compute the same values, compiled again in every process and with Numba's default threads.
 
 Compilation
 -----------
@@ -183,6 +184,7 @@ class _KernelCacheLocator(_CacheLocator):
     names after the kernel's directory; valid while the kernel files stay as they are."""
 
     def __init__(self, py_func: Callable, py_file: str) -> None:
+        self._py_file = py_file  # named by Numba's warning for a kernel it cannot cache
         self._lineno = py_func.__code__.co_firstlineno
         self._cache_path = os.path.join(_cache_folder, self.get_suitable_cache_subpath(py_file))
 

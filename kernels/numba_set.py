@@ -10,21 +10,29 @@ loop beat (benchmarks/results/numba_notes.md).
 
 This module wires the loops into :class:`NumbaKernels`; the loops live by job in
 :mod:`.numba_conv` (im2col, col2im), :mod:`.numba_pool` (pooling, fused pooling),
-:mod:`.numba_direct_conv` (the direct convolution) and :mod:`.numba_optim` (optimizer
-steps), and :mod:`.numba_runtime` compiles and launches them: its "Compilation" and
+:mod:`.numba_direct_conv` (the direct convolution), :mod:`.numba_winograd` (the
+Winograd transforms), :mod:`.numba_winograd_pool` (the Winograd output transform fused
+with bias, ReLU and max pooling), :mod:`.numba_elementwise` (bias and ReLU, and the ReLU's
+backward) and :mod:`.numba_optim` (optimizer steps), and
+:mod:`.numba_runtime` compiles and launches them: its "Compilation" and
 "Threads" sections say where the cache goes and how the threads are set.
 
 Values
 ------
 Equal to the NumPy set bit for bit: ``im2col``, ``col2im``, max pooling forward and
 backward (values and ``argmax``, NaN windows included), ``bias_relu_maxpool`` and
-``bias_relu_maxpool_infer``, ``maxpool_relu_backward``, ``avgpool_backward`` and the
-optimizer steps. Sums run in the NumPy set's order: where windows overlap, a backward
-kernel visits them last to first, so that every pixel receives its taps in ascending
-``(ky, kx)`` order starting from zero, as the NumPy set's loop over taps adds them; the
-optimizer steps do the same float operations in the same dtype (Python scalars are cast
-to the array's dtype first, as NumPy does). ``avgpool_forward`` sums a window row by row,
-which may differ from NumPy's reduction order: equal to float rounding.
+``bias_relu_maxpool_infer``, ``maxpool_relu_backward``, ``avgpool_backward``,
+``bias_relu``, ``relu_backward``, the six
+``winograd_*`` transforms, the three Winograd poolings (out, argmax and dM, whose zeros
+may differ in sign) and the optimizer steps. Sums run in the NumPy set's order: where
+windows overlap, a backward kernel visits them last to first, so that every pixel
+receives its taps in ascending ``(ky, kx)`` order starting from zero, as the NumPy set's
+loop over taps adds them; the Winograd transforms make the generic set's additions in
+its order; the optimizer steps do the same float operations in the same dtype (Python
+scalars are cast to the array's dtype first, as NumPy does). ``avgpool_forward`` sums a
+window row by row, and ``winograd_maxpool_relu_backward``'s bias gradient sums each row
+of tiles, then the rows in order, which may differ from NumPy's reduction order: equal
+to float rounding.
 
 The ``conv_*`` operations compute a stride-1 convolution with at most
 ``direct_conv_max_taps`` taps per output directly (see :mod:`.numba_direct_conv`):
@@ -37,7 +45,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import check_pool_pad, numba_conv, numba_direct_conv, numba_optim, numba_pool, output_hw
+from . import (
+    check_pool_pad,
+    numba_conv,
+    numba_direct_conv,
+    numba_elementwise,
+    numba_optim,
+    numba_pool,
+    numba_winograd,
+    numba_winograd_pool,
+    output_hw,
+    winograd_tiles,
+)
 from .numba_runtime import launch
 from .numpy_set import NumpyKernels
 
@@ -62,6 +81,12 @@ def _flat(*arrays: np.ndarray) -> tuple[np.ndarray, ...] | None:
         ):
             return None
     return tuple(a.reshape(-1) for a in arrays)
+
+
+def _check_shape(what: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Raise unless ``a`` has ``shape``: the loops index without bounds checks."""
+    if a.shape != shape:
+        raise ValueError(f"{what} has shape {a.shape}, expected {shape}")
 
 
 class NumbaKernels(NumpyKernels):
@@ -89,6 +114,94 @@ class NumbaKernels(NumpyKernels):
         dx = np.empty((n, c, h, w), dtype=col.dtype)
         launch(numba_conv.col2im, _contiguous(col), kh, kw, stride, pad, oh, ow, dx)
         return dx
+
+    # -- Winograd F(2x2, 3x3) ------------------------------------------------------
+
+    # ``prefers_winograd`` (the NumPy set's rule) with this set's own threshold: Winograd
+    # for a 3x3 convolution at stride 1 with at least this many input channels.
+    winograd_min_channels = 16
+    # Parallel tasks winograd_input aims at: an image's tile rows are split into bands
+    # when the batch alone gives fewer tasks (each band lays out two image rows more
+    # than it transforms).
+    winograd_input_tasks = 16
+
+    def winograd_filter(self, w):
+        fn, c = w.shape[0], w.shape[1]
+        u = np.empty((16, c, fn), dtype=w.dtype)
+        numba_winograd.winograd_filter(_contiguous(w), u)
+        return u
+
+    def winograd_filter_grad(self, du):
+        _check_shape("dU", du, (16, du.shape[1], du.shape[2]))
+        c, fn = du.shape[1], du.shape[2]
+        dw = np.empty((fn, c, 3, 3), dtype=du.dtype)
+        numba_winograd.winograd_filter_grad(_contiguous(du), dw)
+        return dw
+
+    def winograd_input(self, x, pad):
+        n, c, h, w = x.shape
+        th, tw = winograd_tiles(*output_hw(h, w, 3, 3, 1, pad))
+        bands = min(th, -(-self.winograd_input_tasks // max(n, 1)))
+        band = -(-th // bands)
+        v = np.empty((16, n * th * tw, c), dtype=x.dtype)
+        launch(numba_winograd.winograd_input, _contiguous(x), pad, th, tw, band, v)
+        return v
+
+    def winograd_input_grad(self, dv, x_shape, pad):
+        n, c, h, w = x_shape
+        th, tw = winograd_tiles(*output_hw(h, w, 3, 3, 1, pad))
+        _check_shape("dV", dv, (16, n * th * tw, c))
+        dx = np.empty((n, c, h, w), dtype=dv.dtype)
+        launch(numba_winograd.winograd_input_grad, _contiguous(dv), pad, th, tw, dx)
+        return dx
+
+    def winograd_output(self, m, n, oh, ow):
+        th, tw = winograd_tiles(oh, ow)
+        _check_shape("M", m, (16, n * th * tw, m.shape[2]))
+        rows = np.empty((n * oh * ow, m.shape[2]), dtype=m.dtype)
+        launch(numba_winograd.winograd_output, _contiguous(m), n, oh, ow, th, tw, rows)
+        return rows
+
+    def winograd_output_grad(self, drows, n, oh, ow):
+        th, tw = winograd_tiles(oh, ow)
+        _check_shape("drows", drows, (n * oh * ow, drows.shape[1]))
+        dm = np.empty((16, n * th * tw, drows.shape[1]), dtype=drows.dtype)
+        launch(numba_winograd.winograd_output_grad, _contiguous(drows), n, oh, ow, th, tw, dm)
+        return dm
+
+    # A 2x2, stride-2 max pooling after a Winograd convolution, straight from the products
+    # (see :mod:`.numba_winograd_pool`): no GEMM rows are made.
+
+    def _winograd_pool(self, m, b, n, oh, ow, with_argmax):
+        th, tw = winograd_tiles(oh, ow)
+        ph, pw = output_hw(oh, ow, 2, 2, 2, 0)
+        fn = m.shape[2]
+        _check_shape("M", m, (16, n * th * tw, fn))
+        _check_shape("b", b, (fn,))
+        out = np.empty((n, fn, ph, pw), dtype=m.dtype)
+        argmax = np.empty((n, fn, ph, pw) if with_argmax else (0, 0, 0, 0), dtype=np.int32)
+        bias = _contiguous(b).astype(m.dtype, copy=False)
+        kernel = numba_winograd_pool.winograd_bias_relu_maxpool
+        launch(kernel, _contiguous(m), bias, n, th, tw, out, argmax, with_argmax)
+        return out, argmax
+
+    def winograd_bias_relu_maxpool(self, m, b, n, oh, ow):
+        return self._winograd_pool(m, b, n, oh, ow, True)
+
+    def winograd_bias_relu_maxpool_infer(self, m, b, n, oh, ow):
+        return self._winograd_pool(m, b, n, oh, ow, False)[0]
+
+    def winograd_maxpool_relu_backward(self, dout, argmax, out, n, oh, ow):
+        th, tw = winograd_tiles(oh, ow)
+        ph, pw = output_hw(oh, ow, 2, 2, 2, 0)
+        fn = dout.shape[1]
+        for what, a in (("dout", dout), ("argmax", argmax), ("out", out)):
+            _check_shape(what, a, (n, fn, ph, pw))
+        dm = np.empty((16, n * th * tw, fn), dtype=dout.dtype)
+        db_rows = np.empty((n * th, fn), dtype=dout.dtype)  # a row of tiles' sum each, added in order below
+        kernel = numba_winograd_pool.winograd_maxpool_relu_backward
+        launch(kernel, _contiguous(dout), _contiguous(argmax), _contiguous(out), th, tw, dm, db_rows)
+        return dm, db_rows.sum(axis=0)
 
     # -- pooling ---------------------------------------------------------------
 
@@ -203,6 +316,20 @@ class NumbaKernels(NumpyKernels):
         kernel = numba_pool.maxpool_relu_backward_disjoint if disjoint else numba_pool.maxpool_relu_backward
         launch(kernel, _contiguous(dout), _contiguous(argmax), _contiguous(out), kh, kw, stride, pad, oh, ow, drows)
         return drows
+
+    # -- bias and ReLU ------------------------------------------------------------------
+
+    def bias_relu(self, rows, b):
+        rows, b = _contiguous(rows), _contiguous(b)
+        out = np.empty(rows.shape, dtype=rows.dtype)
+        launch(numba_elementwise.bias_relu, rows, b, rows.dtype.type(0), out)
+        return out
+
+    def relu_backward(self, dout, out):
+        dout, out = _contiguous(dout), _contiguous(out)
+        dx = np.empty(dout.shape, dtype=dout.dtype)
+        launch(numba_elementwise.relu_backward, dout.reshape(-1), out.reshape(-1), dout.dtype.type(0), dx.reshape(-1))
+        return dx
 
     # -- optimizer steps (in place) ----------------------------------------------------
 

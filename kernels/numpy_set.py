@@ -12,8 +12,16 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import check_pool_pad, output_hw
+from . import check_pool_pad, output_hw, winograd_tiles
 from .generic import GenericKernels
+
+
+def _rows_of_b(v0, v1, v2, v3):
+    """The rows of B v in Winograd F(2x2, 3x3)'s input gradient, one at a time."""
+    yield v0
+    yield v1 - v2 + v3
+    yield v1 + v2 - v0
+    yield -v3
 
 
 class NumpyKernels(GenericKernels):
@@ -43,6 +51,18 @@ class NumpyKernels(GenericKernels):
         win = sliding_window_view(xp_, (kh, kw), axis=(2, 3))
         return win[:, :, : stride * (oh - 1) + 1 : stride, : stride * (ow - 1) + 1 : stride]
 
+    # Winograd for a 3x3 convolution at stride 1 with at least this many input channels:
+    # with fewer, each of its 16 GEMMs has little work, and the transforms cost more than
+    # the multiplications they save.
+    winograd_min_channels = 16
+    # The Winograd passes in blocks of images whose GEMM products take at most 8 MiB: a
+    # block's transforms and products stay in the caches, and no array is large enough
+    # for the C library to map fresh (page-faulted) memory for it at every step.
+    winograd_block_bytes = 8 * 2**20
+
+    def prefers_winograd(self, c, fn, fh, fw, stride):
+        return fh == 3 and fw == 3 and stride == 1 and c >= self.winograd_min_channels
+
     def im2col(self, x, kh, kw, stride=1, pad=0):
         n, c, h, w = x.shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
@@ -60,6 +80,131 @@ class NumpyKernels(GenericKernels):
             for kx in range(kw):
                 dxp[:, :, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride] += col6[:, :, ky, kx]
         return np.ascontiguousarray(dxp[:, :, pad : pad + h, pad : pad + w]) if pad else dxp
+
+    # -- Winograd F(2x2, 3x3) ------------------------------------------------------
+    # The generic set's additions in its order, on channels-last arrays: each addition is
+    # one ufunc over all tiles at once, along a contiguous innermost axis (C or FN), its
+    # result written straight into its place in V, the output or dM where it can be.
+
+    def winograd_input(self, x, pad):
+        n, c, h, w = x.shape
+        th, tw = winograd_tiles(*output_hw(h, w, 3, 3, 1, pad))
+        padded = np.zeros((n, 2 * th + 2, 2 * tw + 2, c), dtype=x.dtype)
+        padded[:, pad : pad + h, pad : pad + w] = x.transpose(0, 2, 3, 1)
+        d = [padded[:, i : i + 2 * th : 2] for i in range(4)]  # rows 2*ty + i: (N, TH, 2*TW + 2, C)
+        bt_d = [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]  # B^T d along i, every column
+        v = np.empty((16, n, th, tw, c), dtype=x.dtype)
+        for i in range(4):
+            e = [bt_d[i][:, :, j : j + 2 * tw : 2] for j in range(4)]  # columns 2*tx + j
+            np.subtract(e[0], e[2], out=v[4 * i])
+            np.add(e[1], e[2], out=v[4 * i + 1])
+            np.subtract(e[2], e[1], out=v[4 * i + 2])
+            np.subtract(e[1], e[3], out=v[4 * i + 3])
+        return v.reshape(16, n * th * tw, c)
+
+    def winograd_input_grad(self, dv, x_shape, pad):
+        n, c, h, w = x_shape
+        th, tw = winograd_tiles(*output_hw(h, w, 3, 3, 1, pad))
+        dv = dv.reshape(16, n, th, tw, c)
+        padded = np.zeros((n, 2 * th + 2, 2 * tw + 2, c), dtype=dv.dtype)
+        for ky, col in enumerate(_rows_of_b(dv[0:4], dv[4:8], dv[8:12], dv[12:16])):  # B dV along i: (4 j, ...)
+            for kx, tile in enumerate(_rows_of_b(*col)):  # along j
+                pixels = padded[:, ky : ky + 2 * th : 2, kx : kx + 2 * tw : 2]
+                np.add(pixels, tile, out=pixels)
+        return np.ascontiguousarray(padded[:, pad : pad + h, pad : pad + w].transpose(0, 3, 1, 2))
+
+    def winograd_output(self, m, n, oh, ow):
+        th, tw = winograd_tiles(oh, ow)
+        fn = m.shape[2]
+        m = m.reshape(16, n, th, tw, fn)
+        y = np.empty((n, 2 * th, 2 * tw, fn), dtype=m.dtype)
+        m0, m1, m2, m3 = m[0:4], m[4:8], m[8:12], m[12:16]
+        for a, at_m in enumerate((m0 + m1 + m2, m1 - m2 - m3)):  # A^T M along i: (4 j, N, TH, TW, FN)
+            even, odd = y[:, a::2, 0::2], y[:, a::2, 1::2]  # pixels (2*ty + a, 2*tx + b)
+            np.add(at_m[0], at_m[1], out=even)
+            np.add(even, at_m[2], out=even)
+            np.subtract(at_m[1], at_m[2], out=odd)
+            np.subtract(odd, at_m[3], out=odd)
+        if (2 * th, 2 * tw) != (oh, ow):
+            y = np.ascontiguousarray(y[:, :oh, :ow])
+        return y.reshape(n * oh * ow, fn)
+
+    def winograd_output_grad(self, drows, n, oh, ow):
+        th, tw = winograd_tiles(oh, ow)
+        fn = drows.shape[1]
+        dy = drows.reshape(n, oh, ow, fn)
+        if (2 * th, 2 * tw) != (oh, ow):  # zeros where the tiles reach past the output
+            dy = np.zeros((n, 2 * th, 2 * tw, fn), dtype=drows.dtype)
+            dy[:, :oh, :ow] = drows.reshape(n, oh, ow, fn)
+        g0, g1 = dy[:, 0::2], dy[:, 1::2]  # the tiles' two rows: (N, TH, 2*TW, FN)
+        dm = np.empty((16, n, th, tw, fn), dtype=drows.dtype)
+        for i, a_g in enumerate((g0, g0 + g1, g0 - g1, -g1)):  # A dY along i
+            c0, c1 = a_g[:, :, 0::2], a_g[:, :, 1::2]  # the tiles' two columns
+            np.copyto(dm[4 * i], c0)
+            np.add(c0, c1, out=dm[4 * i + 1])
+            np.subtract(c0, c1, out=dm[4 * i + 2])
+            np.negative(c1, out=dm[4 * i + 3])
+        return dm.reshape(16, n * th * tw, fn)
+
+    # A 2x2, stride-2 max pooling after a Winograd convolution: each pooling window is one
+    # output tile, so the pooled tiles' four outputs are computed as four (N, PH, PW, FN)
+    # taps, with winograd_output's additions in its order, and pooled as bias_relu_maxpool
+    # pools its rows; the backward routes each window's gradient to one of four such taps.
+    # No GEMM rows are made, and an odd OH's or OW's last, unpooled tiles are skipped.
+
+    def _winograd_pooled_taps(self, m, b, n, oh, ow):
+        """The biased outputs of the pooled tiles, (4, N, PH, PW, FN): tap ``2*a + b`` of
+        window (py, px) is output pixel (2*py + a, 2*px + b)."""
+        th, tw = winograd_tiles(oh, ow)
+        ph, pw = output_hw(oh, ow, 2, 2, 2, 0)
+        fn = m.shape[2]
+        m = m.reshape(16, n, th, tw, fn)[:, :, :ph, :pw]
+        m0, m1, m2, m3 = m[0:4], m[4:8], m[8:12], m[12:16]
+        taps = np.empty((4, n, ph, pw, fn), dtype=m.dtype)
+        for a, at_m in enumerate((m0 + m1 + m2, m1 - m2 - m3)):  # A^T M along i: (4 j, N, PH, PW, FN)
+            even, odd = taps[2 * a], taps[2 * a + 1]
+            np.add(at_m[0], at_m[1], out=even)
+            np.add(even, at_m[2], out=even)
+            np.subtract(at_m[1], at_m[2], out=odd)
+            np.subtract(odd, at_m[3], out=odd)
+        np.add(taps, b, out=taps)
+        return taps
+
+    def winograd_bias_relu_maxpool(self, m, b, n, oh, ow):
+        taps = self._winograd_pooled_taps(m, b, n, oh, ow)
+        out, argmax = self._max_over_taps(lambda k: taps[k], 4)
+        np.maximum(out, 0, out=out)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2)), np.ascontiguousarray(argmax.transpose(0, 3, 1, 2))
+
+    def winograd_bias_relu_maxpool_infer(self, m, b, n, oh, ow):
+        taps = self._winograd_pooled_taps(m, b, n, oh, ow)
+        out = taps[0]
+        for k in range(1, 4):
+            np.maximum(out, taps[k], out=out)
+        np.maximum(out, 0, out=out)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+    def winograd_maxpool_relu_backward(self, dout, argmax, out, n, oh, ow):
+        th, tw = winograd_tiles(oh, ow)
+        fn, ph, pw = dout.shape[1], dout.shape[2], dout.shape[3]
+        to_nhwc = (0, 2, 3, 1)
+        passed = np.ascontiguousarray((dout * (out > 0)).transpose(to_nhwc))  # (N, PH, PW, FN)
+        arg = np.ascontiguousarray(argmax.transpose(to_nhwc))
+        dy = np.empty((2, 2, n, ph, pw, fn), dtype=dout.dtype)  # dY[a, b] of every pooled tile
+        for k in range(4):
+            np.multiply(passed, arg == k, out=dy[k // 2, k % 2])
+        dm = np.empty((16, n, th, tw, fn), dtype=dout.dtype)
+        if (ph, pw) != (th, tw):  # the unpooled tiles get no gradient
+            dm[:, :, ph:] = 0
+            dm[:, :, :ph, pw:] = 0
+        g0, g1 = dy[0], dy[1]  # the tiles' two rows: (2 b, N, PH, PW, FN)
+        for i, a_g in enumerate((g0, g0 + g1, g0 - g1, -g1)):  # A dY along i, as winograd_output_grad
+            c0, c1 = a_g[0], a_g[1]  # the tiles' two columns
+            np.copyto(dm[4 * i, :, :ph, :pw], c0)
+            np.add(c0, c1, out=dm[4 * i + 1, :, :ph, :pw])
+            np.subtract(c0, c1, out=dm[4 * i + 2, :, :ph, :pw])
+            np.negative(c1, out=dm[4 * i + 3, :, :ph, :pw])
+        return dm.reshape(16, n * th * tw, fn), self.bias_grad(passed.reshape(n * ph * pw, fn))
 
     @staticmethod
     def _max_over_taps(tap, count: int):

@@ -3,8 +3,9 @@
 The sets are those of the backends (``numpy``, ``numba``, ``cuda-emu``: the CUDA sources
 compiled for the CPU, ``cupy``: the same on a GPU, marked ``gpu``) and the generic set on
 ``array-api-strict``. The NumPy set is the oracle of the others; its own oracle is the
-plain loops and formulas of ``tests/reference.py``. Each set agrees with its oracle to the
-bit, except where :data:`TOLERANCES` allows rounding.
+plain loops and formulas of ``tests/reference.py`` (of ``tests/winograd_reference.py`` for
+the Winograd transforms). Each set agrees with its oracle to the bit, except where
+:data:`TOLERANCES` allows rounding.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from typing import Any
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 import gpucnn
 from gpucnn.kernels import KERNEL_OPERATIONS, KernelSet
+from gpucnn.kernels.generic import GenericKernels
 from gpucnn.kernels.numpy_set import NumpyKernels
 
 from . import reference as ref
+from . import winograd_reference as wref
 from .bounds import assert_argmax_up_to_rounding, assert_close_to_sum, eps, pool_windows, sum_rtol
 from .conftest import BACKEND_PARAMS, backend_or_skip
-from .strategies import ConvPool, conv_pools, optimizer_arrays, pooled_rows, scores, windows
+from .strategies import DTYPES, ConvPool, array, conv_pools, optimizer_arrays, pooled_rows, scores, windows
 
 NP = NumpyKernels()
 EQUAL = np.testing.assert_array_equal
@@ -52,6 +56,17 @@ ULPS = "elementary functions or fused multiply-adds"
 # the C++ library (cuda-emu) or the device's and compute a first layer's convolution
 # directly, and a GPU contracts a*b + c into one FMA.
 CONV_OPERATIONS = ("conv_bias_relu_maxpool", "conv_bias_relu_maxpool_infer", "conv_maxpool_relu_backward_params")
+WINOGRAD_OPERATIONS = (
+    "winograd_filter",
+    "winograd_filter_grad",
+    "winograd_input",
+    "winograd_input_grad",
+    "winograd_output",
+    "winograd_output_grad",
+)
+# Its db: the sum over the pooled windows where the composition's bias_grad sums the GEMM
+# rows (or, in the Numba set, over rows of tiles); out, argmax and dM agree to the bit.
+WINOGRAD_POOL_BACKWARD = "winograd_maxpool_relu_backward"
 OPTIMIZER_OPERATIONS = ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
 TOLERANCES: dict[str, dict[str, str]] = {
     "numpy": {
@@ -60,13 +75,21 @@ TOLERANCES: dict[str, dict[str, str]] = {
             ORDER,
         ),
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
+        **dict.fromkeys(WINOGRAD_OPERATIONS, ORDER),  # in the array's dtype, the oracle in float64
+        WINOGRAD_POOL_BACKWARD: ORDER,
         "softmax_cross_entropy": ULPS,
     },
-    "array-api-strict": {"avgpool_forward": ORDER, "bias_grad": ORDER, **dict.fromkeys(CONV_OPERATIONS, ORDER)},
-    "numba": {"avgpool_forward": ORDER, **dict.fromkeys(CONV_OPERATIONS, ORDER)},
+    "array-api-strict": {
+        "avgpool_forward": ORDER,
+        "bias_grad": ORDER,
+        **dict.fromkeys(CONV_OPERATIONS, ORDER),
+        WINOGRAD_POOL_BACKWARD: ORDER,
+    },
+    "numba": {"avgpool_forward": ORDER, **dict.fromkeys(CONV_OPERATIONS, ORDER), WINOGRAD_POOL_BACKWARD: ORDER},
     "cuda-emu": {
         "avgpool_forward": ORDER,
         "bias_grad": ORDER,
+        WINOGRAD_POOL_BACKWARD: ORDER,
         # the direct convolution of a first layer: taps summed in (c, ky, kx) order, the
         # weight and bias gradients over the batch's pooled elements, not BLAS's order
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
@@ -78,6 +101,7 @@ TOLERANCES: dict[str, dict[str, str]] = {
     "cupy": {  # as cuda-emu, with cuBLAS for the GEMMs and FMAs in the optimizer steps
         "avgpool_forward": ORDER,
         "bias_grad": ORDER,
+        WINOGRAD_POOL_BACKWARD: ORDER,
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
         "softmax_cross_entropy": ULPS,
         "softmax_cross_entropy_count": ORDER,
@@ -333,6 +357,143 @@ def test_fused_convolution_and_its_parameter_gradients(subject, case: ConvPool):
     rtol = subject.sum_rtol("conv_maxpool_relu_backward_params", x.dtype, terms, case.exact)
     assert_close_to_sum(dw, want_dw, (drows_abs.T @ np.abs(col)).reshape(w.shape), rtol, "dw")
     assert_close_to_sum(db, want_db, drows_abs.sum(axis=0), rtol, "db")
+
+
+# -- Winograd F(2x2, 3x3) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WinogradArrays:
+    """A 3x3, stride-1 convolution of x (N, C, H, W) with ``pad`` and FN filters w, and an
+    argument for each other transform: M (16, T, FN), GEMM rows (N*OH*OW, FN), dV (16, T, C)
+    and dU (16, C, FN)."""
+
+    x: np.ndarray
+    w: np.ndarray
+    m: np.ndarray
+    drows: np.ndarray
+    dv: np.ndarray
+    du: np.ndarray
+    pad: int
+    exact: bool
+
+    @property
+    def geometry(self) -> tuple[int, int, int]:
+        """``(n, oh, ow)``, the arguments after M and the rows."""
+        n, _, h, w = self.x.shape
+        return n, h + 2 * self.pad - 2, w + 2 * self.pad - 2
+
+
+@st.composite
+def winograd_arrays(draw) -> WinogradArrays:
+    """Batches 1-3, 1-5 channels and filters, pads 0-2, images up to 9x9 with an output
+    of at least 1x1 (odd sizes leave tiles that reach past it); float32 and float64;
+    half of them exact (small integers: every transform is then exact, its halves too)."""
+    n, c, fn = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    pad = draw(st.integers(0, 2))
+    h, w = draw(st.integers(max(1, 3 - 2 * pad), 9)), draw(st.integers(max(1, 3 - 2 * pad), 9))
+    dtype = draw(st.sampled_from(DTYPES))
+    exact = draw(st.booleans())
+    oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
+    th, tw = wref.tiles(oh, ow)
+    t = n * th * tw
+    shapes = [(n, c, h, w), (fn, c, 3, 3), (16, t, fn), (n * oh * ow, fn), (16, t, c), (16, c, fn)]
+    return WinogradArrays(*(draw(array(dtype, shape, exact)) for shape in shapes), pad, exact)
+
+
+@given(winograd_arrays())
+def test_winograd_transforms_and_their_adjoints(subject, case: WinogradArrays):
+    x, pad, (n, oh, ow) = case.x, case.pad, case.geometry
+    operations = {  # operation: (arguments, its float64 definition with absolute=False or True)
+        "winograd_filter": ((case.w,), lambda a: wref.filter_transform(case.w, a)),
+        "winograd_filter_grad": ((case.du,), lambda a: wref.filter_transform_adjoint(case.du, a)),
+        "winograd_input": ((x, pad), lambda a: wref.input_transform(x, pad, a)),
+        "winograd_input_grad": (
+            (case.dv, x.shape, pad),
+            lambda a: wref.input_transform_adjoint(case.dv, x.shape, pad, a),
+        ),
+        "winograd_output": ((case.m, n, oh, ow), lambda a: wref.output_transform(case.m, n, oh, ow, a)),
+        "winograd_output_grad": (
+            (case.drows, n, oh, ow),
+            lambda a: wref.output_transform_adjoint(case.drows, n, oh, ow, a),
+        ),
+    }
+    for operation, (args, definition) in operations.items():
+        got = subject.run(operation, *args)
+        want = definition(False) if subject.is_oracle else getattr(NP, operation)(*args)
+        assert got.shape == want.shape and got.dtype == x.dtype, operation
+        rtol = subject.sum_rtol(operation, x.dtype, wref.TERMS[operation], case.exact)
+        assert_close_to_sum(got, want, definition(True), rtol, operation)
+    c, fn = x.shape[1], case.w.shape[0]
+    for fh, fw, stride in [(3, 3, 2), (5, 5, 1), (1, 1, 1), (3, 1, 1)]:  # none of them Winograd can do
+        assert subject.kernels.prefers_winograd(c, fn, fh, fw, stride) is False
+    assert isinstance(subject.kernels.prefers_winograd(c, fn, 3, 3, 1), bool)
+
+
+@dataclass(frozen=True)
+class WinogradPool:
+    """Products M (16, T, FN) of a 3x3, stride-1 convolution with an OH x OW output, a bias
+    (FN,) and the gradient dout (N, FN, OH//2, OW//2) of the 2x2, stride-2 max pooling of
+    its biased ReLU."""
+
+    m: np.ndarray
+    b: np.ndarray
+    dout: np.ndarray
+    n: int
+    oh: int
+    ow: int
+    exact: bool
+
+    @property
+    def geometry(self) -> tuple[int, int, int]:
+        """``(n, oh, ow)``, the arguments after M and the bias, or after dout, argmax and out."""
+        return self.n, self.oh, self.ow
+
+
+@st.composite
+def winograd_pools(draw) -> WinogradPool:
+    """Batches 1-3, 1-17 filters, outputs from 2x2 to 9x9 (an odd side leaves tiles that no
+    window pools); float32 and float64; half of them exact (small integers)."""
+    n, fn = draw(st.integers(1, 3)), draw(st.integers(1, 17))
+    oh, ow = draw(st.integers(2, 9)), draw(st.integers(2, 9))
+    dtype = draw(st.sampled_from(DTYPES))
+    exact = draw(st.booleans())
+    th, tw = wref.tiles(oh, ow)
+    shapes = [(16, n * th * tw, fn), (fn,), (n, fn, oh // 2, ow // 2)]
+    return WinogradPool(*(draw(array(dtype, shape, exact)) for shape in shapes), n, oh, ow, exact)
+
+
+@given(winograd_pools())
+def test_winograd_output_fused_with_bias_relu_and_max_pooling(subject, case: WinogradPool):
+    """The output transform, bias, ReLU and 2x2 max pooling in one operation, and its
+    backward. The NumPy set's oracle is the composition they stand for, of its operations
+    checked above, and on exact data the float64 definition too."""
+    m, b, dout, geometry = case.m, case.b, case.dout, case.geometry
+    n, oh, ow = geometry
+    out, argmax = subject.run("winograd_bias_relu_maxpool", m, b, *geometry)
+    assert out.dtype == m.dtype and argmax.dtype == np.int32
+    if subject.is_oracle:
+        want_out, want_argmax = GenericKernels.winograd_bias_relu_maxpool(NP, m, b, *geometry)
+        if case.exact:
+            y = ref.rows_to_nchw(wref.output_transform(m, n, oh, ow) + b, n, oh, ow)
+            pooled, first = ref.pool_loops(y, 2, 2, 2, 0, "max")
+            EQUAL(out, np.maximum(pooled, 0))
+            EQUAL(argmax, first)
+    else:
+        want_out, want_argmax = NP.winograd_bias_relu_maxpool(m, b, *geometry)
+    EQUAL(out, want_out)
+    EQUAL(argmax, want_argmax)
+    EQUAL(subject.run("winograd_bias_relu_maxpool_infer", m, b, *geometry), out)
+
+    dm, db = subject.run(WINOGRAD_POOL_BACKWARD, dout, argmax, out, *geometry)
+    assert dm.dtype == db.dtype == m.dtype
+    if subject.is_oracle:
+        want_dm, want_db = GenericKernels.winograd_maxpool_relu_backward(NP, dout, argmax, out, *geometry)
+    else:
+        want_dm, want_db = NP.winograd_maxpool_relu_backward(dout, argmax, out, *geometry)
+    EQUAL(dm, want_dm)
+    rtol = subject.sum_rtol(WINOGRAD_POOL_BACKWARD, m.dtype, n * (oh // 2) * (ow // 2), case.exact)  # windows
+    assert_close_to_sum(db, want_db, (abs64(dout) * (out > 0)).sum(axis=(0, 2, 3)), rtol, "db")
 
 
 # -- softmax cross-entropy ----------------------------------------------------------------------

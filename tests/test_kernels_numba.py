@@ -169,6 +169,34 @@ def test_a_cache_folder_that_breaks_later_costs_warnings_not_the_call(tmp_path):
     ]
 
 
+# A kernel made with the runtime's decorator that Numba cannot cache: it reads a global
+# array large enough to be referenced by address (a "dynamic global").
+_UNCACHABLE_KERNEL = """
+import json, warnings
+import numpy as np
+import gpucnn
+from gpucnn.kernels import numba_runtime
+
+gpucnn.get_backend("numba")
+TABLE = np.arange(2**20, dtype=np.float64)
+
+@numba_runtime.jit
+def last_entry():
+    return TABLE[-1]
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    value = last_entry()
+print(json.dumps({"value": value, "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def test_a_kernel_numba_cannot_cache_runs_with_numbas_warning(tmp_path):
+    run = _run(_UNCACHABLE_KERNEL, env={"XDG_CACHE_HOME": str(tmp_path), "NUMBA_CACHE_DIR": None})
+    assert run["value"] == 2**20 - 1
+    assert any('Cannot cache compiled function "last_entry"' in message for message in run["warnings"])
+
+
 # A function of the user's with cache=True, compiled after the numba backend was built.
 _USERS_OWN_FUNCTION = """
 import json, sys

@@ -30,6 +30,7 @@ CONV_CASES = [  # (N, C, H, W), FN, filter, stride, pad: non-square, remainders,
     ((2, 3, 7, 6), 4, 3, 1, 0),
     ((1, 2, 8, 5), 3, (3, 2), 2, 1),  # stride 2 leaves a remainder on H
     ((3, 1, 6, 6), 2, 5, 3, 2),
+    ((1, 16, 5, 4), 2, 3, 1, 1),  # 3x3 at stride 1 over 16 channels: Winograd where the set prefers it
 ]
 POOL_CASES = [((2, 3, 6, 5), 2, None, 0), ((1, 2, 7, 7), 3, 2, 1), ((2, 1, 5, 8), (2, 3), 1, 1)]
 
@@ -91,6 +92,69 @@ def test_convolution_in_blocks_of_images_agrees_with_the_whole_batch(backend, mo
     np.testing.assert_array_equal(blocks[3], whole[3])  # db: the same sum of the same rows
     errors = check_layer_gradients(layer, x)  # still in blocks
     assert max(errors.values()) < TOL, errors
+
+
+@pytest.mark.parametrize("shape,pad", [((3, 5, 7, 6), 1), ((2, 4, 6, 9), 0), ((1, 2, 3, 3), 0)])
+def test_convolution_through_winograd_agrees_with_im2col(backend, monkeypatch, shape, pad):
+    """A 3x3 stride-1 convolution through the ``winograd_*`` operations (forced on, so that
+    every kernel set runs them) gives im2col's output and gradients to float rounding: the
+    transforms add and subtract at most 4x4 inputs and 3x3 weights before each of the C*16
+    products, so the error is bounded by a multiple of eps times the same convolution of
+    the absolute values."""
+    rng = np.random.default_rng(5)
+    fn = 3
+    layer = Convolution(fn, 3, 1, pad, dtype="float64")
+    layer.build(shape[1:], rng)
+    x = rng.standard_normal(shape)
+    dout = rng.standard_normal((shape[0], *layer.output_shape))
+    results = {}
+    for winograd in (False, True):
+        monkeypatch.setattr(backend.kernels, "prefers_winograd", lambda *args, on=winograd: on)
+        assert layer.winograd() is winograd
+        out = layer.forward(as64(backend, x))
+        dx = layer.backward(as64(backend, dout))
+        results[winograd] = [host(backend, a) for a in (out, dx, layer.dW, layer.db)]
+    with gpucnn.use_backend("numpy"):
+        magnitude = Convolution(W=np.abs(host(backend, layer.W)), b=np.zeros(fn), stride=1, pad=pad)
+        bounds = (magnitude.forward(np.abs(x)), magnitude.backward(np.abs(dout)), magnitude.dW)
+    eps = np.finfo(np.float64).eps
+    terms = 16 * shape[1] + 16  # products per output, and the transforms' additions
+    for got, want, bound in zip(results[True][:3], results[False][:3], bounds):
+        assert np.all(np.abs(got - want) <= 16 * terms * eps * bound + 1e-300)
+    np.testing.assert_array_equal(results[True][3], results[False][3])  # db: the same column sums
+    errors = check_layer_gradients(layer, x)  # still through Winograd: exact gradients of its forward
+    assert max(errors.values()) < TOL, errors
+
+
+@pytest.mark.parametrize("images_per_block", [1, 2, 4])
+def test_convolution_through_winograd_in_blocks_agrees_with_the_whole_batch(backend, monkeypatch, images_per_block):
+    """The Winograd passes over blocks of images (``winograd_block_bytes``) compute the
+    whole batch's values: each image's tiles go through the same transforms and products;
+    dW's transform is summed block by block, which moves only its rounding."""
+    rng = np.random.default_rng(4)
+    shape, fn = (5, 4, 6, 7), 3
+    layer = Convolution(fn, 3, 1, 1, dtype="float64")
+    layer.build(shape[1:], rng)
+    x = rng.standard_normal(shape)
+    dout = rng.standard_normal((5, *layer.output_shape))
+    monkeypatch.setattr(backend.kernels, "prefers_winograd", lambda *args: True)
+    per_image = 16 * 3 * 4 * fn * 8  # one image's products: 16 x (3 x 4 tiles) x FN float64 values
+    results = {}
+    for budget in (None, images_per_block * per_image + 7):
+        monkeypatch.setattr(backend.kernels, "winograd_block_bytes", budget)
+        assert layer.winograd_block_images(5, 8) == (5 if budget is None else images_per_block)
+        out = layer.forward(as64(backend, x))
+        dx = layer.backward(as64(backend, dout))
+        results[budget] = [host(backend, a) for a in (out, dx, layer.dW, layer.db)]
+    with gpucnn.use_backend("numpy"):
+        magnitude = Convolution(W=np.abs(host(backend, layer.W)), b=np.zeros(fn), stride=1, pad=1)
+        bounds = (magnitude.forward(np.abs(x)), magnitude.backward(np.abs(dout)), magnitude.dW)
+    eps = np.finfo(np.float64).eps
+    terms = 16 * shape[1] + 16
+    whole, blocks = results[None], results[images_per_block * per_image + 7]
+    for got, want, bound in zip(blocks[:3], whole[:3], bounds):
+        assert np.all(np.abs(got - want) <= 16 * terms * eps * bound + 1e-300)
+    np.testing.assert_array_equal(blocks[3], whole[3])
 
 
 def test_convolution_from_the_books_arrays(backend):

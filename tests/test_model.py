@@ -519,3 +519,38 @@ def test_fused_steps_reach_layers_through_public_methods_only():
         and not (isinstance(node.value, ast.Name) and node.value.id == "self")
     ]
     assert not private, private
+
+
+@pytest.mark.parametrize("block_bytes", [None, 1])
+def test_winograd_steps_agree_with_im2col_and_the_plain_layers(backend, monkeypatch, block_bytes):
+    """A network whose inner 3x3 convolutions run through Winograd (forced on, so that every
+    kernel set runs it), one of them pooled straight from its products (2x2 at stride 2 over
+    an odd 5 x 4 output: a partial tile row), in blocks of one image or the whole batch,
+    gives the losses, predictions and gradients of the plain layers through im2col, and its
+    gradients pass the float64 check."""
+    from gpucnn.fused import ConvReluMaxPool, LinearReLU
+    from gpucnn.model import Sequential
+
+    def net(fuse):
+        layers = [Convolution(3, 3, pad=1), ReLU(), Convolution(4, 3, pad=1), ReLU(), Convolution(5, 3), ReLU()]
+        layers += [MaxPooling(2), Flatten(), Affine(4)]
+        return Sequential(layers, SoftmaxWithLoss(), input_shape=(2, 7, 6), dtype="float64", seed=3, fuse=fuse)
+
+    x, t = data(n=3, shape=(2, 7, 6))
+    monkeypatch.setattr(backend.kernels, "prefers_winograd", lambda *args: False)
+    plain = net(fuse=False)
+    want_loss, want_grads = plain.loss(x, t), plain.gradient(x, t)
+    want_scores = backend.to_numpy(plain.predict(x))
+    monkeypatch.setattr(backend.kernels, "winograd_block_bytes", block_bytes)
+    monkeypatch.setattr(backend.kernels, "prefers_winograd", lambda *args: True)
+    fused = net(fuse=True)
+    assert [type(s) for s in fused.steps[:3]] == [LinearReLU, LinearReLU, ConvReluMaxPool]
+    assert fused.steps[2]._winograd_pool() and fused.layers[2].winograd()
+    assert fused.loss(x, t) == pytest.approx(want_loss, rel=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(fused.predict(x)), want_scores, rtol=1e-10, atol=1e-13)
+    got = fused.gradient(x, t)
+    for key in want_grads:
+        np.testing.assert_allclose(backend.to_numpy(got[key]), backend.to_numpy(want_grads[key]), rtol=1e-9, atol=1e-13)
+    if block_bytes is None:  # the blocks run the same code per block
+        errors = check_model_gradients(fused, x, t)
+        assert max(errors.values()) < 1e-6, errors
