@@ -221,6 +221,10 @@ class LinearReLU(Step):
     """Affine → ReLU or Convolution → ReLU run as one step: the bias and the ReLU in one
     pass over the GEMM output (the kernel operation ``bias_relu``).
 
+    A convolution through Winograd makes its output straight from the products
+    (``Convolution.winograd_forward`` with ``winograd_bias_relu``, and
+    ``winograd_relu_backward``): no GEMM rows and no layout changes.
+
     A convolution whose input needs no gradient (a first layer) and that the kernel set
     computes directly (``prefers_direct_conv``) runs instead through the direct fused
     operations of :class:`ConvReluMaxPool` with a 1x1 pooling at stride 1, the identity
@@ -230,9 +234,10 @@ class LinearReLU(Step):
     """
 
     size = 2
-    # _out: the ReLU output (GEMM rows, or NCHW on the direct path): its sign is the mask;
-    # _x and _argmax: the direct path's input and its (all-zero) pooling argmax
-    cache_names = ("_out", "_x", "_argmax")
+    # _out: the ReLU output (GEMM rows, or NCHW on the direct and Winograd paths): its sign
+    # is the mask; _x and _argmax: the direct path's input and its (all-zero) pooling argmax;
+    # _winograd_out: True when forward made the output straight from Winograd products
+    cache_names = ("_out", "_x", "_argmax", "_winograd_out")
 
     def __init__(self, linear: Affine | Convolution, relu: ReLU) -> None:
         self.linear, self.relu = linear, relu
@@ -267,6 +272,17 @@ class LinearReLU(Step):
             self._x = x
             self._out, self._argmax = kernels.conv_bias_relu_maxpool(*args)
             return self._out
+        if type(linear) is Convolution and linear.winograd():
+            super().clear_cache()
+            _, oh, ow = linear.output_nhw(x.shape)
+            outs = []
+            linear.winograd_forward(
+                x, lambda m, i, j: outs.append(kernels.winograd_bias_relu(m, linear.b, j - i, oh, ow)), keep=train
+            )
+            out = _joined(linear.xp, outs)
+            if train:
+                self._out, self._winograd_out = out, True
+            return out
         rows = linear.gemm_rows(x)
         self._out = kernels.bias_relu(rows, linear.b)
         return linear.rows_to_output(self._out)
@@ -280,6 +296,18 @@ class LinearReLU(Step):
                 dout, self._argmax, self._out, self._x, w_shape, linear.stride, linear.pad, *IDENTITY_POOL
             )
             return None
+        if self._winograd_out:
+            oh, ow = self._out.shape[2], self._out.shape[3]
+            db = []
+
+            def products_grad(i, j):
+                dm, db_part = kernels.winograd_relu_backward(dout[i:j, ...], self._out[i:j, ...], j - i, oh, ow)
+                db.append(db_part)
+                return dm
+
+            dx = linear.winograd_backward(products_grad)
+            linear.grads["b"] = functools.reduce(operator.add, db)  # block by block, in order
+            return dx
         drows = linear.output_to_rows(dout)
         return linear.backward_rows(kernels.relu_backward(drows, self._out))
 
@@ -302,6 +330,15 @@ class LinearReLU(Step):
                 keeps_input=True,
             )
         gemm = self.linear.gemm_memory(batch_size, itemsize)
+        if type(self.linear) is Convolution and self.linear.winograd():
+            return MemoryTerms(
+                output=out,
+                kept=gemm.columns + out,
+                columns=gemm.columns,
+                forward=gemm.products + 2 * out,  # a block's products, the blocks' outputs and their concatenation
+                backward=gemm.products + gemm.input_grad,
+                output_in_cache=True,
+            )
         return MemoryTerms(
             output=out,
             kept=gemm.columns + gemm.rows,

@@ -120,6 +120,14 @@ output; ``T = N*TH*TW`` tiles in (n, ty, tx) order; index ``4*i + j`` is entry (
     ``winograd_output_grad`` and ``bias_grad`` of ``maxpool_relu_backward(dout, argmax,
     out, n, oh, ow, 2, 2, 2, 0)``: dM (16, T, FN) and the bias gradient (FN,), equal to the
     composition's (``db`` to float rounding: its sum may run in another order).
+``winograd_bias_relu(m, b, n, oh, ow) -> out``
+    ``rows_to_nchw(bias_relu(winograd_output(m, n, oh, ow), b), n, oh, ow)``: the biased
+    ReLU of a Winograd convolution straight from its products, (N, FN, OH, OW), equal to
+    the composition.
+``winograd_relu_backward(dout, out, n, oh, ow) -> (dm, db)``
+    ``winograd_output_grad`` and ``bias_grad`` of ``drows = relu_backward(nchw_to_rows(dout),
+    nchw_to_rows(out))``, dout and out (N, FN, OH, OW): dM (16, T, FN), equal to the
+    composition's, and db (FN,), equal to float rounding.
 ``bias_relu(rows, b) -> out``
     ``maximum(rows + b, 0)`` for GEMM rows (M, F) and a bias (F,): the bias and ReLU of an
     Affine or Convolution layer in one pass. Its backward is ``relu_backward``.
@@ -341,6 +349,12 @@ class KernelSet(Protocol):
         self, dout: Array, argmax: Array, out: Array, n: int, oh: int, ow: int
     ) -> tuple[Array, Array]:
         """dout (N, FN, OH//2, OW//2) → (dM (16, T, FN), db (FN,)) of :meth:`winograd_bias_relu_maxpool`."""
+
+    def winograd_bias_relu(self, m: Array, b: Array, n: int, oh: int, ow: int) -> Array:
+        """Winograd products M (16, T, FN) and bias (FN,) → the biased ReLU (N, FN, OH, OW)."""
+
+    def winograd_relu_backward(self, dout: Array, out: Array, n: int, oh: int, ow: int) -> tuple[Array, Array]:
+        """dout and out (N, FN, OH, OW) → (dM (16, T, FN), db (FN,)) of :meth:`winograd_bias_relu`."""
 
     def bias_relu(self, rows: Array, b: Array) -> Array:
         """``maximum(rows + b, 0)``: rows (M, F), b (F,) → (M, F)."""

@@ -258,6 +258,17 @@ class GenericKernels:
         drows = self.maxpool_relu_backward(dout, argmax, out, n, oh, ow, 2, 2, 2, 0)
         return self.winograd_output_grad(drows, n, oh, ow), self.bias_grad(drows)
 
+    def winograd_bias_relu(self, m: Array, b: Array, n: int, oh: int, ow: int) -> Array:
+        """``rows_to_nchw(bias_relu(winograd_output(m, n, oh, ow), b), n, oh, ow)``: the
+        biased ReLU of a Winograd convolution straight from its products, (N, FN, OH, OW)."""
+        return self.rows_to_nchw(self.bias_relu(self.winograd_output(m, n, oh, ow), b), n, oh, ow)
+
+    def winograd_relu_backward(self, dout: Array, out: Array, n: int, oh: int, ow: int) -> tuple[Array, Array]:
+        """The adjoint of :meth:`winograd_bias_relu`: (dM (16, T, FN), db (FN,)) from dout
+        and the forward's out, both (N, FN, OH, OW)."""
+        drows = self.relu_backward(self.nchw_to_rows(dout), self.nchw_to_rows(out))
+        return self.winograd_output_grad(drows, n, oh, ow), self.bias_grad(drows)
+
     # -- pooling ---------------------------------------------------------------
 
     def maxpool_forward(self, x: Array, kh: int, kw: int, stride: int, pad: int = 0):
