@@ -12,8 +12,8 @@ This module wires the loops into :class:`NumbaKernels`; the loops live by job in
 :mod:`.numba_conv` (im2col, col2im), :mod:`.numba_pool` (pooling, fused pooling),
 :mod:`.numba_direct_conv` (the direct convolution), :mod:`.numba_winograd` (the
 Winograd transforms), :mod:`.numba_winograd_pool` (the Winograd output transform fused
-with bias, ReLU and max pooling), :mod:`.numba_elementwise` (bias and ReLU, and the ReLU's
-backward) and :mod:`.numba_optim` (optimizer steps), and
+with bias and ReLU, with or without max pooling), :mod:`.numba_elementwise` (bias and
+ReLU, and the ReLU's backward) and :mod:`.numba_optim` (optimizer steps), and
 :mod:`.numba_runtime` compiles and launches them: its "Compilation" and
 "Threads" sections say where the cache goes and how the threads are set.
 
@@ -24,15 +24,16 @@ backward (values and ``argmax``, NaN windows included), ``bias_relu_maxpool`` an
 ``bias_relu_maxpool_infer``, ``maxpool_relu_backward``, ``avgpool_backward``,
 ``bias_relu``, ``relu_backward``, the six
 ``winograd_*`` transforms, the three Winograd poolings (out, argmax and dM, whose zeros
-may differ in sign) and the optimizer steps. Sums run in the NumPy set's order: where
+may differ in sign), ``winograd_bias_relu`` and ``winograd_relu_backward``'s dM, and the
+optimizer steps. Sums run in the NumPy set's order: where
 windows overlap, a backward kernel visits them last to first, so that every pixel
 receives its taps in ascending ``(ky, kx)`` order starting from zero, as the NumPy set's
 loop over taps adds them; the Winograd transforms make the generic set's additions in
 its order; the optimizer steps do the same float operations in the same dtype (Python
 scalars are cast to the array's dtype first, as NumPy does). ``avgpool_forward`` sums a
-window row by row, and ``winograd_maxpool_relu_backward``'s bias gradient sums each row
-of tiles, then the rows in order, which may differ from NumPy's reduction order: equal
-to float rounding.
+window row by row, and the bias gradients of ``winograd_maxpool_relu_backward`` and
+``winograd_relu_backward`` sum each row of tiles, then the rows in order, which may
+differ from NumPy's reduction order: equal to float rounding.
 
 The ``conv_*`` operations compute a stride-1 convolution with at most
 ``direct_conv_max_taps`` taps per output directly (see :mod:`.numba_direct_conv`):
@@ -201,6 +202,30 @@ class NumbaKernels(NumpyKernels):
         db_rows = np.empty((n * th, fn), dtype=dout.dtype)  # a row of tiles' sum each, added in order below
         kernel = numba_winograd_pool.winograd_maxpool_relu_backward
         launch(kernel, _contiguous(dout), _contiguous(argmax), _contiguous(out), th, tw, dm, db_rows)
+        return dm, db_rows.sum(axis=0)
+
+    # The bias and ReLU after a Winograd convolution, straight from the products to NCHW
+    # (see :mod:`.numba_winograd_pool`): no GEMM rows are made.
+
+    def winograd_bias_relu(self, m, b, n, oh, ow):
+        th, tw = winograd_tiles(oh, ow)
+        fn = m.shape[2]
+        _check_shape("M", m, (16, n * th * tw, fn))
+        _check_shape("b", b, (fn,))
+        out = np.empty((n, fn, oh, ow), dtype=m.dtype)
+        bias = _contiguous(b).astype(m.dtype, copy=False)
+        launch(numba_winograd_pool.winograd_bias_relu, _contiguous(m), bias, n, th, tw, out)
+        return out
+
+    def winograd_relu_backward(self, dout, out, n, oh, ow):
+        th, tw = winograd_tiles(oh, ow)
+        fn = dout.shape[1]
+        for what, a in (("dout", dout), ("out", out)):
+            _check_shape(what, a, (n, fn, oh, ow))
+        dm = np.empty((16, n * th * tw, fn), dtype=dout.dtype)
+        db_rows = np.empty((n * th, fn), dtype=dout.dtype)  # a row of tiles' sum each, added in order below
+        kernel = numba_winograd_pool.winograd_relu_backward
+        launch(kernel, _contiguous(dout), _contiguous(out), th, tw, dm, db_rows)
         return dm, db_rows.sum(axis=0)
 
     # -- pooling ---------------------------------------------------------------

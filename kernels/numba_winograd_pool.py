@@ -1,23 +1,30 @@
-"""Numba loops of a Winograd convolution's output transform fused with its bias, ReLU and
-a 2x2, stride-2 max pooling, and of its backward (see :mod:`gpucnn.kernels`,
-``winograd_bias_relu_maxpool`` and ``winograd_maxpool_relu_backward``).
+"""Numba loops of a Winograd convolution's output transform fused with its bias and ReLU,
+with or without a 2x2, stride-2 max pooling, and of their backwards (see
+:mod:`gpucnn.kernels`, ``winograd_bias_relu_maxpool``, ``winograd_maxpool_relu_backward``,
+``winograd_bias_relu`` and ``winograd_relu_backward``).
 
-Each pooling window is one 2x2 output tile, so the loops go from the products M (16, T,
-FN) to the pooled output (N, FN, OH//2, OW//2) and back without the GEMM rows
-(N*OH*OW, FN). An odd OH's last row of tiles and an odd OW's last column are not
-pooled: the forward skips them, the backward gives them a zero dM.
+The loops go from the products M (16, T, FN) to the NCHW output, pooled (N, FN, OH//2,
+OW//2) or not (N, FN, OH, OW), and back without the GEMM rows (N*OH*OW, FN). With
+pooling, each pooling window is one 2x2 output tile; an odd OH's last row of tiles and
+an odd OW's last column are not pooled: the forward skips them, the backward gives them
+a zero dM. Without pooling, the forward crops the tiles that reach past OH x OW, and
+the backward reads zeros there, as :func:`.numba_winograd.winograd_output_grad` does.
 
 The values are the composition's, bit for bit, except the bias gradient, whose sum runs
 in another order: each tile's outputs are the additions of
 :func:`.numba_winograd.winograd_output` in its order, pooled with the rules of
 :func:`.numba_pool.bias_relu_maxpool` (first maximum in row-major order, the last NaN of
-a window winning it); a tile's dM is :func:`.numba_winograd.winograd_output_grad`'s
-additions on its 2x2 gradient, zero but at the argmax.
+a window winning it) or passed through the ReLU of :func:`.numba_elementwise.bias_relu`
+(``maximum(v, 0)``: a NaN stays NaN, -0.0 becomes +0.0); a tile's dM is
+:func:`.numba_winograd.winograd_output_grad`'s additions on its 2x2 gradient (``dout``
+where ``out > 0``, else 0; with pooling, zero but at the argmax). The bias gradient sums
+each row of tiles' gradients in a fixed order, and the caller adds the rows in order:
+the same bytes on any number of threads.
 
 Loops are laid out as in :mod:`.numba_winograd` ("Passes, not tiles"): one task per row
 of tiles (n, ty), each innermost loop along the filters, contiguous in M and dM, and
-touching at most four rows of each array. The NCHW planes, whose filters lie OH//2 *
-OW//2 apart, are read or written through a (OW//2, FN) buffer of the row.
+touching at most four rows of each array. The NCHW planes, whose filters lie a plane
+apart, are read or written through a buffer of the row's pixels with the filters last.
 """
 
 from __future__ import annotations
@@ -143,6 +150,111 @@ def winograd_maxpool_relu_backward(dout, argmax, out, th, tw, dm, db_rows):
         for i in range(4):  # along j
             for q in range(span):
                 g0, g1 = s[i, q], s[4 + i, q]
+                dm_rows[4 * i, task, q] = g0
+                dm_rows[4 * i + 1, task, q] = g0 + g1
+                dm_rows[4 * i + 2, task, q] = g0 - g1
+                dm_rows[4 * i + 3, task, q] = -g1
+
+
+@pjit
+def winograd_bias_relu(m, bias, n, th, tw, out):
+    """M (16, T, FN) and bias (FN,) → out (N, FN, OH, OW) = maximum(y + bias, 0), y the
+    output transform ``A^T M A`` of each tile, cropped to OH x OW.
+
+    One task per row of tiles (n, ty): along i into ``s`` (entry (a, j) of every tile of
+    the row in row ``4*a + j``), then, for each of the row's (at most) two rows of pixels,
+    along j with the bias and the ReLU into ``line`` (2*TW, FN), pixel x at ``line[x]``,
+    and from there into the NCHW planes.
+    """
+    fn = nonnegative(m.shape[2])
+    oh, ow = out.shape[2], out.shape[3]
+    span = nonnegative(tw * fn)
+    m_rows = m.reshape(16, n * th, span)
+    zero = m.dtype.type(0)
+    for task in prange(n * th):
+        b, ty = split(task, th)
+        s = np.empty((8, span), dtype=m.dtype)
+        line = np.empty((2 * tw, fn), dtype=m.dtype)
+        for j in range(4):
+            for q in range(span):
+                m0, m1, m2, m3 = (
+                    m_rows[j, task, q],
+                    m_rows[4 + j, task, q],
+                    m_rows[8 + j, task, q],
+                    m_rows[12 + j, task, q],
+                )
+                s[j, q] = m0 + m1 + m2
+                s[4 + j, q] = m1 - m2 - m3
+        y = 2 * ty
+        for a in range(min(2, oh - y)):
+            e = 4 * a
+            for tx in range(tw):
+                q0 = tx * fn
+                for f in range(fn):
+                    q = q0 + f
+                    c = bias[f]
+                    v0 = (s[e, q] + s[e + 1, q] + s[e + 2, q]) + c
+                    v1 = (s[e + 1, q] - s[e + 2, q] - s[e + 3, q]) + c
+                    # maximum(v, 0): a NaN stays NaN, -0.0 becomes +0.0
+                    line[2 * tx, f] = v0 if v0 > zero or v0 != v0 else zero
+                    line[2 * tx + 1, f] = v1 if v1 > zero or v1 != v1 else zero
+            for f in range(fn):
+                for x in range(ow):
+                    out[b, f, y + a, x] = line[x, f]
+
+
+@pjit
+def winograd_relu_backward(dout, out, th, tw, dm, db_rows):
+    """dout and out (N, FN, OH, OW) → dM (16, T, FN), ``A dY A^T`` of each 2x2 tile of
+    dY = where(out > 0, dout, 0) (zero where the tile reaches past OH x OW), and each row
+    of tiles' sum of dY in ``db_rows`` (N*TH, FN).
+
+    One task per row of tiles (n, ty). ``grad`` holds the row's two rows of pixels of dY,
+    each a polyphase row of the tiles (pixel p, filter f at ``(p & 1)*span + (p >> 1)*FN
+    + f``, span = TW*FN), read from the NCHW planes along x. Their sum, pixel by pixel in
+    row-major order, goes to ``db_rows``; then, as in
+    :func:`.numba_winograd.winograd_output_grad`, they go along i into ``s`` and along j
+    into dM.
+    """
+    n, fn, oh, ow = dout.shape
+    fn = nonnegative(fn)
+    span = nonnegative(tw * fn)  # one phase of a polyphase row
+    dm_rows = dm.reshape(16, n * th, span)
+    zero = dout.dtype.type(0)
+    for task in prange(n * th):
+        b, ty = split(task, th)
+        grad = np.empty((2, 2 * span), dtype=dout.dtype)
+        s = np.empty((4, 2 * span), dtype=dout.dtype)
+        for a in range(2):
+            y = 2 * ty + a
+            if y < oh:
+                for f in range(fn):
+                    for p in range(ow):
+                        d = dout[b, f, y, p]  # loaded before the test: a select, not a branch
+                        grad[a, nonnegative((p & 1) * span + (p >> 1) * fn + f)] = d if out[b, f, y, p] > zero else zero
+                for p in range(ow, 2 * tw):  # the column past the output, when OW is odd
+                    at = nonnegative((p & 1) * span + (p >> 1) * fn)
+                    for f in range(fn):
+                        grad[a, at + f] = zero
+            else:  # the row below the output, when OH is odd
+                for q in range(2 * span):
+                    grad[a, q] = zero
+        for f in range(fn):
+            db_rows[task, f] = zero
+        for a in range(2):
+            for p in range(ow):
+                at = nonnegative((p & 1) * span + (p >> 1) * fn)
+                for f in range(fn):
+                    db_rows[task, f] += grad[a, at + f]
+        for q in range(2 * span):  # along i
+            g0, g1 = grad[0, q], grad[1, q]
+            s[0, q] = g0
+            s[1, q] = g0 + g1
+            s[2, q] = g0 - g1
+            s[3, q] = -g1
+        for i in range(4):  # along j
+            for q in range(span):
+                g0, g1 = s[i, q], s[i, span + q]
                 dm_rows[4 * i, task, q] = g0
                 dm_rows[4 * i + 1, task, q] = g0 + g1
                 dm_rows[4 * i + 2, task, q] = g0 - g1

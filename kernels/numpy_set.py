@@ -113,6 +113,21 @@ class NumpyKernels(GenericKernels):
                 np.add(pixels, tile, out=pixels)
         return np.ascontiguousarray(padded[:, pad : pad + h, pad : pad + w].transpose(0, 3, 1, 2))
 
+    @staticmethod
+    def _winograd_tile_grads(dy, n, th, tw):
+        """dY (N, 2*TH, 2*TW, FN), the tiles' gradients (zero past the output) → dM (16, T, FN),
+        ``A dY A^T`` of each tile."""
+        fn = dy.shape[3]
+        g0, g1 = dy[:, 0::2], dy[:, 1::2]  # the tiles' two rows: (N, TH, 2*TW, FN)
+        dm = np.empty((16, n, th, tw, fn), dtype=dy.dtype)
+        for i, a_g in enumerate((g0, g0 + g1, g0 - g1, -g1)):  # A dY along i
+            c0, c1 = a_g[:, :, 0::2], a_g[:, :, 1::2]  # the tiles' two columns
+            np.copyto(dm[4 * i], c0)
+            np.add(c0, c1, out=dm[4 * i + 1])
+            np.subtract(c0, c1, out=dm[4 * i + 2])
+            np.negative(c1, out=dm[4 * i + 3])
+        return dm.reshape(16, n * th * tw, fn)
+
     def winograd_output(self, m, n, oh, ow):
         th, tw = winograd_tiles(oh, ow)
         fn = m.shape[2]
@@ -136,15 +151,23 @@ class NumpyKernels(GenericKernels):
         if (2 * th, 2 * tw) != (oh, ow):  # zeros where the tiles reach past the output
             dy = np.zeros((n, 2 * th, 2 * tw, fn), dtype=drows.dtype)
             dy[:, :oh, :ow] = drows.reshape(n, oh, ow, fn)
-        g0, g1 = dy[:, 0::2], dy[:, 1::2]  # the tiles' two rows: (N, TH, 2*TW, FN)
-        dm = np.empty((16, n, th, tw, fn), dtype=drows.dtype)
-        for i, a_g in enumerate((g0, g0 + g1, g0 - g1, -g1)):  # A dY along i
-            c0, c1 = a_g[:, :, 0::2], a_g[:, :, 1::2]  # the tiles' two columns
-            np.copyto(dm[4 * i], c0)
-            np.add(c0, c1, out=dm[4 * i + 1])
-            np.subtract(c0, c1, out=dm[4 * i + 2])
-            np.negative(c1, out=dm[4 * i + 3])
-        return dm.reshape(16, n * th * tw, fn)
+        return self._winograd_tile_grads(dy, n, th, tw)
+
+    # The backward of the bias and ReLU after a Winograd convolution (its forward is the
+    # composition, which no whole-array version beat): dout is masked in NCHW and
+    # transposed into the tiles' gradients in one copy, with no GEMM rows.
+
+    def winograd_relu_backward(self, dout, out, n, oh, ow):
+        th, tw = winograd_tiles(oh, ow)
+        fn = dout.shape[1]
+        passed = np.where(out > 0, dout, dout.dtype.type(0))  # (N, FN, OH, OW)
+        dy = np.empty((n, 2 * th, 2 * tw, fn), dtype=dout.dtype)
+        if (2 * th, 2 * tw) != (oh, ow):  # zeros where the tiles reach past the output
+            dy[:, oh:] = 0
+            dy[:, :oh, ow:] = 0
+        dy[:, :oh, :ow] = passed.transpose(0, 2, 3, 1)
+        # db: the column sums of the GEMM rows, to which the zeros past the output add nothing
+        return self._winograd_tile_grads(dy, n, th, tw), self.bias_grad(dy.reshape(-1, fn))
 
     # A 2x2, stride-2 max pooling after a Winograd convolution: each pooling window is one
     # output tile, so the pooled tiles' four outputs are computed as four (N, PH, PW, FN)

@@ -67,6 +67,10 @@ WINOGRAD_OPERATIONS = (
 # Its db: the sum over the pooled windows where the composition's bias_grad sums the GEMM
 # rows (or, in the Numba set, over rows of tiles); out, argmax and dM agree to the bit.
 WINOGRAD_POOL_BACKWARD = "winograd_maxpool_relu_backward"
+# Its db: the sum over the outputs where the composition's bias_grad sums the GEMM rows in
+# another order (the NumPy set: with the zeros past the output; the Numba set: over rows of
+# tiles); out and dM agree to the bit.
+WINOGRAD_RELU_BACKWARD = "winograd_relu_backward"
 OPTIMIZER_OPERATIONS = ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
 TOLERANCES: dict[str, dict[str, str]] = {
     "numpy": {
@@ -77,6 +81,7 @@ TOLERANCES: dict[str, dict[str, str]] = {
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
         **dict.fromkeys(WINOGRAD_OPERATIONS, ORDER),  # in the array's dtype, the oracle in float64
         WINOGRAD_POOL_BACKWARD: ORDER,
+        WINOGRAD_RELU_BACKWARD: ORDER,
         "softmax_cross_entropy": ULPS,
     },
     "array-api-strict": {
@@ -84,12 +89,19 @@ TOLERANCES: dict[str, dict[str, str]] = {
         "bias_grad": ORDER,
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
         WINOGRAD_POOL_BACKWARD: ORDER,
+        WINOGRAD_RELU_BACKWARD: ORDER,
     },
-    "numba": {"avgpool_forward": ORDER, **dict.fromkeys(CONV_OPERATIONS, ORDER), WINOGRAD_POOL_BACKWARD: ORDER},
+    "numba": {
+        "avgpool_forward": ORDER,
+        **dict.fromkeys(CONV_OPERATIONS, ORDER),
+        WINOGRAD_POOL_BACKWARD: ORDER,
+        WINOGRAD_RELU_BACKWARD: ORDER,
+    },
     "cuda-emu": {
         "avgpool_forward": ORDER,
         "bias_grad": ORDER,
         WINOGRAD_POOL_BACKWARD: ORDER,
+        WINOGRAD_RELU_BACKWARD: ORDER,
         # the direct convolution of a first layer: taps summed in (c, ky, kx) order, the
         # weight and bias gradients over the batch's pooled elements, not BLAS's order
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
@@ -102,6 +114,7 @@ TOLERANCES: dict[str, dict[str, str]] = {
         "avgpool_forward": ORDER,
         "bias_grad": ORDER,
         WINOGRAD_POOL_BACKWARD: ORDER,
+        WINOGRAD_RELU_BACKWARD: ORDER,
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
         "softmax_cross_entropy": ULPS,
         "softmax_cross_entropy_count": ORDER,
@@ -493,6 +506,70 @@ def test_winograd_output_fused_with_bias_relu_and_max_pooling(subject, case: Win
         want_dm, want_db = NP.winograd_maxpool_relu_backward(dout, argmax, out, *geometry)
     EQUAL(dm, want_dm)
     rtol = subject.sum_rtol(WINOGRAD_POOL_BACKWARD, m.dtype, n * (oh // 2) * (ow // 2), case.exact)  # windows
+    assert_close_to_sum(db, want_db, (abs64(dout) * (out > 0)).sum(axis=(0, 2, 3)), rtol, "db")
+
+
+@dataclass(frozen=True)
+class WinogradRelu:
+    """Products M (16, T, FN) of a 3x3, stride-1 convolution with an OH x OW output, a bias
+    (FN,) and the gradient dout (N, FN, OH, OW) of its biased ReLU."""
+
+    m: np.ndarray
+    b: np.ndarray
+    dout: np.ndarray
+    n: int
+    oh: int
+    ow: int
+    exact: bool
+
+    @property
+    def geometry(self) -> tuple[int, int, int]:
+        """``(n, oh, ow)``, the arguments after M and the bias, or after dout and out."""
+        return self.n, self.oh, self.ow
+
+
+@st.composite
+def winograd_relus(draw) -> WinogradRelu:
+    """Batches 1-3, 1-17 filters, outputs from 1x1 to 9x9 (an odd side leaves tiles that
+    reach past it); float32 and float64; half of them exact (small integers)."""
+    n, fn = draw(st.integers(1, 3)), draw(st.integers(1, 17))
+    oh, ow = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    dtype = draw(st.sampled_from(DTYPES))
+    exact = draw(st.booleans())
+    th, tw = wref.tiles(oh, ow)
+    shapes = [(16, n * th * tw, fn), (fn,), (n, fn, oh, ow)]
+    return WinogradRelu(*(draw(array(dtype, shape, exact)) for shape in shapes), n, oh, ow, exact)
+
+
+@given(winograd_relus())
+def test_winograd_output_fused_with_bias_and_relu(subject, case: WinogradRelu):
+    """The output transform, bias and ReLU in one operation, to NCHW, and its backward. The
+    NumPy set's oracle is the composition they stand for, of its operations checked above,
+    and on exact data the float64 definition too."""
+    m, b, dout, geometry = case.m, case.b, case.dout, case.geometry
+    n, oh, ow = geometry
+    out = subject.run("winograd_bias_relu", m, b, *geometry)
+    assert out.shape == dout.shape and out.dtype == m.dtype
+    if subject.is_oracle:
+        want_out = GenericKernels.winograd_bias_relu(NP, m, b, *geometry)
+        if case.exact:
+            y = ref.rows_to_nchw(wref.output_transform(m, n, oh, ow) + b, n, oh, ow)
+            EQUAL(out, np.maximum(y, 0))
+    else:
+        want_out = NP.winograd_bias_relu(m, b, *geometry)
+    EQUAL(out, want_out)
+
+    dm, db = subject.run(WINOGRAD_RELU_BACKWARD, dout, out, *geometry)
+    assert dm.dtype == db.dtype == m.dtype
+    if subject.is_oracle:
+        want_dm, want_db = GenericKernels.winograd_relu_backward(NP, dout, out, *geometry)
+        if case.exact:
+            drows = ref.nchw_to_rows(np.where(out > 0, dout, 0))
+            EQUAL(dm, wref.output_transform_adjoint(drows, n, oh, ow))
+    else:
+        want_dm, want_db = NP.winograd_relu_backward(dout, out, *geometry)
+    EQUAL(dm, want_dm)
+    rtol = subject.sum_rtol(WINOGRAD_RELU_BACKWARD, m.dtype, n * oh * ow, case.exact)
     assert_close_to_sum(db, want_db, (abs64(dout) * (out > 0)).sum(axis=(0, 2, 3)), rtol, "db")
 
 

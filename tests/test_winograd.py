@@ -6,8 +6,9 @@ on the shapes of the networks that use them, equal the NumPy set's to the bit; t
 Winograd forward and gradients equal im2col's and the GEMM's to float rounding; each
 backward transform is its forward's adjoint; and two calls give the same bytes. The
 output transform fused with bias, ReLU and a 2x2 max pooling, and its backward, equal the
-composition they fuse (the bias gradient to float rounding). The agreement on drawn
-shapes and values, for every backend, is in ``test_kernel_agreement.py``.
+composition they fuse (the bias gradient to float rounding), and so do the output
+transform fused with bias and ReLU alone and its backward. The agreement on drawn shapes
+and values, for every backend, is in ``test_kernel_agreement.py``.
 """
 
 from __future__ import annotations
@@ -441,3 +442,184 @@ def test_an_output_one_pixel_high_has_no_window_to_pool(name):
     for operation in ("winograd_bias_relu_maxpool", "winograd_bias_relu_maxpool_infer"):
         with pytest.raises(ValueError, match="window 2 does not fit in input 1 with pad 0"):
             getattr(kernels, operation)(m, b, 1, 1, 4)
+
+
+# -- the output transform fused with bias and ReLU, without pooling -------------------------------
+
+RELU_SHAPES = [  # N, OH, OW, FN of the convolution's output
+    (1, 1, 1, 1),  # a 1x1 output: one tile, three quarters of it past the output
+    (2, 5, 7, 3),  # odd OH and OW: the last row and column of tiles are partial
+    (1, 4, 6, 17),  # N = 1, an even output, FN one past a multiple of the vector width
+    (3, 6, 3, 1),  # FN = 1, an odd output width
+    (2, 14, 16, 64),  # an even output, 64 filters
+    (2, 15, 15, 64),  # cifar_cnn's third convolution: partial tiles
+]
+RELU_SHAPE_IDS = ["x".join(map(str, s[:3])) + f"-f{s[3]}" for s in RELU_SHAPES]
+
+
+class ReluProblem:
+    """Products M (16, T, FN) of a convolution with an OH x OW output, a bias (FN,), the
+    gradient dout (N, FN, OH, OW) of its biased ReLU, of ``dtype``, from a seeded generator.
+
+    ``data``: ``"normal"``, standard normal values; ``"integers"``, integers in [-3, 3]
+    (bias in [-4, 1]): every output and sum is exact and many outputs are <= 0;
+    ``"special"``, standard normal with the products of the first tile of the last filter
+    all -0.0, with a bias of -0.0 for that filter: its output (0, 0), ``(m0 + m1 + m2)``
+    of -0.0s along i and along j plus -0.0, is -0.0 before the ReLU; and the products of
+    :data:`NAN_ENTRIES` NaN, each group in another tile or filter (as far as there are).
+    """
+
+    def __init__(self, shape, dtype, data: str = "normal", seed: int = 0) -> None:
+        n, self.oh, self.ow, fn = shape
+        self.n, self.fn = n, fn
+        self.th, self.tw = ref.tiles(self.oh, self.ow)
+        t = n * self.th * self.tw
+        rng = np.random.default_rng(seed)
+        if data == "integers":
+            self.m = rng.integers(-3, 4, (16, t, fn)).astype(dtype)
+            self.b = rng.integers(-4, 2, fn).astype(dtype)
+            self.dout = rng.integers(-3, 4, (n, fn, self.oh, self.ow)).astype(dtype)
+        else:
+            self.m = rng.standard_normal((16, t, fn)).astype(dtype)
+            self.b = rng.standard_normal(fn).astype(dtype)
+            self.dout = rng.standard_normal((n, fn, self.oh, self.ow)).astype(dtype)
+        self.has_nan = False
+        if data == "special":
+            self.m[:, 0, fn - 1] = -0.0
+            self.b[fn - 1] = -0.0
+            others = [(tile, f) for tile in range(t) for f in range(fn) if (tile, f) != (0, fn - 1)]
+            for i, entries in enumerate(NAN_ENTRIES[: len(others)]):
+                tile, f = others[i % len(others)]
+                self.m[list(entries), tile, f] = np.nan
+                self.has_nan = True
+
+    @property
+    def geometry(self) -> tuple[int, int, int]:
+        return self.n, self.oh, self.ow
+
+    def nan_outputs(self) -> np.ndarray:
+        """(N, FN, OH, OW): the outputs a NaN product reaches (a nonzero coefficient of A^T M A)."""
+        reached = ref.output_transform(np.isnan(self.m), *self.geometry, True) > 0
+        return NP.rows_to_nchw(reached, *self.geometry)
+
+    def composed(self, kernels=NP):
+        """The composition the fused operations stand for, of ``kernels``'s own operations:
+        out and, from it and ``dout``, (dM, db)."""
+        out = GenericKernels.winograd_bias_relu(kernels, self.m, self.b, *self.geometry)
+        dm, db = GenericKernels.winograd_relu_backward(kernels, self.dout, out, *self.geometry)
+        return out, dm, db
+
+
+def relu_cases(datas):
+    return [
+        pytest.param(shape, dtype, data, id=f"{shape_id}-{np.dtype(dtype).name}-{data}")
+        for shape, shape_id in zip(RELU_SHAPES, RELU_SHAPE_IDS)
+        for dtype in DTYPES
+        for data in datas
+    ]
+
+
+@pytest.mark.parametrize(("shape", "dtype", "data"), relu_cases(["normal", "integers", "special"]))
+def test_the_biased_relu_output_transform_is_the_composition_it_fuses(kernel_set, shape, dtype, data):
+    """``winograd_bias_relu`` equals ``rows_to_nchw(bias_relu(winograd_output(...)))`` bit
+    for bit: a NaN stays NaN where a NaN product reaches, -0.0 becomes +0.0, as NumPy's
+    ``maximum(v, 0)``. On integers, whose outputs are exact, it also follows the
+    definition: the float64 output transform, biased and passed through a ReLU."""
+    problem = ReluProblem(shape, dtype, data)
+    out = kernel_set.run("winograd_bias_relu", problem.m, problem.b, *problem.geometry)
+    assert out.shape == (problem.n, problem.fn, problem.oh, problem.ow) and out.dtype == dtype
+    want, _, _ = problem.composed()
+    EQUAL(out, want)
+    assert out.tobytes() == want.tobytes()  # the signs of the zeros too
+    nan = np.isnan(out)
+    EQUAL(nan, problem.nan_outputs())
+    assert not np.signbit(out[~nan]).any()
+    if data == "special":  # the data hold what the rules are about
+        assert nan.any() or not problem.has_nan
+        y = NP.rows_to_nchw(NP.winograd_output(problem.m, *problem.geometry) + problem.b, *problem.geometry)
+        assert y[0, -1, 0, 0] == 0 and np.signbit(y[0, -1, 0, 0])
+    if data == "integers":
+        y = ref.output_transform(problem.m, *problem.geometry) + problem.b
+        EQUAL(out, np.maximum(NP.rows_to_nchw(y, *problem.geometry), 0))
+        if out.size >= 16:
+            assert (out == 0).any() and (out > 0).any()
+
+
+@pytest.mark.parametrize(("shape", "dtype", "data"), relu_cases(["normal", "integers", "special"]))
+def test_the_relu_backward_is_the_composition_it_fuses(kernel_set, shape, dtype, data):
+    """``winograd_relu_backward`` equals ``winograd_output_grad`` and ``bias_grad`` of
+    ``relu_backward``: dM exactly (dY zero where ``out`` is 0, NaN or negative, whatever
+    dout holds there), db within the rounding of a sum over the N*OH*OW outputs (equal on
+    integers). On integers dM also follows the definition, the float64 adjoint."""
+    problem = ReluProblem(shape, dtype, data)
+    n, fn, oh, ow = problem.n, problem.fn, problem.oh, problem.ow
+    out, _, _ = problem.composed()
+    dout = problem.dout
+    if data == "special":  # out below zero and -0.0; dout NaN and infinite where out does not pass it
+        out, dout = out.copy(), dout.copy()
+        out.flat[1::7], out.flat[2::7] = -1.0, -0.0
+        blocked = ~(out > 0)
+        dout[blocked & (np.arange(out.size).reshape(out.shape) % 2 == 0)] = np.nan
+        dout[blocked & (np.arange(out.size).reshape(out.shape) % 2 == 1)] = -np.inf
+        assert blocked.any() and (np.isnan(out).any() or not problem.has_nan)
+    want_dm, want_db = GenericKernels.winograd_relu_backward(NP, dout, out, *problem.geometry)
+    dm, db = kernel_set.run("winograd_relu_backward", dout, out, *problem.geometry)
+    assert dm.shape == (16, n * problem.th * problem.tw, fn) and db.shape == (fn,)
+    assert dm.dtype == db.dtype == dtype
+    EQUAL(dm, want_dm)
+    assert np.isfinite(dm).all() and np.isfinite(db).all()
+    passed = np.where(out > 0, dout, 0)
+    rtol = 0.0 if data == "integers" else sum_rtol(dtype, n * oh * ow)
+    assert_close_to_sum(db, want_db, abs64(passed).sum(axis=(0, 2, 3)), rtol, "db")
+    if data == "integers":
+        EQUAL(dm, ref.output_transform_adjoint(NP.nchw_to_rows(passed), *problem.geometry))
+        EQUAL(db, passed.sum(axis=(0, 2, 3), dtype=np.float64))
+
+
+def relu_operations(problem: ReluProblem) -> dict:
+    """The two operations and their arguments."""
+    out = NP.winograd_bias_relu(problem.m, problem.b, *problem.geometry)
+    return {
+        "winograd_bias_relu": (problem.m, problem.b, *problem.geometry),
+        "winograd_relu_backward": (problem.dout, out, *problem.geometry),
+    }
+
+
+@pytest.mark.parametrize("shape", [RELU_SHAPES[1], RELU_SHAPES[5]], ids=[RELU_SHAPE_IDS[1], RELU_SHAPE_IDS[5]])
+def test_the_biased_relu_operations_give_the_same_bytes_twice(kernel_set, shape):
+    problem = ReluProblem(shape, np.float32)
+    for operation, args in relu_operations(problem).items():
+        first, second = kernel_set.run(operation, *args), kernel_set.run(operation, *args)
+        assert as_bytes(first) == as_bytes(second), operation
+
+
+def test_the_numba_set_gives_the_biased_relus_bytes_on_one_thread_and_on_all():
+    """The bias gradient's partial sums are fixed by the rows of tiles, not the threads."""
+    numba = pytest.importorskip("numba", reason="the numba kernel set needs Numba")
+    kernels = backend_or_skip("numba").kernels
+    operations = relu_operations(ReluProblem((16, 15, 15, 64), np.float32))
+    results = {}
+    threads = numba.get_num_threads()
+    try:
+        for count in sorted({1, 2, threads}):
+            numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+            results[count] = {op: as_bytes(getattr(kernels, op)(*args)) for op, args in operations.items()}
+    finally:
+        numba.set_num_threads(threads)
+    assert all(result == results[1] for result in results.values())
+
+
+def test_the_numba_set_refuses_biased_relu_arrays_of_another_shape():
+    """Its loops index without bounds checks: a wrong shape raises, naming the array."""
+    kernels = backend_or_skip("numba").kernels
+    problem = ReluProblem(RELU_SHAPES[1], np.float32)  # 5x7 output: 3x4 tiles
+    m, b, dout = problem.m, problem.b, problem.dout
+    out = kernels.winograd_bias_relu(m, b, *problem.geometry)
+    with pytest.raises(ValueError, match=r"M has shape \(16, 23, 3\), expected \(16, 24, 3\)"):
+        kernels.winograd_bias_relu(m[:, :23], b, *problem.geometry)
+    with pytest.raises(ValueError, match=r"b has shape \(2,\), expected \(3,\)"):
+        kernels.winograd_bias_relu(m, b[:2], *problem.geometry)
+    with pytest.raises(ValueError, match=r"dout has shape \(2, 3, 5, 6\), expected \(2, 3, 5, 7\)"):
+        kernels.winograd_relu_backward(dout[..., :6], out, *problem.geometry)
+    with pytest.raises(ValueError, match=r"out has shape \(1, 3, 5, 7\), expected \(2, 3, 5, 7\)"):
+        kernels.winograd_relu_backward(dout, out[:1], *problem.geometry)
