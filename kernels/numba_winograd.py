@@ -237,6 +237,17 @@ def winograd_input_grad(dv, pad, th, tw, dx):
 # -- the output tiles ------------------------------------------------------------------------
 
 
+@jit
+def products_along_i(m_rows, row, span, s):
+    """``A^T`` along i of the first ``span`` values of row ``row`` of ``m_rows`` (16, rows,
+    TW*FN): ``s[j]`` = m0 + m1 + m2 and ``s[4 + j]`` = m1 - m2 - m3 of entries (i, j), i = 0..3."""
+    for j in range(4):
+        for q in range(span):
+            m0, m1, m2, m3 = m_rows[j, row, q], m_rows[4 + j, row, q], m_rows[8 + j, row, q], m_rows[12 + j, row, q]
+            s[j, q] = m0 + m1 + m2
+            s[4 + j, q] = m1 - m2 - m3
+
+
 @pjit
 def winograd_output(m, n, oh, ow, th, tw, rows):
     """M (16, T, FN) → GEMM rows (N*OH*OW, FN): ``A^T M A`` of each tile, the rows of A^T m
@@ -250,16 +261,7 @@ def winograd_output(m, n, oh, ow, th, tw, rows):
     for task in prange(n * th):
         b, ty = split(task, th)
         s = np.empty((8, tw * fn), dtype=m.dtype)
-        for j in range(4):
-            for q in range(tw * fn):
-                m0, m1, m2, m3 = (
-                    m_rows[j, task, q],
-                    m_rows[4 + j, task, q],
-                    m_rows[8 + j, task, q],
-                    m_rows[12 + j, task, q],
-                )
-                s[j, q] = m0 + m1 + m2
-                s[4 + j, q] = m1 - m2 - m3
+        products_along_i(m_rows, task, tw * fn, s)
         y = 2 * ty
         for a in range(min(2, oh - y)):
             r0 = (b * oh + y + a) * ow  # the row of pixel (b, y + a, 0)
@@ -274,6 +276,20 @@ def winograd_output(m, n, oh, ow, th, tw, rows):
                 else:  # the last column of pixels, when OW is odd
                     for f in range(fn):
                         rows[r, f] = s[e, q0 + f] + s[e + 1, q0 + f] + s[e + 2, q0 + f]
+
+
+@jit
+def grads_along_j(s, span, dm_rows, row):
+    """``A`` along j into row ``row`` of ``dm_rows`` (16, rows, TW*FN), from ``s`` (4,
+    2*span): entry i of every tile, its column 0 at ``s[i, q]`` and column 1 at
+    ``s[i, span + q]`` (the polyphase layout): g0, g0 + g1, g0 - g1, -g1."""
+    for i in range(4):
+        for q in range(span):
+            g0, g1 = s[i, q], s[i, span + q]
+            dm_rows[4 * i, row, q] = g0
+            dm_rows[4 * i + 1, row, q] = g0 + g1
+            dm_rows[4 * i + 2, row, q] = g0 - g1
+            dm_rows[4 * i + 3, row, q] = -g1
 
 
 @pjit
@@ -317,10 +333,4 @@ def winograd_output_grad(drows, n, oh, ow, th, tw, dm):
                     s[1, at + f] = zero + zero
                     s[2, at + f] = zero - zero
                     s[3, at + f] = -zero
-        for i in range(4):  # along j
-            for q in range(span):
-                g0, g1 = s[i, q], s[i, span + q]
-                dm_rows[4 * i, task, q] = g0
-                dm_rows[4 * i + 1, task, q] = g0 + g1
-                dm_rows[4 * i + 2, task, q] = g0 - g1
-                dm_rows[4 * i + 3, task, q] = -g1
+        grads_along_j(s, span, dm_rows, task)

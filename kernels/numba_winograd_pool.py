@@ -34,7 +34,7 @@ from numba import prange
 
 from .numba_conv import split  # the index helper of every parallel loop
 from .numba_runtime import pjit
-from .numba_winograd import nonnegative
+from .numba_winograd import grads_along_j, nonnegative, products_along_i
 
 
 @pjit
@@ -59,11 +59,7 @@ def winograd_bias_relu_maxpool(m, bias, n, th, tw, out, argmax, with_argmax):
         s = np.empty((8, span), dtype=m.dtype)
         best = np.empty((pw, fn), dtype=m.dtype)
         arg = np.empty((pw, fn) if with_argmax else (0, 0), dtype=np.int32)
-        for j in range(4):
-            for q in range(span):
-                m0, m1, m2, m3 = m_rows[j, row, q], m_rows[4 + j, row, q], m_rows[8 + j, row, q], m_rows[12 + j, row, q]
-                s[j, q] = m0 + m1 + m2
-                s[4 + j, q] = m1 - m2 - m3
+        products_along_i(m_rows, row, span, s)
         for tx in range(pw):
             q0 = tx * fn
             if with_argmax:
@@ -175,16 +171,7 @@ def winograd_bias_relu(m, bias, n, th, tw, out):
         b, ty = split(task, th)
         s = np.empty((8, span), dtype=m.dtype)
         line = np.empty((2 * tw, fn), dtype=m.dtype)
-        for j in range(4):
-            for q in range(span):
-                m0, m1, m2, m3 = (
-                    m_rows[j, task, q],
-                    m_rows[4 + j, task, q],
-                    m_rows[8 + j, task, q],
-                    m_rows[12 + j, task, q],
-                )
-                s[j, q] = m0 + m1 + m2
-                s[4 + j, q] = m1 - m2 - m3
+        products_along_i(m_rows, task, span, s)
         y = 2 * ty
         for a in range(min(2, oh - y)):
             e = 4 * a
@@ -252,10 +239,4 @@ def winograd_relu_backward(dout, out, th, tw, dm, db_rows):
             s[1, q] = g0 + g1
             s[2, q] = g0 - g1
             s[3, q] = -g1
-        for i in range(4):  # along j
-            for q in range(span):
-                g0, g1 = s[i, q], s[i, span + q]
-                dm_rows[4 * i, task, q] = g0
-                dm_rows[4 * i + 1, task, q] = g0 + g1
-                dm_rows[4 * i + 2, task, q] = g0 - g1
-                dm_rows[4 * i + 3, task, q] = -g1
+        grads_along_j(s, span, dm_rows, task)

@@ -444,10 +444,11 @@ def test_winograd_transforms_and_their_adjoints(subject, case: WinogradArrays):
 
 
 @dataclass(frozen=True)
-class WinogradPool:
+class WinogradProducts:
     """Products M (16, T, FN) of a 3x3, stride-1 convolution with an OH x OW output, a bias
-    (FN,) and the gradient dout (N, FN, OH//2, OW//2) of the 2x2, stride-2 max pooling of
-    its biased ReLU."""
+    (FN,) and the gradient dout of what a fused operation makes of them: the 2x2, stride-2
+    max pooling of their biased ReLU (N, FN, OH//2, OW//2), or the biased ReLU itself
+    (N, FN, OH, OW)."""
 
     m: np.ndarray
     b: np.ndarray
@@ -459,12 +460,12 @@ class WinogradPool:
 
     @property
     def geometry(self) -> tuple[int, int, int]:
-        """``(n, oh, ow)``, the arguments after M and the bias, or after dout, argmax and out."""
+        """``(n, oh, ow)``, the arguments after M and the bias, or after dout (argmax) and out."""
         return self.n, self.oh, self.ow
 
 
 @st.composite
-def winograd_pools(draw) -> WinogradPool:
+def winograd_pools(draw) -> WinogradProducts:
     """Batches 1-3, 1-17 filters, outputs from 2x2 to 9x9 (an odd side leaves tiles that no
     window pools); float32 and float64; half of them exact (small integers)."""
     n, fn = draw(st.integers(1, 3)), draw(st.integers(1, 17))
@@ -473,11 +474,11 @@ def winograd_pools(draw) -> WinogradPool:
     exact = draw(st.booleans())
     th, tw = wref.tiles(oh, ow)
     shapes = [(16, n * th * tw, fn), (fn,), (n, fn, oh // 2, ow // 2)]
-    return WinogradPool(*(draw(array(dtype, shape, exact)) for shape in shapes), n, oh, ow, exact)
+    return WinogradProducts(*(draw(array(dtype, shape, exact)) for shape in shapes), n, oh, ow, exact)
 
 
 @given(winograd_pools())
-def test_winograd_output_fused_with_bias_relu_and_max_pooling(subject, case: WinogradPool):
+def test_winograd_output_fused_with_bias_relu_and_max_pooling(subject, case: WinogradProducts):
     """The output transform, bias, ReLU and 2x2 max pooling in one operation, and its
     backward. The NumPy set's oracle is the composition they stand for, of its operations
     checked above, and on exact data the float64 definition too."""
@@ -509,27 +510,8 @@ def test_winograd_output_fused_with_bias_relu_and_max_pooling(subject, case: Win
     assert_close_to_sum(db, want_db, (abs64(dout) * (out > 0)).sum(axis=(0, 2, 3)), rtol, "db")
 
 
-@dataclass(frozen=True)
-class WinogradRelu:
-    """Products M (16, T, FN) of a 3x3, stride-1 convolution with an OH x OW output, a bias
-    (FN,) and the gradient dout (N, FN, OH, OW) of its biased ReLU."""
-
-    m: np.ndarray
-    b: np.ndarray
-    dout: np.ndarray
-    n: int
-    oh: int
-    ow: int
-    exact: bool
-
-    @property
-    def geometry(self) -> tuple[int, int, int]:
-        """``(n, oh, ow)``, the arguments after M and the bias, or after dout and out."""
-        return self.n, self.oh, self.ow
-
-
 @st.composite
-def winograd_relus(draw) -> WinogradRelu:
+def winograd_relus(draw) -> WinogradProducts:
     """Batches 1-3, 1-17 filters, outputs from 1x1 to 9x9 (an odd side leaves tiles that
     reach past it); float32 and float64; half of them exact (small integers)."""
     n, fn = draw(st.integers(1, 3)), draw(st.integers(1, 17))
@@ -538,11 +520,11 @@ def winograd_relus(draw) -> WinogradRelu:
     exact = draw(st.booleans())
     th, tw = wref.tiles(oh, ow)
     shapes = [(16, n * th * tw, fn), (fn,), (n, fn, oh, ow)]
-    return WinogradRelu(*(draw(array(dtype, shape, exact)) for shape in shapes), n, oh, ow, exact)
+    return WinogradProducts(*(draw(array(dtype, shape, exact)) for shape in shapes), n, oh, ow, exact)
 
 
 @given(winograd_relus())
-def test_winograd_output_fused_with_bias_and_relu(subject, case: WinogradRelu):
+def test_winograd_output_fused_with_bias_and_relu(subject, case: WinogradProducts):
     """The output transform, bias and ReLU in one operation, to NCHW, and its backward. The
     NumPy set's oracle is the composition they stand for, of its operations checked above,
     and on exact data the float64 definition too."""
