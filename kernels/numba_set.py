@@ -344,13 +344,22 @@ class NumbaKernels(NumpyKernels):
 
     # -- bias and ReLU ------------------------------------------------------------------
 
+    # Below this many elements the NumPy set's passes (the same values): a parallel launch
+    # costs more than the work, and a network whose arrays are all smaller (a dense layer's
+    # activations) never compiles the loops.
+    elementwise_min_elements = 2**16
+
     def bias_relu(self, rows, b):
+        if rows.size < self.elementwise_min_elements:
+            return super().bias_relu(rows, b)
         rows, b = _contiguous(rows), _contiguous(b)
         out = np.empty(rows.shape, dtype=rows.dtype)
         launch(numba_elementwise.bias_relu, rows, b, rows.dtype.type(0), out)
         return out
 
     def relu_backward(self, dout, out):
+        if dout.size < self.elementwise_min_elements:
+            return super().relu_backward(dout, out)
         dout, out = _contiguous(dout), _contiguous(out)
         dx = np.empty(dout.shape, dtype=dout.dtype)
         launch(numba_elementwise.relu_backward, dout.reshape(-1), out.reshape(-1), dout.dtype.type(0), dx.reshape(-1))

@@ -31,6 +31,25 @@ def test_the_numba_backend_holds_the_numba_kernel_set():
     assert isinstance(NB, NumbaKernels)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows, columns", [(3, 5), (2**13, 9)])  # below and above elementwise_min_elements
+def test_bias_relu_and_its_backward_give_numpys_bits_through_the_loops_and_below_them(rows, columns, dtype):
+    """Large arrays go through the parallel loops, small ones through the NumPy set's passes:
+    the same bits either way, NaN, infinities and a -0.0 (which NumPy's maximum makes +0.0)
+    included."""
+    rng = np.random.default_rng(6)
+    x, b = rng.standard_normal((rows, columns)).astype(dtype), rng.standard_normal(columns).astype(dtype)
+    x[0, :3] = [np.nan, -0.0, np.inf]
+    b[1] = -0.0
+    x[1, 0] = -np.inf
+    assert (x.size >= NB.elementwise_min_elements) == (rows > 3)
+    out = NB.bias_relu(x, b)
+    want = NP.bias_relu(x, b)
+    assert out.tobytes() == want.tobytes() and np.signbit(out[0, 1]) == np.signbit(want[0, 1])
+    dout = rng.standard_normal((rows, columns)).astype(dtype)
+    assert NB.relu_backward(dout, want).tobytes() == NP.relu_backward(dout, want).tobytes()
+
+
 @pytest.mark.parametrize("stride, filter_size, channels", [(2, 3, 1), (1, 3, 4)])
 def test_convolutions_the_numba_set_does_not_compute_directly_take_the_gemm(stride, filter_size, channels):
     """A stride above 1 or more taps than ``direct_conv_max_taps``: im2col and the GEMM,
