@@ -72,7 +72,8 @@ class ConvReluMaxPool(Step):
     size = 3
     # _conv_shape: (N, OH, OW) of the convolution (rows and Winograd paths); _x: the input
     # (direct path); _pooled_winograd: True when forward pooled straight from the products
-    cache_names = ("_conv_shape", "_x", "_argmax", "_out", "_pooled_winograd")
+    # _winograd_x: the input, when forward ran the kernel set's whole-layer Winograd operation
+    cache_names = ("_conv_shape", "_x", "_argmax", "_out", "_pooled_winograd", "_winograd_x")
 
     def __init__(self, conv: Convolution, relu: ReLU, pool: MaxPooling) -> None:
         self.conv, self.relu, self.pool = conv, relu, pool
@@ -135,7 +136,12 @@ class ConvReluMaxPool(Step):
         conv, kernels = self.conv, self.conv.backend.kernels
         pool = self._pool_args()
         super().clear_cache()  # the step's own arrays; the layers replace theirs as they compute
+        whole = not self._direct() and self._winograd_pool() and conv.winograd_whole()
+        if whole:
+            conv.check_input(x)
         if not train:  # no gradient will flow back: no argmax, nothing kept
+            if whole:
+                return kernels.winograd_conv_bias_relu_maxpool_infer(x, conv.W, conv.b, conv.pad)
             if not self._direct() and self._winograd_pool():
                 return self._pooled_from_products(x, train=False)[0]
             conv.check_input(x)
@@ -144,6 +150,10 @@ class ConvReluMaxPool(Step):
             conv.check_input(x)
             self._x = x
             self._out, self._argmax = kernels.conv_bias_relu_maxpool(x, conv.W, conv.b, conv.stride, conv.pad, *pool)
+            return self._out
+        if whole:
+            self._winograd_x = x
+            self._out, self._argmax = kernels.winograd_conv_bias_relu_maxpool(x, conv.W, conv.b, conv.pad)
             return self._out
         if self._winograd_pool():
             self._out, self._argmax = self._pooled_from_products(x, train=True)
@@ -162,6 +172,11 @@ class ConvReluMaxPool(Step):
                 dout, self._argmax, self._out, self._x, tuple(conv.W.shape), conv.stride, conv.pad, *pool
             )
             return None
+        if self._winograd_x is not None:
+            dx, conv.grads["W"], conv.grads["b"] = kernels.winograd_conv_maxpool_relu_backward(
+                dout, self._argmax, self._out, self._winograd_x, conv.W, conv.pad, conv.needs_input_grad
+            )
+            return dx
         if self._pooled_winograd:
             _, oh, ow = self._conv_shape
             db = []
@@ -191,6 +206,15 @@ class ConvReluMaxPool(Step):
         gemm = self.conv.gemm_memory(batch_size, itemsize)
         out_size = batch_size * math.prod(self.pool.output_shape)
         pooled = out_size * (itemsize + ARGMAX_BYTES)  # the output and its argmax
+        if not self._direct() and self._winograd_pool() and self.conv.winograd_whole():
+            return MemoryTerms(
+                output=out_size * itemsize,
+                kept=pooled,
+                forward=pooled,
+                backward=self.conv.winograd_whole_backward_bytes(batch_size, itemsize),
+                output_in_cache=True,
+                keeps_input=True,
+            )
         if not self._direct() and self._winograd_pool():
             return MemoryTerms(
                 output=out_size * itemsize,
@@ -236,8 +260,9 @@ class LinearReLU(Step):
     size = 2
     # _out: the ReLU output (GEMM rows, or NCHW on the direct and Winograd paths): its sign
     # is the mask; _x and _argmax: the direct path's input and its (all-zero) pooling argmax;
-    # _winograd_out: True when forward made the output straight from Winograd products
-    cache_names = ("_out", "_x", "_argmax", "_winograd_out")
+    # _winograd_out: True when forward made the output straight from Winograd products;
+    # _winograd_x: the input, when forward ran the kernel set's whole-layer Winograd operation
+    cache_names = ("_out", "_x", "_argmax", "_winograd_out", "_winograd_x")
 
     def __init__(self, linear: Affine | Convolution, relu: ReLU) -> None:
         self.linear, self.relu = linear, relu
@@ -272,6 +297,13 @@ class LinearReLU(Step):
             self._x = x
             self._out, self._argmax = kernels.conv_bias_relu_maxpool(*args)
             return self._out
+        if type(linear) is Convolution and linear.winograd_whole():
+            super().clear_cache()
+            linear.check_input(x)
+            out = kernels.winograd_conv_bias_relu(x, linear.W, linear.b, linear.pad)
+            if train:
+                self._out, self._winograd_x = out, x
+            return out
         if type(linear) is Convolution and linear.winograd():
             super().clear_cache()
             _, oh, ow = linear.output_nhw(x.shape)
@@ -296,6 +328,11 @@ class LinearReLU(Step):
                 dout, self._argmax, self._out, self._x, w_shape, linear.stride, linear.pad, *IDENTITY_POOL
             )
             return None
+        if self._winograd_x is not None:
+            dx, linear.grads["W"], linear.grads["b"] = kernels.winograd_conv_relu_backward(
+                dout, self._out, self._winograd_x, linear.W, linear.pad, linear.needs_input_grad
+            )
+            return dx
         if self._winograd_out:
             oh, ow = self._out.shape[2], self._out.shape[3]
             db = []
@@ -326,6 +363,15 @@ class LinearReLU(Step):
                 output=out,
                 kept=out_size * (itemsize + ARGMAX_BYTES),
                 forward=out_size * (itemsize + ARGMAX_BYTES),
+                output_in_cache=True,
+                keeps_input=True,
+            )
+        if type(self.linear) is Convolution and self.linear.winograd_whole():
+            return MemoryTerms(
+                output=out,
+                kept=out,
+                forward=out,
+                backward=self.linear.winograd_whole_backward_bytes(batch_size, itemsize),
                 output_in_cache=True,
                 keeps_input=True,
             )

@@ -523,6 +523,23 @@ class Convolution(_GemmLayer):
         fn, c, fh, fw = self.W.shape
         return kernels.conv_block_bytes is None and kernels.prefers_winograd(c, fn, fh, fw, self.stride)
 
+    def winograd_whole(self) -> bool:
+        """Whether a Convolution -> ReLU (-> 2x2 max pooling at stride 2) step over this
+        layer runs through Winograd as one kernel operation per pass, the kernel set's
+        ``winograd_conv_*`` operations (``winograd_whole_layer``), instead of
+        :meth:`winograd_forward` and :meth:`winograd_backward`."""
+        return self.winograd() and self.backend.kernels.winograd_whole_layer
+
+    def winograd_whole_backward_bytes(self, batch_size: int, itemsize: int) -> int:
+        """The arrays of a ``winograd_conv_*`` backward: dx (when the input needs a
+        gradient), dU's partial sums (one per ``winograd_group`` images) and each row of
+        tiles' bias gradient."""
+        c, fn = self.input_shape[0], self.filter_num
+        th, _ = winograd_tiles(*self.output_shape[1:])
+        groups = -(-batch_size // self.backend.kernels.winograd_group)
+        dx = self._bytes_in(batch_size, itemsize) if self.needs_input_grad else 0
+        return dx + (groups * 16 * c * fn + batch_size * th * fn) * itemsize
+
     def block_images(self, batch_size: int, itemsize: int) -> int | None:
         """Images per block of the training passes through im2col (see the class docstring),
         or None when the kernel set takes the whole batch in one call."""

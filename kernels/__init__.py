@@ -128,6 +128,29 @@ output; ``T = N*TH*TW`` tiles in (n, ty, tx) order; index ``4*i + j`` is entry (
     ``winograd_output_grad`` and ``bias_grad`` of ``drows = relu_backward(nchw_to_rows(dout),
     nchw_to_rows(out))``, dout and out (N, FN, OH, OW): dM (16, T, FN), equal to the
     composition's, and db (FN,), equal to float rounding.
+``winograd_conv_bias_relu_maxpool(x, w, b, pad) -> (out, argmax)``
+    A whole Winograd convolution → bias → ReLU → 2x2, stride-2 max pooling from the input
+    x (N, C, H, W) and the filters w (FN, C, 3, 3): ``winograd_bias_relu_maxpool(V @ U, b,
+    n, oh, ow)`` with ``V = winograd_input(x, pad)`` and ``U = winograd_filter(w)``. A set
+    may take it a band of tiles at a time, without the whole batch's V and M; the values
+    equal the composition's to float rounding (a GEMM over part of the tiles may round
+    otherwise). ``winograd_conv_bias_relu_maxpool_infer(x, w, b, pad) -> out``: its
+    ``out`` alone.
+``winograd_conv_maxpool_relu_backward(dout, argmax, out, x, w, pad, input_grad=True) -> (dx, dw, db)``
+    Its backward, from the forward's input, filters, out and argmax: dx (None unless
+    ``input_grad``), dW = ``winograd_filter_grad(V^T @ dM)`` and db, dM being
+    ``winograd_maxpool_relu_backward``'s; equal to the composition's to float rounding
+    (dW's sum over the tiles may run in parts, in a fixed order).
+``winograd_conv_bias_relu(x, w, b, pad) -> out``,
+``winograd_conv_relu_backward(dout, out, x, w, pad, input_grad=True) -> (dx, dw, db)``
+    The same without the pooling, through ``winograd_bias_relu`` and
+    ``winograd_relu_backward``: out (N, FN, OH, OW).
+``winograd_whole_layer``, ``winograd_group``
+    Whether a layer runs a Winograd Convolution → ReLU (→ 2x2 pooling) through the four
+    ``winograd_conv_*`` operations above rather than in blocks through the ``winograd_*``
+    passes (the Numba set, with SciPy installed: each of its tasks keeps a band's V and M
+    in the caches; the other sets compose them and say no); and the images per partial
+    sum of dU in such a backward, whose parts are then added in order (a memory-model term).
 ``bias_relu(rows, b) -> out``
     ``maximum(rows + b, 0)`` for GEMM rows (M, F) and a bias (F,): the bias and ReLU of an
     Affine or Convolution layer in one pass. Its backward is ``relu_backward``.
@@ -229,6 +252,10 @@ class KernelSet(Protocol):
     winograd_block_bytes: int | None
     """The most bytes of one block's Winograd GEMM products (16, T, FN): a layer runs the
     ``winograd_*`` passes over blocks of images that fit. None: the whole batch at once."""
+    winograd_whole_layer: bool
+    """Whether layers run a Winograd Convolution → ReLU (→ pooling) through the ``winograd_conv_*`` operations."""
+    winograd_group: int
+    """Images per partial sum of dU in a ``winograd_conv_*`` backward."""
     inference_block: int | None
     """The most images of one ``conv_bias_relu_maxpool_infer`` call: a fused step runs a
     larger inference batch in blocks of this many. None: the whole batch in one call."""
@@ -355,6 +382,25 @@ class KernelSet(Protocol):
 
     def winograd_relu_backward(self, dout: Array, out: Array, n: int, oh: int, ow: int) -> tuple[Array, Array]:
         """dout and out (N, FN, OH, OW) → (dM (16, T, FN), db (FN,)) of :meth:`winograd_bias_relu`."""
+
+    def winograd_conv_bias_relu_maxpool(self, x: Array, w: Array, b: Array, pad: int) -> tuple[Array, Array]:
+        """x (N, C, H, W), w (FN, C, 3, 3), b (FN,) → (out, argmax), both (N, FN, OH//2, OW//2)."""
+
+    def winograd_conv_bias_relu_maxpool_infer(self, x: Array, w: Array, b: Array, pad: int) -> Array:
+        """:meth:`winograd_conv_bias_relu_maxpool`'s ``out`` alone."""
+
+    def winograd_conv_maxpool_relu_backward(
+        self, dout: Array, argmax: Array, out: Array, x: Array, w: Array, pad: int, input_grad: bool = True
+    ) -> tuple[Array | None, Array, Array]:
+        """(dx or None, dW, db) of :meth:`winograd_conv_bias_relu_maxpool`."""
+
+    def winograd_conv_bias_relu(self, x: Array, w: Array, b: Array, pad: int) -> Array:
+        """x (N, C, H, W), w (FN, C, 3, 3), b (FN,) → the biased ReLU (N, FN, OH, OW)."""
+
+    def winograd_conv_relu_backward(
+        self, dout: Array, out: Array, x: Array, w: Array, pad: int, input_grad: bool = True
+    ) -> tuple[Array | None, Array, Array]:
+        """(dx or None, dW, db) of :meth:`winograd_conv_bias_relu`."""
 
     def bias_relu(self, rows: Array, b: Array) -> Array:
         """``maximum(rows + b, 0)``: rows (M, F), b (F,) → (M, F)."""

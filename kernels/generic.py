@@ -46,6 +46,11 @@ class GenericKernels:
     # None: the Winograd passes take the whole batch at once (a GPU's way); a number: the
     # most bytes of one block's GEMM products (see ``KernelSet``).
     winograd_block_bytes: int | None = None
+    # Whether the whole-layer ``winograd_conv_*`` operations are this set's way (the
+    # composition below is their definition, for the sets that say no), and the images
+    # per partial sum of dU in their backward.
+    winograd_whole_layer: bool = False
+    winograd_group: int = 4
     # Inference through a fused first layer in blocks of this many images, so that a
     # block's column matrix and GEMM output stay in a CPU's caches, where those of a whole
     # batch of 1024 (tens of MB) would stream from memory twice. None: the whole batch.
@@ -268,6 +273,60 @@ class GenericKernels:
         and the forward's out, both (N, FN, OH, OW)."""
         drows = self.relu_backward(self.nchw_to_rows(dout), self.nchw_to_rows(out))
         return self.winograd_output_grad(drows, n, oh, ow), self.bias_grad(drows)
+
+    # A whole Convolution (3x3, stride 1, through Winograd) -> bias -> ReLU (-> 2x2 max
+    # pooling at stride 2), and its backward, from the input and the filters.
+
+    def _winograd_products(self, x: Array, w: Array, pad: int) -> tuple[Array, Array, Array]:
+        """(U, V, M = V @ U) of x (N, C, H, W) and w (FN, C, 3, 3)."""
+        u, v = self.winograd_filter(w), self.winograd_input(x, pad)
+        return u, v, self.xp.matmul(v, u)
+
+    def _winograd_conv_grads(self, dm: Array, u: Array, v: Array, x: Array, pad: int, input_grad: bool):
+        """(dx or None, dW) from the products' gradient dM."""
+        xp = self.xp
+        dw = self.winograd_filter_grad(xp.matmul(xp.matrix_transpose(v), dm))
+        if not input_grad:
+            return None, dw
+        return self.winograd_input_grad(xp.matmul(dm, xp.matrix_transpose(u)), tuple(x.shape), pad), dw
+
+    def winograd_conv_bias_relu_maxpool(self, x: Array, w: Array, b: Array, pad: int) -> tuple[Array, Array]:
+        """``winograd_bias_relu_maxpool(winograd_input(x, pad) @ winograd_filter(w), b, n,
+        oh, ow)``: (out, argmax), both (N, FN, OH//2, OW//2)."""
+        _, _, m = self._winograd_products(x, w, pad)
+        return self.winograd_bias_relu_maxpool(m, b, *self._winograd_nhw(x, pad))
+
+    def winograd_conv_bias_relu_maxpool_infer(self, x: Array, w: Array, b: Array, pad: int) -> Array:
+        """:meth:`winograd_conv_bias_relu_maxpool`'s ``out`` alone."""
+        _, _, m = self._winograd_products(x, w, pad)
+        return self.winograd_bias_relu_maxpool_infer(m, b, *self._winograd_nhw(x, pad))
+
+    def winograd_conv_maxpool_relu_backward(
+        self, dout: Array, argmax: Array, out: Array, x: Array, w: Array, pad: int, input_grad: bool = True
+    ) -> tuple[Array | None, Array, Array]:
+        """The adjoint of :meth:`winograd_conv_bias_relu_maxpool`: (dx or None, dW, db)."""
+        u, v, _ = self._winograd_products(x, w, pad)
+        dm, db = self.winograd_maxpool_relu_backward(dout, argmax, out, *self._winograd_nhw(x, pad))
+        return (*self._winograd_conv_grads(dm, u, v, x, pad, input_grad), db)
+
+    def winograd_conv_bias_relu(self, x: Array, w: Array, b: Array, pad: int) -> Array:
+        """``winograd_bias_relu(winograd_input(x, pad) @ winograd_filter(w), b, n, oh, ow)``:
+        (N, FN, OH, OW)."""
+        _, _, m = self._winograd_products(x, w, pad)
+        return self.winograd_bias_relu(m, b, *self._winograd_nhw(x, pad))
+
+    def winograd_conv_relu_backward(
+        self, dout: Array, out: Array, x: Array, w: Array, pad: int, input_grad: bool = True
+    ) -> tuple[Array | None, Array, Array]:
+        """The adjoint of :meth:`winograd_conv_bias_relu`: (dx or None, dW, db)."""
+        u, v, _ = self._winograd_products(x, w, pad)
+        dm, db = self.winograd_relu_backward(dout, out, *self._winograd_nhw(x, pad))
+        return (*self._winograd_conv_grads(dm, u, v, x, pad, input_grad), db)
+
+    @staticmethod
+    def _winograd_nhw(x: Array, pad: int) -> tuple[int, int, int]:
+        """(N, OH, OW) of a 3x3 stride-1 convolution of x with ``pad``."""
+        return (x.shape[0], *output_hw(x.shape[2], x.shape[3], 3, 3, 1, pad))
 
     # -- pooling ---------------------------------------------------------------
 

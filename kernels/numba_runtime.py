@@ -54,10 +54,18 @@ that spins takes cores from the next one (the measurements:
 
 Parallel launches are serialised by a lock (:func:`launch`): the workqueue pool must
 not be entered by two threads at once.
+
+Task kernels (:data:`tjit`) are the other way to run on every core: a plain compiled loop
+over a range of tasks, without the GIL, that :func:`run_tasks` calls from a few Python
+threads at once, one contiguous range each. Their compilation skips Numba's parallel
+passes, which take seconds per kernel, and their tasks may call BLAS (``np.dot``, SciPy's
+BLAS) on the task's own core under :func:`serial_blas`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -65,14 +73,14 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numba
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
 
-__all__ = ["cache_folder", "compiled", "configure", "ijit", "jit", "launch", "pjit"]
+__all__ = ["cache_folder", "compiled", "configure", "ijit", "jit", "launch", "pjit", "run_tasks", "serial_blas", "tjit"]
 
 # Every kernel made by compiled(), so that configure() can attach the cache to each.
 _KERNELS: list[Any] = []
@@ -106,6 +114,9 @@ jit = compiled(fastmath=False)
 pjit = compiled(fastmath=False, parallel=True)
 # Inlined into its callers (the hot loops of the direct convolution): for the smallest helpers.
 ijit = compiled(fastmath=False, inline="always")
+# A task kernel, ``kernel(first, last, *args)`` doing tasks first .. last - 1, run on
+# several threads by run_tasks (see Threads above): compiled without the GIL.
+tjit = compiled(fastmath=False, nogil=True)
 
 
 # The workqueue layer aborts the process when two threads launch parallel kernels at once;
@@ -117,6 +128,70 @@ def launch(kernel: Any, *args: Any) -> None:
     """Run a parallel kernel, one caller at a time."""
     with _LAUNCH:
         kernel(*args)
+
+
+# run_tasks's threads besides the caller's, and how many there are.
+_task_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_task_pool_size = 0
+
+
+def run_tasks(kernel: Any, tasks: int, *args: Any) -> None:
+    """Run a task kernel (:data:`tjit`) over tasks ``0 .. tasks - 1``, one contiguous range
+    per thread, on Numba's thread count, the calling thread taking the first range; one
+    caller at a time, as :func:`launch`. The ranges depend on the thread count only, and
+    a kernel whose tasks write apart gives the same bytes on any number of threads."""
+    global _task_pool, _task_pool_size
+    threads = max(1, min(numba.get_num_threads(), tasks))
+    bounds = [tasks * i // threads for i in range(threads + 1)]
+    with _LAUNCH:
+        if threads == 1:
+            kernel(0, tasks, *args)
+            return
+        if _task_pool_size < threads - 1:
+            if _task_pool is not None:
+                _task_pool.shutdown()
+            _task_pool = concurrent.futures.ThreadPoolExecutor(threads - 1, thread_name_prefix="gpucnn-task")
+            _task_pool_size = threads - 1
+        futures = [_task_pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, threads)]
+        try:
+            kernel(bounds[0], bounds[1], *args)
+        finally:
+            for future in futures:
+                future.result()
+
+
+# threadpoolctl's controllers of the BLAS libraries in the process, found once SciPy's
+# BLAS (the one Numba's np.dot calls) is loaded; None until then.
+_blas_pools: list[Any] | None = None
+
+
+@contextlib.contextmanager
+def serial_blas() -> Iterator[None]:
+    """Every BLAS in the process on one thread for the block: for a parallel kernel whose
+    tasks call BLAS (``np.dot``, which Numba hands to SciPy's BLAS), each task on its own
+    core. A BLAS on several threads called from several tasks at once would serialise
+    the calls (OpenBLAS locks its threaded GEMMs) or start more threads than cores. The
+    thread counts are put back after the block. Without threadpoolctl nothing is changed.
+    """
+    global _blas_pools
+    if _blas_pools is None:
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that np.dot calls)
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas_pools = []
+        else:
+            _blas_pools = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [pool.num_threads for pool in _blas_pools]
+    try:
+        for pool, threads in zip(_blas_pools, before):
+            if threads != 1:
+                pool.set_num_threads(1)
+        yield
+    finally:
+        for pool, threads in zip(_blas_pools, before):
+            if threads != 1:
+                pool.set_num_threads(threads)
 
 
 def configure() -> None:
@@ -259,8 +334,9 @@ def _let_openblas_workers_sleep() -> None:
     Python thread: it is not inside a GEMM itself (it is here), no other thread exists to
     be inside one, and none can start before the shutdown returns, since only this
     thread could start it. NumPy's BLAS is called from Python threads: Numba's workers
-    run gpucnn's kernels, which make no BLAS calls (threads that a C library starts on
-    its own are assumed not to call NumPy's BLAS either). With other threads nothing is
+    run gpucnn's kernels, which make no BLAS calls, and the task kernels call SciPy's BLAS
+    on one thread (threads that a C library starts on its own are assumed not to call
+    NumPy's BLAS either). With other threads nothing is
     done, and the workers keep spinning after each GEMM: the same values, a little slower
     on few cores. Nothing is done either without threadpoolctl (to find the library),
     with another BLAS, or when the user set the variable.

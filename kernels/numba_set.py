@@ -44,6 +44,8 @@ vectorized. Other convolutions take im2col and the GEMM, bit for bit the NumPy s
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 from . import (
@@ -54,11 +56,12 @@ from . import (
     numba_optim,
     numba_pool,
     numba_winograd,
+    numba_winograd_fused,
     numba_winograd_pool,
     output_hw,
     winograd_tiles,
 )
-from .numba_runtime import launch
+from .numba_runtime import launch, run_tasks, serial_blas
 from .numpy_set import NumpyKernels
 
 __all__ = ["NumbaKernels"]
@@ -82,6 +85,11 @@ def _flat(*arrays: np.ndarray) -> tuple[np.ndarray, ...] | None:
         ):
             return None
     return tuple(a.reshape(-1) for a in arrays)
+
+
+def _has_scipy() -> bool:
+    """Whether SciPy is installed: Numba's ``np.dot`` calls its BLAS."""
+    return importlib.util.find_spec("scipy") is not None
 
 
 def _check_shape(what: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -227,6 +235,73 @@ class NumbaKernels(NumpyKernels):
         kernel = numba_winograd_pool.winograd_relu_backward
         launch(kernel, _contiguous(dout), _contiguous(out), th, tw, dm, db_rows)
         return dm, db_rows.sum(axis=0)
+
+    # A whole Winograd Convolution -> ReLU (-> 2x2 max pooling), a band of tile rows of an
+    # image at a time (see :mod:`.numba_winograd_fused`); its GEMMs call SciPy's BLAS
+    # from the kernel, so the set offers it when SciPy is installed.
+    winograd_whole_layer = _has_scipy()
+    # A band's share of the cache: its tiles' V, M (and dV) take at most this many bytes.
+    winograd_band_bytes = 2**20
+    # Images per partial sum of dU in the backward (the groups are then added in order).
+    winograd_group = 4
+
+    def _winograd_layer(self, x, w, b, pad):
+        """(x, U, bias, TH, TW, band) of a whole-layer Winograd kernel, the shapes checked."""
+        n, c, h, wd = x.shape
+        fn = w.shape[0]
+        _check_shape("w", w, (fn, c, 3, 3))
+        if b is not None:
+            _check_shape("b", b, (fn,))
+            b = _contiguous(b).astype(x.dtype, copy=False)
+        th, tw = winograd_tiles(*output_hw(h, wd, 3, 3, 1, pad))
+        per_row = 16 * tw * (2 * c + fn) * x.dtype.itemsize
+        band = max(1, min(th, self.winograd_band_bytes // per_row))
+        return _contiguous(x), self.winograd_filter(w.astype(x.dtype, copy=False)), b, th, tw, band
+
+    def _winograd_conv_forward(self, x, w, b, pad, pooled, with_argmax):
+        x, u, bias, th, tw, band = self._winograd_layer(x, w, b, pad)
+        n, fn = x.shape[0], w.shape[0]
+        oh, ow = output_hw(x.shape[2], x.shape[3], 3, 3, 1, pad)
+        shape = (n, fn, *output_hw(oh, ow, 2, 2, 2, 0)) if pooled else (n, fn, oh, ow)
+        out = np.empty(shape, dtype=x.dtype)
+        argmax = np.empty(shape if with_argmax else (0, 0, 0, 0), dtype=np.int32)
+        kernel, tasks = numba_winograd_fused.winograd_conv_forward, n * -(-th // band)
+        with serial_blas():
+            run_tasks(kernel, tasks, x, u, bias, pad, th, tw, band, pooled, with_argmax, out, argmax)
+        return out, argmax
+
+    def _winograd_conv_backward(self, dout, argmax, out, x, w, pad, input_grad):
+        x, u, _, th, tw, band = self._winograd_layer(x, w, None, pad)
+        n, c = x.shape[0], x.shape[1]
+        fn = w.shape[0]
+        pooled = argmax is not None
+        for what, a in (("dout", dout), ("out", out)) + ((("argmax", argmax),) if pooled else ()):
+            _check_shape(what, a, out.shape)
+        groups = -(-n // self.winograd_group)
+        du_parts = np.empty((groups, 16, c, fn), dtype=x.dtype)
+        db_rows = np.empty((n * th, fn), dtype=x.dtype)  # a row of tiles' sum each, added in order below
+        dx = np.empty(x.shape if input_grad else (0, 0, 0, 0), dtype=x.dtype)
+        argmax = _contiguous(argmax) if pooled else np.empty((0, 0, 0, 0), dtype=np.int32)
+        args = (x, u, _contiguous(dout), argmax, _contiguous(out), pad, th, tw, band, self.winograd_group, pooled)
+        with serial_blas():
+            run_tasks(numba_winograd_fused.winograd_conv_backward, groups, *args, input_grad, du_parts, db_rows, dx)
+        dw = self.winograd_filter_grad(du_parts.sum(axis=0))
+        return (dx if input_grad else None), dw, db_rows.sum(axis=0)
+
+    def winograd_conv_bias_relu_maxpool(self, x, w, b, pad):
+        return self._winograd_conv_forward(x, w, b, pad, True, True)
+
+    def winograd_conv_bias_relu_maxpool_infer(self, x, w, b, pad):
+        return self._winograd_conv_forward(x, w, b, pad, True, False)[0]
+
+    def winograd_conv_maxpool_relu_backward(self, dout, argmax, out, x, w, pad, input_grad=True):
+        return self._winograd_conv_backward(dout, argmax, out, x, w, pad, input_grad)
+
+    def winograd_conv_bias_relu(self, x, w, b, pad):
+        return self._winograd_conv_forward(x, w, b, pad, False, False)[0]
+
+    def winograd_conv_relu_backward(self, dout, out, x, w, pad, input_grad=True):
+        return self._winograd_conv_backward(dout, None, out, x, w, pad, input_grad)
 
     # -- pooling ---------------------------------------------------------------
 

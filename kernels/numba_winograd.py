@@ -136,15 +136,48 @@ def _polyphase_to_image_row(rows, r, pad, tw, line, dx, b, y):
             dx[b, ch, y, p] = line[ch, p]
 
 
+@jit
+def input_tile_rows(x, b, ty0, ty1, pad, tw, strip, s, line, v_rows, row0):
+    """Tile rows ``ty0 .. ty1 - 1`` of image b of x → rows ``row0 + ty`` of ``v_rows`` (16,
+    rows, TW*C), each tile's ``B^T d B`` (see :func:`winograd_input`).
+
+    ``strip`` holds the four padded image rows of the current tile row in polyphase rows,
+    row y at ``y & 3`` (each image row is laid out once, the two a tile row shares with
+    the next kept); each tile row is transformed along i into ``s`` (a polyphase row for
+    each i), then along j into ``v_rows``. Buffers: ``strip`` and ``s`` (4, 2*(TW + 1)*C),
+    ``line`` (C, W + 1).
+    """
+    c = nonnegative(x.shape[1])
+    span = nonnegative((tw + 1) * c)
+    for y in range(2 * ty0, 2 * ty0 + 2):
+        _image_row_to_polyphase(x, b, y - pad, pad, tw, line, strip, y & 3)
+    for ty in range(ty0, ty1):
+        y = 2 * ty
+        for r in range(y + 2, y + 4):
+            _image_row_to_polyphase(x, b, r - pad, pad, tw, line, strip, r & 3)
+        r0, r1, r2, r3 = y & 3, (y + 1) & 3, (y + 2) & 3, (y + 3) & 3
+        for q in range(2 * span):  # along i: s[i] = (B^T d)[i] of every column
+            d0, d1, d2, d3 = strip[r0, q], strip[r1, q], strip[r2, q], strip[r3, q]
+            s[0, q] = d0 - d2
+            s[1, q] = d1 + d2
+            s[2, q] = d2 - d1
+            s[3, q] = d1 - d3
+        row = row0 + ty
+        for i in range(4):  # along j
+            for q in range(tw * c):
+                d0, d1, d2, d3 = s[i, q], s[i, span + q], s[i, q + c], s[i, span + q + c]
+                v_rows[4 * i, row, q] = d0 - d2
+                v_rows[4 * i + 1, row, q] = d1 + d2
+                v_rows[4 * i + 2, row, q] = d2 - d1
+                v_rows[4 * i + 3, row, q] = d1 - d3
+
+
 @pjit
 def winograd_input(x, pad, th, tw, band, v):
     """x (N, C, H, W) → V (16, T, C): ``B^T d B`` of each 4x4 tile d, the rows of B^T d
     being d0 - d2, d1 + d2, d2 - d1, d1 - d3; along i first, then j.
 
-    One task per ``band`` tile rows of an image. ``strip`` holds the four padded image
-    rows of the current tile row in polyphase rows, row y at ``y & 3`` (each image row
-    is laid out once, the two a tile row shares with the next kept); each tile row is
-    transformed along i into ``s`` (a polyphase row for each i), then along j into V.
+    One task per ``band`` tile rows of an image (:func:`input_tile_rows`).
     """
     n, c, h, w = x.shape
     c = nonnegative(c)
@@ -157,27 +190,56 @@ def winograd_input(x, pad, th, tw, band, v):
         strip = np.empty((4, 2 * span), dtype=x.dtype)
         s = np.empty((4, 2 * span), dtype=x.dtype)
         line = np.empty((c, w + 1), dtype=x.dtype)
-        for y in range(2 * ty0, 2 * ty0 + 2):
-            _image_row_to_polyphase(x, b, y - pad, pad, tw, line, strip, y & 3)
-        for ty in range(ty0, min(ty0 + band, th)):
-            y = 2 * ty
-            for r in range(y + 2, y + 4):
-                _image_row_to_polyphase(x, b, r - pad, pad, tw, line, strip, r & 3)
-            r0, r1, r2, r3 = y & 3, (y + 1) & 3, (y + 2) & 3, (y + 3) & 3
-            for q in range(2 * span):  # along i: s[i] = (B^T d)[i] of every column
-                d0, d1, d2, d3 = strip[r0, q], strip[r1, q], strip[r2, q], strip[r3, q]
-                s[0, q] = d0 - d2
-                s[1, q] = d1 + d2
-                s[2, q] = d2 - d1
-                s[3, q] = d1 - d3
-            row = b * th + ty
-            for i in range(4):  # along j
-                for q in range(tw * c):
-                    d0, d1, d2, d3 = s[i, q], s[i, span + q], s[i, q + c], s[i, span + q + c]
-                    v_rows[4 * i, row, q] = d0 - d2
-                    v_rows[4 * i + 1, row, q] = d1 + d2
-                    v_rows[4 * i + 2, row, q] = d2 - d1
-                    v_rows[4 * i + 3, row, q] = d1 - d3
+        input_tile_rows(x, b, ty0, min(ty0 + band, th), pad, tw, strip, s, line, v_rows, b * th)
+
+
+@jit
+def input_grad_tile_rows(dv_rows, row0, pad, ty0, ty1, th, tw, acc, s, line, dx, b):
+    """Tile rows ``ty1 - 1`` down to ``ty0`` of image b: rows ``row0 + ty`` of ``dv_rows``
+    (16, rows, TW*C) transformed (``B dV B^T``, see :func:`winograd_input_grad`) and added
+    to the pixels of dx[b] they were read from.
+
+    Each tile row is transformed along i into ``s`` (entry (ky, j) of every tile of the
+    row in row ``4*ky + j``), then along j and added into ``acc``, the four padded rows it
+    covers in polyphase rows, row y at ``y & 3``. Tile rows are visited last to first, so
+    the two rows a tile row shares with the one below are complete when it is done: they
+    go to dx, and their places start from zero for the next tile row. An image's tile
+    rows may come in several calls, last rows first, ``acc`` kept between them and zero
+    before the first. Buffers: ``acc`` (4, 2*(TW + 1)*C), ``s`` (16, TW*C), ``line`` (C, W + 1).
+    """
+    c, h = dx.shape[1], dx.shape[2]
+    c = nonnegative(c)
+    span = nonnegative((tw + 1) * c)
+    for ty in range(ty1 - 1, ty0 - 1, -1):
+        row = row0 + ty
+        for j in range(4):  # along i: s[4*ky + j] = (B dV)[ky, j] of every tile
+            for q in range(tw * c):
+                v0, v1, v2, v3 = (
+                    dv_rows[j, row, q],
+                    dv_rows[4 + j, row, q],
+                    dv_rows[8 + j, row, q],
+                    dv_rows[12 + j, row, q],
+                )
+                s[j, q] = v0
+                s[4 + j, q] = v1 - v2 + v3
+                s[8 + j, q] = v1 + v2 - v0
+                s[12 + j, q] = -v3
+        # along j, added to pixels (2*ty + ky, 2*tx + kx): kx = 0 and 1 at q = tx*C + ch
+        # of the even and the odd phase, then kx = 2 and 3 a column on
+        for ky in range(4):
+            r, e = (2 * ty + ky) & 3, 4 * ky
+            for q in range(tw * c):
+                acc[r, q] += s[e, q]
+                acc[r, span + q] += s[e + 1, q] - s[e + 2, q] + s[e + 3, q]
+            for q in range(tw * c):
+                acc[r, c + q] += s[e + 1, q] + s[e + 2, q] - s[e, q]
+                acc[r, span + c + q] += -s[e + 3, q]
+        for y in range(2 * ty + 2 if ty > 0 else 0, 2 * ty + 4):  # the rows now complete
+            r = y & 3
+            if pad <= y < pad + h:
+                _polyphase_to_image_row(acc, r, pad, tw, line, dx, b, y - pad)
+            for q in range(2 * span):
+                acc[r, q] = 0
 
 
 @pjit
@@ -186,13 +248,8 @@ def winograd_input_grad(dv, pad, th, tw, dx):
     ``B dV B^T`` (the rows of B v being v0, v1 - v2 + v3, v1 + v2 - v0, -v3; along i
     first, then j) added to the pixels it was read from.
 
-    One task per image. Each tile row is transformed along i into ``s`` (entry (ky, j)
-    of every tile of the row in row ``4*ky + j``), then along j and added into ``acc``,
-    the four padded rows it covers in polyphase rows, row y at ``y & 3``. Tile rows are
-    visited last to first, so the two rows a tile row shares with the one below are
-    complete when it is done: they go to dx, and their places start from zero for the
-    next tile row. Every pixel thus receives its terms in ascending (ky, kx) order,
-    starting from zero, the generic set's.
+    One task per image (:func:`input_grad_tile_rows`): every pixel receives its terms in
+    ascending (ky, kx) order, starting from zero, the generic set's.
     """
     n, c, h, w = dx.shape
     c = nonnegative(c)
@@ -202,36 +259,7 @@ def winograd_input_grad(dv, pad, th, tw, dx):
         acc = np.zeros((4, 2 * span), dtype=dx.dtype)
         s = np.empty((16, tw * c), dtype=dx.dtype)
         line = np.empty((c, w + 1), dtype=dx.dtype)
-        for ty in range(th - 1, -1, -1):
-            row = b * th + ty
-            for j in range(4):  # along i: s[4*ky + j] = (B dV)[ky, j] of every tile
-                for q in range(tw * c):
-                    v0, v1, v2, v3 = (
-                        dv_rows[j, row, q],
-                        dv_rows[4 + j, row, q],
-                        dv_rows[8 + j, row, q],
-                        dv_rows[12 + j, row, q],
-                    )
-                    s[j, q] = v0
-                    s[4 + j, q] = v1 - v2 + v3
-                    s[8 + j, q] = v1 + v2 - v0
-                    s[12 + j, q] = -v3
-            # along j, added to pixels (2*ty + ky, 2*tx + kx): kx = 0 and 1 at q = tx*C + ch
-            # of the even and the odd phase, then kx = 2 and 3 a column on
-            for ky in range(4):
-                r, e = (2 * ty + ky) & 3, 4 * ky
-                for q in range(tw * c):
-                    acc[r, q] += s[e, q]
-                    acc[r, span + q] += s[e + 1, q] - s[e + 2, q] + s[e + 3, q]
-                for q in range(tw * c):
-                    acc[r, c + q] += s[e + 1, q] + s[e + 2, q] - s[e, q]
-                    acc[r, span + c + q] += -s[e + 3, q]
-            for y in range(2 * ty + 2 if ty > 0 else 0, 2 * ty + 4):  # the rows now complete
-                r = y & 3
-                if pad <= y < pad + h:
-                    _polyphase_to_image_row(acc, r, pad, tw, line, dx, b, y - pad)
-                for q in range(2 * span):
-                    acc[r, q] = 0
+        input_grad_tile_rows(dv_rows, b * th, pad, 0, th, th, tw, acc, s, line, dx, b)
 
 
 # -- the output tiles ------------------------------------------------------------------------
