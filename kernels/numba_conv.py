@@ -8,9 +8,8 @@ stepped instead.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from .numba_runtime import jit, pjit
+from .numba_runtime import jit, tjit
 
 
 @jit
@@ -21,11 +20,11 @@ def split(i, m):
     return t // m, t % m
 
 
-@pjit
-def im2col(x, kh, kw, stride, pad, oh, ow, col):
+@tjit
+def im2col(first, last, x, kh, kw, stride, pad, oh, ow, col):
     """x (N, C, H, W) → col (N*OH*OW, C*KH*KW); one task per output row (n, oh)."""
     n, c, h, w = x.shape
-    for i in prange(n * oh):
+    for i in range(first, last):
         b, y = split(i, oh)
         r0 = (b * oh + y) * ow
         for ch in range(c):
@@ -48,15 +47,15 @@ def im2col(x, kh, kw, stride, pad, oh, ow, col):
                             col[r0 + xo, j + kx] = x[b, ch, iy, ix] if 0 <= ix < w else 0
 
 
-@pjit
-def col2im(col, kh, kw, stride, pad, oh, ow, dx):
+@tjit
+def col2im(first, last, col, kh, kw, stride, pad, oh, ow, dx):
     """Adjoint of im2col; one task per plane (n, c).
 
     Windows are visited last to first, so that every pixel receives its taps in
     ascending (ky, kx) order, the order in which the NumPy set adds them.
     """
     n, c, h, w = dx.shape
-    for i in prange(n * c):
+    for i in range(first, last):
         b, ch = split(i, c)
         dx[b, ch] = 0
         for y in range(oh - 1, -1, -1):

@@ -32,10 +32,9 @@ measurements behind this layout and these choices: ``benchmarks/results/numba_no
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from .numba_pool import tap_ranges
-from .numba_runtime import compiled, ijit, jit, pjit
+from .numba_runtime import compiled, ijit, jit, tjit
 
 # The one place where LLVM may reorder a sum (see _add_weight_grads).
 reassoc_jit = compiled(fastmath={"reassoc"})
@@ -249,11 +248,11 @@ def _store_pooled(acc, a0, bias, runs, wq, pw, best, arg, out, argmax, plane, wi
             argmax[plane, j] = _last_nan_phase_tap(acc, a0, bias, runs, window)
 
 
-@pjit
-def conv_bias_relu_maxpool(x, w, bias, pad, oh, ow, kh, kw, stride, ppad, out, argmax, with_argmax):
+@tjit
+def conv_bias_relu_maxpool(first, last, x, w, bias, pad, oh, ow, kh, kw, stride, ppad, out, argmax, with_argmax):
     """x (N, C, H, W) * w (FN, C, FH, FW), stride 1 → + bias → max pooling (KH, KW,
     stride, ppad) → ReLU: out, and argmax if ``with_argmax``, (N, FN, PH, PW). One task
-    per image."""
+    per image: images ``first .. last - 1``."""
     n, c, h, wd = x.shape
     fn, fh, fw = w.shape[0], w.shape[2], w.shape[3]
     ph, pw = out.shape[2], out.shape[3]
@@ -265,7 +264,7 @@ def conv_bias_relu_maxpool(x, w, bias, pad, oh, ow, kh, kw, stride, ppad, out, a
     # (plane, window) views: two indices per store instead of four
     planes_out = out.reshape(n * fn, ph * pw)
     planes_argmax = argmax.reshape(argmax.shape[0] * argmax.shape[1], argmax.shape[2] * argmax.shape[3])
-    for b in prange(n):
+    for b in range(first, last):
         xq, xs = _phase_buffers(c, s, hq, wq, ps, span, x.dtype)
         acc = np.empty(2 * span + ps, dtype=x.dtype)
         best = np.empty(ph * wq, dtype=x.dtype)
@@ -366,10 +365,13 @@ def _window_grads(dout, out, argmax, row, pw, wq, gw, aw):
             aw[dst + u] = argmax[src + u]
 
 
-@pjit
-def conv_maxpool_relu_backward_params(dout, argmax, out, x, fh, fw, pad, oh, ow, kh, kw, stride, ppad, dw, db, chunk):
-    """Per chunk of ``chunk`` images q: adds into dw[q] (FN, C*FH*FW) and db[q] (FN,),
-    zeroed by the caller, the weight and bias gradients of
+@tjit
+def conv_maxpool_relu_backward_params(
+    first, last, dout, argmax, out, x, fh, fw, pad, oh, ow, kh, kw, stride, ppad, dw, db, chunk
+):
+    """Chunks ``first .. last - 1`` (a task each), per chunk of ``chunk`` images q: adds
+    into dw[q] (FN, C*FH*FW) and db[q] (FN,), zeroed by the caller, the weight and bias
+    gradients of
     :func:`conv_bias_relu_maxpool`. For each image and pair of filters, the gradient
     of the convolution's output is laid out as phase planes ``g`` (each window whose
     output passed the ReLU adds its ``dout`` where its argmax points); then each
@@ -382,7 +384,7 @@ def conv_maxpool_relu_backward_params(dout, argmax, out, x, fh, fw, pad, oh, ow,
     offsets = _tap_offsets(c, fh, fw, s, wq, ps)
     runs = _pool_runs(oh, ow, ph, pw, (kh, kw, s, ppad), s, wq, ps)
     windows_dout, windows_out, windows_argmax = dout.reshape(-1), out.reshape(-1), argmax.reshape(-1)
-    for q in prange(dw.shape[0]):
+    for q in range(first, last):
         xq, xs = _phase_buffers(c, s, hq, wq, ps, span, x.dtype)
         g = np.empty(2 * span + ps, dtype=dout.dtype)
         gw = np.zeros(ph * wq, dtype=dout.dtype)  # columns past PW stay zero

@@ -8,24 +8,22 @@ NumPy's ``maximum`` does, and ``where(out > 0, dout, 0)``.
 
 from __future__ import annotations
 
-from numba import prange
-
-from .numba_runtime import pjit
+from .numba_runtime import tjit
 
 
-@pjit
-def bias_relu(rows, b, zero, out):
+@tjit
+def bias_relu(first, last, rows, b, zero, out):
     """rows (M, F) and b (F,) → out (M, F) = maximum(rows + b, 0); ``zero`` is a 0 of the
     arrays' dtype (so that no value passes through another float type)."""
     m, f = rows.shape
-    for i in prange(m):
+    for i in range(first, last):
         for j in range(f):
             v = rows[i, j] + b[j]
             out[i, j] = v if v > zero or v != v else zero
 
 
-@pjit
-def relu_backward(dout, out, zero, dx):
+@tjit
+def relu_backward(first, last, dout, out, zero, dx):
     """Flat arrays of one size: dx = where(out > 0, dout, 0)."""
-    for i in prange(dx.size):
+    for i in range(first, last):
         dx[i] = dout[i] if out[i] > zero else zero

@@ -9,10 +9,9 @@ NumPy set's order of addition.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from .numba_conv import split  # the index helper of every parallel loop
-from .numba_runtime import jit, pjit
+from .numba_runtime import jit, tjit
 
 # -- pooling ----------------------------------------------------------------------
 
@@ -45,8 +44,8 @@ def tap_ranges(length, pooled, k, stride, pad):
     return lo, hi
 
 
-@pjit
-def maxpool(x, kh, kw, stride, pad, out, argmax):
+@tjit
+def maxpool(first, last, x, kh, kw, stride, pad, out, argmax):
     """Window maximum and the first argmax; pad cells count as -inf, as in NumPy's set.
 
     One task per output row (n, c, oh). The row's running maximum is updated tap by
@@ -55,7 +54,7 @@ def maxpool(x, kh, kw, stride, pad, out, argmax):
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     xo_lo, xo_hi = tap_ranges(w, ow, kw, stride, pad)
-    for i in prange(n * c * oh):
+    for i in range(first, last):
         plane, y = split(i, oh)
         b, ch = split(plane, c)
         for xo in range(ow):
@@ -78,13 +77,13 @@ def maxpool(x, kh, kw, stride, pad, out, argmax):
                 argmax[b, ch, y, xo] = _last_nan_tap(x[b, ch], y * stride - pad, xo * stride - pad, kh, kw, 0)
 
 
-@pjit
-def maxpool_backward(dout, argmax, kh, kw, stride, pad, dx):
+@tjit
+def maxpool_backward(first, last, dout, argmax, kh, kw, stride, pad, dx):
     """Each window adds its ``dout`` to the pixel its argmax names; windows are visited
     last to first, which is the NumPy set's order of addition (ascending tap index)."""
     n, c, h, w = dx.shape
     oh, ow = dout.shape[2], dout.shape[3]
-    for i in prange(n * c):
+    for i in range(first, last):
         b, ch = split(i, c)
         dx[b, ch] = 0
         for y in range(oh - 1, -1, -1):
@@ -97,13 +96,13 @@ def maxpool_backward(dout, argmax, kh, kw, stride, pad, dx):
                     dx[b, ch, iy, ix] += dout[b, ch, y, xo]
 
 
-@pjit
-def avgpool(x, kh, kw, stride, pad, out):
+@tjit
+def avgpool(first, last, x, kh, kw, stride, pad, out):
     """Window sum (row by row, pad cells as zeros) divided by KH*KW."""
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     count = x.dtype.type(kh * kw)
-    for i in prange(n * c):
+    for i in range(first, last):
         b, ch = split(i, c)
         for y in range(oh):
             for xo in range(ow):
@@ -119,12 +118,12 @@ def avgpool(x, kh, kw, stride, pad, out):
                 out[b, ch, y, xo] = acc / count
 
 
-@pjit
-def avgpool_backward(share, kh, kw, stride, pad, dx):
+@tjit
+def avgpool_backward(first, last, share, kh, kw, stride, pad, dx):
     """Each window adds ``share = dout / (KH*KW)`` to its pixels, last window first."""
     n, c, h, w = dx.shape
     oh, ow = share.shape[2], share.shape[3]
-    for i in prange(n * c):
+    for i in range(first, last):
         b, ch = split(i, c)
         dx[b, ch] = 0
         for y in range(oh - 1, -1, -1):
@@ -143,8 +142,8 @@ def avgpool_backward(share, kh, kw, stride, pad, dx):
 # -- fused: bias, max pooling and ReLU over a GEMM's rows (N*OH*OW, FN) ---------------
 
 
-@pjit
-def bias_relu_maxpool(rows, bias, oh, ow, kh, kw, stride, pad, out, argmax, with_argmax):
+@tjit
+def bias_relu_maxpool(first, last, rows, bias, oh, ow, kh, kw, stride, pad, out, argmax, with_argmax):
     """rows (N*OH*OW, FN) + bias → max pooling (pad = -inf) → ReLU; out, and argmax if
     ``with_argmax`` (inference skips it), both (N, FN, PH, PW).
 
@@ -154,7 +153,7 @@ def bias_relu_maxpool(rows, bias, oh, ow, kh, kw, stride, pad, out, argmax, with
     conditional store stays scalar).
     """
     n, fn, ph, pw = out.shape
-    for i in prange(n * ph):
+    for i in range(first, last):
         b, py = split(i, ph)
         best = np.full((pw, fn), -np.inf, dtype=rows.dtype)
         arg = np.zeros((pw, fn) if with_argmax else (0, 0), dtype=np.int32)
@@ -206,8 +205,8 @@ def _window_of(length, pooled, k, stride, pad):
     return window, tap
 
 
-@pjit
-def maxpool_relu_backward_disjoint(dout, argmax, out, kh, kw, stride, pad, oh, ow, drows):
+@tjit
+def maxpool_relu_backward_disjoint(first, last, dout, argmax, out, kh, kw, stride, pad, oh, ow, drows):
     """drows (N*OH*OW, FN) when windows do not overlap: each conv output pixel takes the
     ``dout`` of its window if the window's argmax names it and its output passed the
     ReLU, else 0. One task per image; the image's window values are first laid out
@@ -216,7 +215,7 @@ def maxpool_relu_backward_disjoint(dout, argmax, out, kh, kw, stride, pad, oh, o
     win_y, tap_y = _window_of(oh, ph, kh, stride, pad)
     win_x, tap_x = _window_of(ow, pw, kw, stride, pad)
     zero = drows.dtype.type(0)
-    for b in prange(n):
+    for b in range(first, last):
         grad = np.empty((ph * pw, fn), dtype=dout.dtype)
         arg = np.empty((ph * pw, fn), dtype=np.int32)
         for f in range(fn):
@@ -240,14 +239,14 @@ def maxpool_relu_backward_disjoint(dout, argmax, out, kh, kw, stride, pad, oh, o
                     drows[r, f] = g if arg[q, f] == k else zero
 
 
-@pjit
-def maxpool_relu_backward(dout, argmax, out, kh, kw, stride, pad, oh, ow, drows):
+@tjit
+def maxpool_relu_backward(first, last, dout, argmax, out, kh, kw, stride, pad, oh, ow, drows):
     """drows (N*OH*OW, FN) for overlapping windows: each window whose pooled output
     passed the ReLU adds its ``dout`` to the row its argmax names; one task per image,
     windows last to first (the NumPy set's order of addition)."""
     n, fn, ph, pw = dout.shape
     rows_per_image = oh * ow
-    for b in prange(n):
+    for b in range(first, last):
         r0 = np.int64(b) * rows_per_image
         drows[r0 : r0 + rows_per_image] = 0
         for py in range(ph - 1, -1, -1):

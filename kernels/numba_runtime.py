@@ -28,20 +28,24 @@ direct convolution that uses it, which Numba's own stamp (one file) would not no
 
 Threads
 -------
-Kernels over whole activations run ``parallel=True``, split over the batch (and rows),
-with Numba's thread count (``NUMBA_NUM_THREADS`` or :func:`numba.set_num_threads`);
-the optimizer steps run on one thread, where a parallel launch would cost more than the
-work. Numba and BLAS never run at the same time within a training step: each kernel sits
-between two GEMMs. What matters is how each pool waits when idle, since an idle pool
-that spins takes cores from the next one (the measurements:
-``benchmarks/results/numba_notes.md``):
+Kernels over whole activations are task kernels (:data:`tjit`): a compiled loop over a
+range of tasks (images, rows of images, bands of tiles), without the GIL, that
+:func:`run_tasks` runs from Numba's thread count of Python threads (``NUMBA_NUM_THREADS``
+or :func:`numba.set_num_threads`), one contiguous range each, the caller taking the
+first. This skips Numba's ``parallel=True`` passes, which take seconds to compile each
+kernel, and lets a task call BLAS (``np.dot``, SciPy's BLAS) on its own core, under
+:func:`serial_blas`. The optimizer steps run on one thread, where a parallel launch would
+cost more than the work. Numba's kernels and NumPy's GEMMs never run at the same time
+within a training step: each kernel sits between two GEMMs. What matters is how each
+pool waits when idle, since an idle pool that spins takes cores from the next one (the
+measurements: ``benchmarks/results/numba_notes.md``):
 
-- Numba's threads: :func:`configure` picks Numba's own ``workqueue`` layer, whose idle
-  threads sleep, unless ``NUMBA_THREADING_LAYER`` (or ``numba.config.THREADING_LAYER``)
-  names one. The default OpenMP layer (GNU libgomp) keeps its threads spinning after each
-  parallel region, right when the next GEMM wants every core. The choice holds for the
-  whole process, the user's own parallel functions included, and takes effect only if
-  made before the process's first parallel launch.
+- Numba's own threads, which :func:`numba.get_num_threads` starts and gpucnn never gives
+  work: :func:`configure` picks Numba's ``workqueue`` layer, whose idle threads sleep,
+  unless ``NUMBA_THREADING_LAYER`` (or ``numba.config.THREADING_LAYER``) names one. The
+  default OpenMP layer (GNU libgomp) keeps its threads spinning after each parallel
+  region of the user's own parallel functions. The choice holds for the whole process
+  and takes effect only if made before the process's first parallel launch.
 - OpenBLAS's threads: an idle worker spins (yielding) for 2**28 cycles, about 0.1 s,
   after each GEMM, so a kernel launched after a GEMM shares its cores with it.
   :func:`configure` tells OpenBLAS to put idle workers to sleep at once, as
@@ -52,14 +56,8 @@ that spins takes cores from the next one (the measurements:
   user is left as it is, and so is BLAS's thread count (``OPENBLAS_NUM_THREADS``,
   threadpoolctl), since the GEMMs need every core more than the kernels do.
 
-Parallel launches are serialised by a lock (:func:`launch`): the workqueue pool must
-not be entered by two threads at once.
-
-Task kernels (:data:`tjit`) are the other way to run on every core: a plain compiled loop
-over a range of tasks, without the GIL, that :func:`run_tasks` calls from a few Python
-threads at once, one contiguous range each. Their compilation skips Numba's parallel
-passes, which take seconds per kernel, and their tasks may call BLAS (``np.dot``, SciPy's
-BLAS) on the task's own core under :func:`serial_blas`.
+Task launches are serialised by a lock (:func:`run_tasks`): :func:`serial_blas` changes
+process-wide thread counts, and the task threads are shared.
 """
 
 from __future__ import annotations
@@ -80,7 +78,7 @@ from typing import Any
 import numba
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
 
-__all__ = ["cache_folder", "compiled", "configure", "ijit", "jit", "launch", "pjit", "run_tasks", "serial_blas", "tjit"]
+__all__ = ["cache_folder", "compiled", "configure", "ijit", "jit", "run_tasks", "serial_blas", "tjit"]
 
 # Every kernel made by compiled(), so that configure() can attach the cache to each.
 _KERNELS: list[Any] = []
@@ -111,7 +109,6 @@ def compiled(**options: Any) -> Callable[[Callable], Any]:
 
 
 jit = compiled(fastmath=False)
-pjit = compiled(fastmath=False, parallel=True)
 # Inlined into its callers (the hot loops of the direct convolution): for the smallest helpers.
 ijit = compiled(fastmath=False, inline="always")
 # A task kernel, ``kernel(first, last, *args)`` doing tasks first .. last - 1, run on
@@ -119,17 +116,8 @@ ijit = compiled(fastmath=False, inline="always")
 tjit = compiled(fastmath=False, nogil=True)
 
 
-# The workqueue layer aborts the process when two threads launch parallel kernels at once;
-# this lock makes concurrent callers wait their turn instead.
+# One run_tasks at a time (see Threads above).
 _LAUNCH = threading.Lock()
-
-
-def launch(kernel: Any, *args: Any) -> None:
-    """Run a parallel kernel, one caller at a time."""
-    with _LAUNCH:
-        kernel(*args)
-
-
 # run_tasks's threads besides the caller's, and how many there are.
 _task_pool: concurrent.futures.ThreadPoolExecutor | None = None
 _task_pool_size = 0
@@ -138,7 +126,7 @@ _task_pool_size = 0
 def run_tasks(kernel: Any, tasks: int, *args: Any) -> None:
     """Run a task kernel (:data:`tjit`) over tasks ``0 .. tasks - 1``, one contiguous range
     per thread, on Numba's thread count, the calling thread taking the first range; one
-    caller at a time, as :func:`launch`. The ranges depend on the thread count only, and
+    caller at a time. The ranges depend on the thread count only, and
     a kernel whose tasks write apart gives the same bytes on any number of threads."""
     global _task_pool, _task_pool_size
     threads = max(1, min(numba.get_num_threads(), tasks))
@@ -167,7 +155,7 @@ _blas_pools: list[Any] | None = None
 
 @contextlib.contextmanager
 def serial_blas() -> Iterator[None]:
-    """Every BLAS in the process on one thread for the block: for a parallel kernel whose
+    """Every BLAS in the process on one thread for the block: for a task kernel whose
     tasks call BLAS (``np.dot``, which Numba hands to SciPy's BLAS), each task on its own
     core. A BLAS on several threads called from several tasks at once would serialise
     the calls (OpenBLAS locks its threaded GEMMs) or start more threads than cores. The

@@ -61,7 +61,7 @@ from . import (
     output_hw,
     winograd_tiles,
 )
-from .numba_runtime import launch, run_tasks, serial_blas
+from .numba_runtime import run_tasks, serial_blas
 from .numpy_set import NumpyKernels
 
 __all__ = ["NumbaKernels"]
@@ -114,14 +114,14 @@ class NumbaKernels(NumpyKernels):
         n, c, h, w = x.shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
         col = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
-        launch(numba_conv.im2col, _contiguous(x), kh, kw, stride, pad, oh, ow, col)
+        run_tasks(numba_conv.im2col, n * oh, _contiguous(x), kh, kw, stride, pad, oh, ow, col)
         return col
 
     def col2im(self, col, x_shape, kh, kw, stride=1, pad=0):
         n, c, h, w = x_shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
         dx = np.empty((n, c, h, w), dtype=col.dtype)
-        launch(numba_conv.col2im, _contiguous(col), kh, kw, stride, pad, oh, ow, dx)
+        run_tasks(numba_conv.col2im, n * c, _contiguous(col), kh, kw, stride, pad, oh, ow, dx)
         return dx
 
     # -- Winograd F(2x2, 3x3) ------------------------------------------------------
@@ -153,7 +153,7 @@ class NumbaKernels(NumpyKernels):
         bands = min(th, -(-self.winograd_input_tasks // max(n, 1)))
         band = -(-th // bands)
         v = np.empty((16, n * th * tw, c), dtype=x.dtype)
-        launch(numba_winograd.winograd_input, _contiguous(x), pad, th, tw, band, v)
+        run_tasks(numba_winograd.winograd_input, n * -(-th // band), _contiguous(x), pad, th, tw, band, v)
         return v
 
     def winograd_input_grad(self, dv, x_shape, pad):
@@ -161,21 +161,21 @@ class NumbaKernels(NumpyKernels):
         th, tw = winograd_tiles(*output_hw(h, w, 3, 3, 1, pad))
         _check_shape("dV", dv, (16, n * th * tw, c))
         dx = np.empty((n, c, h, w), dtype=dv.dtype)
-        launch(numba_winograd.winograd_input_grad, _contiguous(dv), pad, th, tw, dx)
+        run_tasks(numba_winograd.winograd_input_grad, n, _contiguous(dv), pad, th, tw, dx)
         return dx
 
     def winograd_output(self, m, n, oh, ow):
         th, tw = winograd_tiles(oh, ow)
         _check_shape("M", m, (16, n * th * tw, m.shape[2]))
         rows = np.empty((n * oh * ow, m.shape[2]), dtype=m.dtype)
-        launch(numba_winograd.winograd_output, _contiguous(m), n, oh, ow, th, tw, rows)
+        run_tasks(numba_winograd.winograd_output, n * th, _contiguous(m), n, oh, ow, th, tw, rows)
         return rows
 
     def winograd_output_grad(self, drows, n, oh, ow):
         th, tw = winograd_tiles(oh, ow)
         _check_shape("drows", drows, (n * oh * ow, drows.shape[1]))
         dm = np.empty((16, n * th * tw, drows.shape[1]), dtype=drows.dtype)
-        launch(numba_winograd.winograd_output_grad, _contiguous(drows), n, oh, ow, th, tw, dm)
+        run_tasks(numba_winograd.winograd_output_grad, n * th, _contiguous(drows), n, oh, ow, th, tw, dm)
         return dm
 
     # A 2x2, stride-2 max pooling after a Winograd convolution, straight from the products
@@ -191,7 +191,7 @@ class NumbaKernels(NumpyKernels):
         argmax = np.empty((n, fn, ph, pw) if with_argmax else (0, 0, 0, 0), dtype=np.int32)
         bias = _contiguous(b).astype(m.dtype, copy=False)
         kernel = numba_winograd_pool.winograd_bias_relu_maxpool
-        launch(kernel, _contiguous(m), bias, n, th, tw, out, argmax, with_argmax)
+        run_tasks(kernel, n * ph, _contiguous(m), bias, n, th, tw, out, argmax, with_argmax)
         return out, argmax
 
     def winograd_bias_relu_maxpool(self, m, b, n, oh, ow):
@@ -209,7 +209,7 @@ class NumbaKernels(NumpyKernels):
         dm = np.empty((16, n * th * tw, fn), dtype=dout.dtype)
         db_rows = np.empty((n * th, fn), dtype=dout.dtype)  # a row of tiles' sum each, added in order below
         kernel = numba_winograd_pool.winograd_maxpool_relu_backward
-        launch(kernel, _contiguous(dout), _contiguous(argmax), _contiguous(out), th, tw, dm, db_rows)
+        run_tasks(kernel, n * th, _contiguous(dout), _contiguous(argmax), _contiguous(out), th, tw, dm, db_rows)
         return dm, db_rows.sum(axis=0)
 
     # The bias and ReLU after a Winograd convolution, straight from the products to NCHW
@@ -222,7 +222,7 @@ class NumbaKernels(NumpyKernels):
         _check_shape("b", b, (fn,))
         out = np.empty((n, fn, oh, ow), dtype=m.dtype)
         bias = _contiguous(b).astype(m.dtype, copy=False)
-        launch(numba_winograd_pool.winograd_bias_relu, _contiguous(m), bias, n, th, tw, out)
+        run_tasks(numba_winograd_pool.winograd_bias_relu, n * th, _contiguous(m), bias, n, th, tw, out)
         return out
 
     def winograd_relu_backward(self, dout, out, n, oh, ow):
@@ -233,7 +233,7 @@ class NumbaKernels(NumpyKernels):
         dm = np.empty((16, n * th * tw, fn), dtype=dout.dtype)
         db_rows = np.empty((n * th, fn), dtype=dout.dtype)  # a row of tiles' sum each, added in order below
         kernel = numba_winograd_pool.winograd_relu_backward
-        launch(kernel, _contiguous(dout), _contiguous(out), th, tw, dm, db_rows)
+        run_tasks(kernel, n * th, _contiguous(dout), _contiguous(out), th, tw, dm, db_rows)
         return dm, db_rows.sum(axis=0)
 
     # A whole Winograd Convolution -> ReLU (-> 2x2 max pooling), a band of tile rows of an
@@ -311,12 +311,13 @@ class NumbaKernels(NumpyKernels):
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
         out = np.empty((n, c, oh, ow), dtype=x.dtype)
         argmax = np.empty((n, c, oh, ow), dtype=np.int32)
-        launch(numba_pool.maxpool, _contiguous(x), kh, kw, stride, pad, out, argmax)
+        run_tasks(numba_pool.maxpool, n * c * oh, _contiguous(x), kh, kw, stride, pad, out, argmax)
         return out, argmax
 
     def maxpool_backward(self, dout, argmax, x_shape, kh, kw, stride, pad=0):
         dx = np.empty(x_shape, dtype=dout.dtype)
-        launch(numba_pool.maxpool_backward, _contiguous(dout), _contiguous(argmax), kh, kw, stride, pad, dx)
+        tasks, arrays = x_shape[0] * x_shape[1], (_contiguous(dout), _contiguous(argmax))
+        run_tasks(numba_pool.maxpool_backward, tasks, *arrays, kh, kw, stride, pad, dx)
         return dx
 
     def avgpool_forward(self, x, kh, kw, stride, pad=0):
@@ -324,13 +325,13 @@ class NumbaKernels(NumpyKernels):
         n, c, h, w = x.shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
         out = np.empty((n, c, oh, ow), dtype=x.dtype)
-        launch(numba_pool.avgpool, _contiguous(x), kh, kw, stride, pad, out)
+        run_tasks(numba_pool.avgpool, n * c, _contiguous(x), kh, kw, stride, pad, out)
         return out
 
     def avgpool_backward(self, dout, x_shape, kh, kw, stride, pad=0):
         share = dout / dout.dtype.type(kh * kw)
         dx = np.empty(x_shape, dtype=dout.dtype)
-        launch(numba_pool.avgpool_backward, _contiguous(share), kh, kw, stride, pad, dx)
+        run_tasks(numba_pool.avgpool_backward, x_shape[0] * x_shape[1], _contiguous(share), kh, kw, stride, pad, dx)
         return dx
 
     # -- fused operations ----------------------------------------------------------
@@ -343,7 +344,8 @@ class NumbaKernels(NumpyKernels):
         argmax = np.empty((n, fn, ph, pw) if with_argmax else (0, 0, 0, 0), dtype=np.int32)
         bias = _contiguous(b).astype(rows.dtype, copy=False)
         rows = _contiguous(rows)
-        launch(numba_pool.bias_relu_maxpool, rows, bias, oh, ow, kh, kw, stride, pad, out, argmax, with_argmax)
+        kernel = numba_pool.bias_relu_maxpool
+        run_tasks(kernel, n * ph, rows, bias, oh, ow, kh, kw, stride, pad, out, argmax, with_argmax)
         return out, argmax
 
     def bias_relu_maxpool(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
@@ -371,7 +373,7 @@ class NumbaKernels(NumpyKernels):
         argmax = np.empty((n, fn, ph, pw) if with_argmax else (0, 0, 0, 0), dtype=np.int32)
         weights, bias = (_contiguous(a).astype(x.dtype, copy=False) for a in (w, b))
         args = (_contiguous(x), weights, bias, pad, oh, ow, kh, kw, pool_stride, pool_pad, out, argmax, with_argmax)
-        launch(numba_direct_conv.conv_bias_relu_maxpool, *args)
+        run_tasks(numba_direct_conv.conv_bias_relu_maxpool, n, *args)
         return out, argmax
 
     def conv_bias_relu_maxpool(self, x, w, b, stride, pad, kh, kw, pool_stride, pool_pad=0):
@@ -407,19 +409,20 @@ class NumbaKernels(NumpyKernels):
             _contiguous(x).astype(dout.dtype, copy=False),
         )
         kernel = numba_direct_conv.conv_maxpool_relu_backward_params
-        launch(kernel, *arrays, fh, fw, pad, oh, ow, kh, kw, pool_stride, pool_pad, dw, db, self.grad_chunk)
+        run_tasks(kernel, chunks, *arrays, fh, fw, pad, oh, ow, kh, kw, pool_stride, pool_pad, dw, db, self.grad_chunk)
         return dw.sum(axis=0).reshape(w_shape), db.sum(axis=0)
 
     def maxpool_relu_backward(self, dout, argmax, out, n, oh, ow, kh, kw, stride, pad=0):
         drows = np.empty((n * oh * ow, dout.shape[1]), dtype=dout.dtype)
         disjoint = stride >= kh and stride >= kw
         kernel = numba_pool.maxpool_relu_backward_disjoint if disjoint else numba_pool.maxpool_relu_backward
-        launch(kernel, _contiguous(dout), _contiguous(argmax), _contiguous(out), kh, kw, stride, pad, oh, ow, drows)
+        arrays = (_contiguous(dout), _contiguous(argmax), _contiguous(out))
+        run_tasks(kernel, n, *arrays, kh, kw, stride, pad, oh, ow, drows)
         return drows
 
     # -- bias and ReLU ------------------------------------------------------------------
 
-    # Below this many elements the NumPy set's passes (the same values): a parallel launch
+    # Below this many elements the NumPy set's passes (the same values): a task launch
     # costs more than the work, and a network whose arrays are all smaller (a dense layer's
     # activations) never compiles the loops.
     elementwise_min_elements = 2**16
@@ -429,7 +432,7 @@ class NumbaKernels(NumpyKernels):
             return super().bias_relu(rows, b)
         rows, b = _contiguous(rows), _contiguous(b)
         out = np.empty(rows.shape, dtype=rows.dtype)
-        launch(numba_elementwise.bias_relu, rows, b, rows.dtype.type(0), out)
+        run_tasks(numba_elementwise.bias_relu, rows.shape[0], rows, b, rows.dtype.type(0), out)
         return out
 
     def relu_backward(self, dout, out):
@@ -437,7 +440,8 @@ class NumbaKernels(NumpyKernels):
             return super().relu_backward(dout, out)
         dout, out = _contiguous(dout), _contiguous(out)
         dx = np.empty(dout.shape, dtype=dout.dtype)
-        launch(numba_elementwise.relu_backward, dout.reshape(-1), out.reshape(-1), dout.dtype.type(0), dx.reshape(-1))
+        flat = (dout.reshape(-1), out.reshape(-1), dout.dtype.type(0), dx.reshape(-1))
+        run_tasks(numba_elementwise.relu_backward, dx.size, *flat)
         return dx
 
     # -- optimizer steps (in place) ----------------------------------------------------

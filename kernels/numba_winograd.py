@@ -25,10 +25,9 @@ share).
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from .numba_conv import split  # the index helper of every parallel loop
-from .numba_runtime import ijit, jit, pjit
+from .numba_runtime import ijit, jit, tjit
 
 
 @ijit
@@ -172,8 +171,8 @@ def input_tile_rows(x, b, ty0, ty1, pad, tw, strip, s, line, v_rows, row0):
                 v_rows[4 * i + 3, row, q] = d1 - d3
 
 
-@pjit
-def winograd_input(x, pad, th, tw, band, v):
+@tjit
+def winograd_input(first, last, x, pad, th, tw, band, v):
     """x (N, C, H, W) → V (16, T, C): ``B^T d B`` of each 4x4 tile d, the rows of B^T d
     being d0 - d2, d1 + d2, d2 - d1, d1 - d3; along i first, then j.
 
@@ -184,7 +183,7 @@ def winograd_input(x, pad, th, tw, band, v):
     span = nonnegative((tw + 1) * c)
     bands = (th + band - 1) // band
     v_rows = v.reshape(16, n * th, tw * c)  # a row of tiles a row
-    for task in prange(n * bands):
+    for task in range(first, last):
         b, k = split(task, bands)
         ty0 = k * band
         strip = np.empty((4, 2 * span), dtype=x.dtype)
@@ -242,8 +241,8 @@ def input_grad_tile_rows(dv_rows, row0, pad, ty0, ty1, th, tw, acc, s, line, dx,
                 acc[r, q] = 0
 
 
-@pjit
-def winograd_input_grad(dv, pad, th, tw, dx):
+@tjit
+def winograd_input_grad(first, last, dv, pad, th, tw, dx):
     """The adjoint of :func:`winograd_input`: dV (16, T, C) → dx (N, C, H, W), each tile's
     ``B dV B^T`` (the rows of B v being v0, v1 - v2 + v3, v1 + v2 - v0, -v3; along i
     first, then j) added to the pixels it was read from.
@@ -255,7 +254,7 @@ def winograd_input_grad(dv, pad, th, tw, dx):
     c = nonnegative(c)
     span = nonnegative((tw + 1) * c)
     dv_rows = dv.reshape(16, n * th, tw * c)
-    for b in prange(n):
+    for b in range(first, last):
         acc = np.zeros((4, 2 * span), dtype=dx.dtype)
         s = np.empty((16, tw * c), dtype=dx.dtype)
         line = np.empty((c, w + 1), dtype=dx.dtype)
@@ -276,8 +275,8 @@ def products_along_i(m_rows, row, span, s):
             s[4 + j, q] = m1 - m2 - m3
 
 
-@pjit
-def winograd_output(m, n, oh, ow, th, tw, rows):
+@tjit
+def winograd_output(first, last, m, n, oh, ow, th, tw, rows):
     """M (16, T, FN) → GEMM rows (N*OH*OW, FN): ``A^T M A`` of each tile, the rows of A^T m
     being m0 + m1 + m2, m1 - m2 - m3; along i first, then j; cropped to OH x OW.
 
@@ -286,7 +285,7 @@ def winograd_output(m, n, oh, ow, th, tw, rows):
     """
     fn = m.shape[2]
     m_rows = m.reshape(16, n * th, tw * fn)
-    for task in prange(n * th):
+    for task in range(first, last):
         b, ty = split(task, th)
         s = np.empty((8, tw * fn), dtype=m.dtype)
         products_along_i(m_rows, task, tw * fn, s)
@@ -320,8 +319,8 @@ def grads_along_j(s, span, dm_rows, row):
             dm_rows[4 * i + 3, row, q] = -g1
 
 
-@pjit
-def winograd_output_grad(drows, n, oh, ow, th, tw, dm):
+@tjit
+def winograd_output_grad(first, last, drows, n, oh, ow, th, tw, dm):
     """The adjoint of :func:`winograd_output`: GEMM rows (N*OH*OW, FN) → dM (16, T, FN),
     ``A dY A^T`` of each 2x2 tile dY (zero where the tile reaches past OH x OW), the rows
     of A g being g0, g0 + g1, g0 - g1, -g1; along i first, then j.
@@ -333,7 +332,7 @@ def winograd_output_grad(drows, n, oh, ow, th, tw, dm):
     zero = drows.dtype.type(0)
     span = nonnegative(tw * fn)  # one phase of a polyphase row
     dm_rows = dm.reshape(16, n * th, span)
-    for task in prange(n * th):
+    for task in range(first, last):
         b, ty = split(task, th)
         y = 2 * ty
         r0 = (b * oh + y) * ow  # the row of pixel (b, y, 0)

@@ -30,10 +30,9 @@ apart, are read or written through a buffer of the row's pixels with the filters
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from .numba_conv import split  # the index helper of every parallel loop
-from .numba_runtime import jit, pjit
+from .numba_runtime import jit, tjit
 from .numba_winograd import grads_along_j, nonnegative, products_along_i
 
 
@@ -88,8 +87,8 @@ def pool_tile_row(m_rows, row, bias, s, best, arg, out, argmax, b, ty, with_argm
                 argmax[b, f, ty, tx] = arg[tx, f]
 
 
-@pjit
-def winograd_bias_relu_maxpool(m, bias, n, th, tw, out, argmax, with_argmax):
+@tjit
+def winograd_bias_relu_maxpool(first, last, m, bias, n, th, tw, out, argmax, with_argmax):
     """M (16, T, FN) and bias (FN,) → out, and argmax if ``with_argmax`` (inference
     skips it), both (N, FN, PH, PW) with PH = OH//2 and PW = OW//2.
 
@@ -102,7 +101,7 @@ def winograd_bias_relu_maxpool(m, bias, n, th, tw, out, argmax, with_argmax):
     fn = nonnegative(m.shape[2])
     ph, pw = out.shape[2], out.shape[3]
     m_rows = m.reshape(16, n * th, tw * fn)
-    for task in prange(n * ph):
+    for task in range(first, last):
         b, ty = split(task, ph)
         s = np.empty((8, pw * fn), dtype=m.dtype)
         best = np.empty((pw, fn), dtype=m.dtype)
@@ -157,8 +156,8 @@ def maxpool_relu_backward_tile_row(dout, argmax, out, b, ty, tw, grad, arg, s, d
             dm_rows[4 * i + 3, row, q] = -g1
 
 
-@pjit
-def winograd_maxpool_relu_backward(dout, argmax, out, th, tw, dm, db_rows):
+@tjit
+def winograd_maxpool_relu_backward(first, last, dout, argmax, out, th, tw, dm, db_rows):
     """dout, argmax and out (N, FN, PH, PW) → dM (16, T, FN), and each row of tiles' sum
     of the gradients that pass the ReLU in ``db_rows`` (N*TH, FN).
 
@@ -171,7 +170,7 @@ def winograd_maxpool_relu_backward(dout, argmax, out, th, tw, dm, db_rows):
     n, fn = dout.shape[0], nonnegative(dout.shape[1])
     span = nonnegative(tw * fn)
     dm_rows = dm.reshape(16, n * th, span)
-    for task in prange(n * th):
+    for task in range(first, last):
         b, ty = split(task, th)
         grad = np.empty((tw, fn), dtype=dout.dtype)
         arg = np.empty((tw, fn), dtype=np.int32)
@@ -209,8 +208,8 @@ def bias_relu_tile_row(m_rows, row, bias, s, line, out, b, ty):
                 out[b, f, y + a, x] = line[x, f]
 
 
-@pjit
-def winograd_bias_relu(m, bias, n, th, tw, out):
+@tjit
+def winograd_bias_relu(first, last, m, bias, n, th, tw, out):
     """M (16, T, FN) and bias (FN,) → out (N, FN, OH, OW) = maximum(y + bias, 0), y the
     output transform ``A^T M A`` of each tile, cropped to OH x OW.
 
@@ -222,7 +221,7 @@ def winograd_bias_relu(m, bias, n, th, tw, out):
     fn = nonnegative(m.shape[2])
     span = nonnegative(tw * fn)
     m_rows = m.reshape(16, n * th, span)
-    for task in prange(n * th):
+    for task in range(first, last):
         b, ty = split(task, th)
         s = np.empty((8, span), dtype=m.dtype)
         line = np.empty((2 * tw, fn), dtype=m.dtype)
@@ -269,8 +268,8 @@ def relu_backward_tile_row(dout, out, b, ty, tw, grad, s, db_rows, db_row, dm_ro
     grads_along_j(s, span, dm_rows, row)
 
 
-@pjit
-def winograd_relu_backward(dout, out, th, tw, dm, db_rows):
+@tjit
+def winograd_relu_backward(first, last, dout, out, th, tw, dm, db_rows):
     """dout and out (N, FN, OH, OW) → dM (16, T, FN), ``A dY A^T`` of each 2x2 tile of
     dY = where(out > 0, dout, 0) (zero where the tile reaches past OH x OW), and each row
     of tiles' sum of dY in ``db_rows`` (N*TH, FN).
@@ -285,7 +284,7 @@ def winograd_relu_backward(dout, out, th, tw, dm, db_rows):
     n, fn = dout.shape[0], nonnegative(dout.shape[1])
     span = nonnegative(tw * fn)
     dm_rows = dm.reshape(16, n * th, span)
-    for task in prange(n * th):
+    for task in range(first, last):
         b, ty = split(task, th)
         grad = np.empty((2, 2 * span), dtype=dout.dtype)
         s = np.empty((4, 2 * span), dtype=dout.dtype)
