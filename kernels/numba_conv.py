@@ -14,8 +14,8 @@ from .numba_runtime import jit, tjit
 
 @jit
 def split(i, m):
-    """(i // m, i % m) in signed integers (a prange index is unsigned, and unsigned mixed
-    with signed arithmetic would give floats)."""
+    """(i // m, i % m) in signed integers (a task index may come unsigned, and unsigned
+    mixed with signed arithmetic would give floats)."""
     t = np.int64(i)
     return t // m, t % m
 

@@ -12,7 +12,9 @@ This module wires the loops into :class:`NumbaKernels`; the loops live by job in
 :mod:`.numba_conv` (im2col, col2im), :mod:`.numba_pool` (pooling, fused pooling),
 :mod:`.numba_direct_conv` (the direct convolution), :mod:`.numba_winograd` (the
 Winograd transforms), :mod:`.numba_winograd_pool` (the Winograd output transform fused
-with bias and ReLU, with or without max pooling), :mod:`.numba_elementwise` (bias and
+with bias and ReLU, with or without max pooling), :mod:`.numba_winograd_fused` (a whole
+Winograd Convolution -> ReLU (-> pooling) layer a band of tiles at a time, its GEMMs
+included), :mod:`.numba_elementwise` (bias and
 ReLU, and the ReLU's backward) and :mod:`.numba_optim` (optimizer steps), and
 :mod:`.numba_runtime` compiles and launches them: its "Compilation" and
 "Threads" sections say where the cache goes and how the threads are set.
@@ -34,6 +36,11 @@ scalars are cast to the array's dtype first, as NumPy does). ``avgpool_forward``
 window row by row, and the bias gradients of ``winograd_maxpool_relu_backward`` and
 ``winograd_relu_backward`` sum each row of tiles, then the rows in order, which may
 differ from NumPy's reduction order: equal to float rounding.
+
+The ``winograd_conv_*`` operations equal the composed ``winograd_*`` passes and GEMMs to
+float rounding (their GEMMs run over a band's tiles, in SciPy's BLAS, and dU sums per
+group of images, then the groups in order), and give the same bytes on any number of
+threads; on integer data, where every sum is exact, they equal the composition bit for bit.
 
 The ``conv_*`` operations compute a stride-1 convolution with at most
 ``direct_conv_max_taps`` taps per output directly (see :mod:`.numba_direct_conv`):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numba_conv import split  # the index helper of every parallel loop
+from .numba_conv import split  # the index helper of every task loop
 from .numba_runtime import tjit
 from .numba_winograd import input_grad_tile_rows, input_tile_rows, nonnegative
 from .numba_winograd_pool import (

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numba_conv import split  # the index helper of every parallel loop
+from .numba_conv import split  # the index helper of every task loop
 from .numba_runtime import jit, tjit
 from .numba_winograd import grads_along_j, nonnegative, products_along_i
 
