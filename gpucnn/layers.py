@@ -533,7 +533,8 @@ class Convolution(_GemmLayer):
     def winograd_whole_backward_bytes(self, batch_size: int, itemsize: int) -> int:
         """The arrays of a ``winograd_conv_*`` backward: dx (when the input needs a
         gradient), dU's partial sums (one per ``winograd_group`` images) and each row of
-        tiles' bias gradient."""
+        tiles' bias gradient; beside them each thread holds one band's V, dM and dV (at most
+        the kernel set's ``winograd_band_bytes``), not counted."""
         c, fn = self.input_shape[0], self.filter_num
         th, _ = winograd_tiles(*self.output_shape[1:])
         groups = -(-batch_size // self.backend.kernels.winograd_group)

@@ -118,9 +118,11 @@ tjit = compiled(fastmath=False, nogil=True)
 
 # One run_tasks at a time (see Threads above).
 _LAUNCH = threading.Lock()
-# run_tasks's threads besides the caller's, and how many there are.
+# run_tasks's threads besides the caller's, how many there are, and the process that
+# started them (a forked child has none of its parent's threads and starts its own).
 _task_pool: concurrent.futures.ThreadPoolExecutor | None = None
 _task_pool_size = 0
+_task_pool_pid = 0
 
 
 def run_tasks(kernel: Any, tasks: int, *args: Any) -> None:
@@ -128,18 +130,18 @@ def run_tasks(kernel: Any, tasks: int, *args: Any) -> None:
     per thread, on Numba's thread count, the calling thread taking the first range; one
     caller at a time. The ranges depend on the thread count only, and
     a kernel whose tasks write apart gives the same bytes on any number of threads."""
-    global _task_pool, _task_pool_size
+    global _task_pool, _task_pool_size, _task_pool_pid
     threads = max(1, min(numba.get_num_threads(), tasks))
     bounds = [tasks * i // threads for i in range(threads + 1)]
     with _LAUNCH:
         if threads == 1:
             kernel(0, tasks, *args)
             return
-        if _task_pool_size < threads - 1:
-            if _task_pool is not None:
+        if _task_pool_pid != os.getpid() or _task_pool_size < threads - 1:
+            if _task_pool is not None and _task_pool_pid == os.getpid():
                 _task_pool.shutdown()
             _task_pool = concurrent.futures.ThreadPoolExecutor(threads - 1, thread_name_prefix="gpucnn-task")
-            _task_pool_size = threads - 1
+            _task_pool_size, _task_pool_pid = threads - 1, os.getpid()
         futures = [_task_pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, threads)]
         try:
             kernel(bounds[0], bounds[1], *args)

@@ -281,3 +281,25 @@ def test_building_the_backend_sets_the_threads_and_importing_sets_nothing(users_
         "built": {"openblas_timeout": timeout_when_built, "threading_layer": "workqueue"},
         "env": users_value,
     }
+
+
+def _im2col_in_this_process(x):
+    return os.getpid(), gpucnn.get_backend("numba").kernels.im2col(x, 3, 3, 1, 1)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # the fork is the point
+def test_a_forked_child_runs_task_kernels_on_threads_of_its_own():
+    """The task threads do not survive a fork: a child that the parent forked after using
+    them starts its own instead of queueing work for threads that do not exist there."""
+    import multiprocessing
+
+    import numba
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("one Numba thread: task kernels run on the calling thread alone")
+    x = np.arange(2 * 3 * 5 * 5, dtype=np.float32).reshape(2, 3, 5, 5)
+    _, expected = _im2col_in_this_process(x)  # the parent's task threads now exist
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child, got = pool.apply_async(_im2col_in_this_process, (x,)).get(timeout=120)
+    assert child != os.getpid()
+    np.testing.assert_array_equal(got, expected)
