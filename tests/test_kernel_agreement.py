@@ -29,6 +29,7 @@ from . import winograd_reference as wref
 from .bounds import assert_argmax_up_to_rounding, assert_close_to_sum, eps, pool_windows, sum_rtol
 from .conftest import BACKEND_PARAMS, backend_or_skip
 from .strategies import DTYPES, ConvPool, array, conv_pools, optimizer_arrays, pooled_rows, scores, windows
+from .winograd_layer import Layer as WinogradLayer
 
 NP = NumpyKernels()
 EQUAL = np.testing.assert_array_equal
@@ -71,6 +72,15 @@ WINOGRAD_POOL_BACKWARD = "winograd_maxpool_relu_backward"
 # another order (the NumPy set: with the zeros past the output; the Numba set: over rows of
 # tiles); out and dM agree to the bit.
 WINOGRAD_RELU_BACKWARD = "winograd_relu_backward"
+# A whole Winograd layer from the input and filters: its GEMMs run over a band's tiles (the
+# Numba set) or on another BLAS path, dW sums per group of images, db as the fused backwards'.
+WINOGRAD_LAYER_OPERATIONS = (
+    "winograd_conv_bias_relu_maxpool",
+    "winograd_conv_bias_relu_maxpool_infer",
+    "winograd_conv_maxpool_relu_backward",
+    "winograd_conv_bias_relu",
+    "winograd_conv_relu_backward",
+)
 OPTIMIZER_OPERATIONS = ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
 TOLERANCES: dict[str, dict[str, str]] = {
     "numpy": {
@@ -85,6 +95,7 @@ TOLERANCES: dict[str, dict[str, str]] = {
         "softmax_cross_entropy": ULPS,
     },
     "array-api-strict": {
+        **dict.fromkeys(WINOGRAD_LAYER_OPERATIONS, ORDER),
         "avgpool_forward": ORDER,
         "bias_grad": ORDER,
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
@@ -92,12 +103,14 @@ TOLERANCES: dict[str, dict[str, str]] = {
         WINOGRAD_RELU_BACKWARD: ORDER,
     },
     "numba": {
+        **dict.fromkeys(WINOGRAD_LAYER_OPERATIONS, ORDER),
         "avgpool_forward": ORDER,
         **dict.fromkeys(CONV_OPERATIONS, ORDER),
         WINOGRAD_POOL_BACKWARD: ORDER,
         WINOGRAD_RELU_BACKWARD: ORDER,
     },
     "cuda-emu": {
+        **dict.fromkeys(WINOGRAD_LAYER_OPERATIONS, ORDER),
         "avgpool_forward": ORDER,
         "bias_grad": ORDER,
         WINOGRAD_POOL_BACKWARD: ORDER,
@@ -111,6 +124,7 @@ TOLERANCES: dict[str, dict[str, str]] = {
         "bias_softmax_cross_entropy_count_grad": ORDER,
     },
     "cupy": {  # as cuda-emu, with cuBLAS for the GEMMs and FMAs in the optimizer steps
+        **dict.fromkeys(WINOGRAD_LAYER_OPERATIONS, ORDER),
         "avgpool_forward": ORDER,
         "bias_grad": ORDER,
         WINOGRAD_POOL_BACKWARD: ORDER,
@@ -553,6 +567,30 @@ def test_winograd_output_fused_with_bias_and_relu(subject, case: WinogradProduct
     EQUAL(dm, want_dm)
     rtol = subject.sum_rtol(WINOGRAD_RELU_BACKWARD, m.dtype, n * oh * ow, case.exact)
     assert_close_to_sum(db, want_db, (abs64(dout) * (out > 0)).sum(axis=(0, 2, 3)), rtol, "db")
+
+
+@st.composite
+def winograd_layers(draw) -> tuple[WinogradLayer, bool]:
+    """Batches 1-5 (past the Numba set's groups of 4 images), 1-6 channels, 1-9 filters,
+    pad 0 or 1, outputs from 2x2 to 8x8; float32 and float64; half of them exact."""
+    n, c, fn, pad = draw(st.integers(1, 5)), draw(st.integers(1, 6)), draw(st.integers(1, 9)), draw(st.integers(0, 1))
+    h, w = draw(st.integers(4 - 2 * pad, 10 - 2 * pad)), draw(st.integers(4 - 2 * pad, 10 - 2 * pad))
+    dtype, exact = draw(st.sampled_from(DTYPES)), draw(st.booleans())
+    oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
+    shapes = [(n, c, h, w), (fn, c, 3, 3), (fn,), (n, fn, oh // 2, ow // 2), (n, fn, oh, ow)]
+    x, weights, b, dout_pooled, dout = (draw(array(dtype, shape, exact)) for shape in shapes)
+    return WinogradLayer(x, weights, b, pad, dout_pooled, dout), exact
+
+
+@given(winograd_layers())
+def test_whole_winograd_layers(subject, drawn):
+    """A Winograd Convolution -> bias -> ReLU (-> 2x2 max pooling) from the input and the
+    filters, and its backward, against the NumPy set's composition of the operations
+    checked above (which is the NumPy set's own way: its oracle); equal on exact data."""
+    layer, exact = drawn
+    got = layer.results(subject.kernels, subject.backend)
+    operation, dtype = WINOGRAD_LAYER_OPERATIONS[0], layer.x.dtype  # all five alike
+    layer.assert_agrees(got, lambda kind, terms: 2 * subject.sum_rtol(operation, dtype, terms, exact))
 
 
 # -- softmax cross-entropy ----------------------------------------------------------------------
