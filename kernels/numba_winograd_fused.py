@@ -99,7 +99,7 @@ def winograd_conv_backward(
         s16 = np.empty((16, tw * c), dtype=x.dtype)
         grad = np.empty((tw, fn) if pooled else (2, 2 * tw * fn), dtype=x.dtype)
         arg = np.empty((tw, fn) if pooled else (0, 0), dtype=np.int32)
-        sg = np.empty((8, tw * fn) if pooled else (4, 2 * tw * fn), dtype=x.dtype)
+        sg = np.empty((4, 2 * tw * fn), dtype=x.dtype)
         part = np.empty((c, fn), dtype=x.dtype)
         for e in range(16):
             for i in range(c):

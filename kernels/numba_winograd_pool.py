@@ -114,7 +114,7 @@ def maxpool_relu_backward_tile_row(dout, argmax, out, b, ty, tw, grad, arg, s, d
     """Row of tiles ty of image b: dM into row ``row`` of ``dm_rows`` (16, rows, TW*FN),
     the sum of its gradients that pass the ReLU into ``db_rows[db_row]``; see
     :func:`winograd_maxpool_relu_backward`. Buffers: ``grad`` and ``arg`` (TW, FN),
-    ``s`` (8, TW*FN).
+    ``s`` (4, 2*TW*FN).
     """
     fn, ph, pw = dout.shape[1], dout.shape[2], dout.shape[3]
     fn = nonnegative(fn)
@@ -136,24 +136,18 @@ def maxpool_relu_backward_tile_row(dout, argmax, out, b, ty, tw, grad, arg, s, d
         for f in range(fn):
             db_rows[db_row, f] += grad[tx, f]
     for col in range(2):  # the tiles' column b: dY[0, b] at tap b, dY[1, b] at tap 2 + b
-        e = 4 * col
+        e = col * span
         for tx in range(tw):
-            q0 = tx * fn
+            q0 = e + tx * fn
             for f in range(fn):
                 d, k = grad[tx, f], arg[tx, f]
                 g0 = d if k == col else zero
                 g1 = d if k == col + 2 else zero
-                s[e, q0 + f] = g0
-                s[e + 1, q0 + f] = g0 + g1
-                s[e + 2, q0 + f] = g0 - g1
-                s[e + 3, q0 + f] = -g1
-    for i in range(4):  # along j
-        for q in range(span):
-            g0, g1 = s[i, q], s[4 + i, q]
-            dm_rows[4 * i, row, q] = g0
-            dm_rows[4 * i + 1, row, q] = g0 + g1
-            dm_rows[4 * i + 2, row, q] = g0 - g1
-            dm_rows[4 * i + 3, row, q] = -g1
+                s[0, q0 + f] = g0
+                s[1, q0 + f] = g0 + g1
+                s[2, q0 + f] = g0 - g1
+                s[3, q0 + f] = -g1
+    grads_along_j(s, span, dm_rows, row)
 
 
 @tjit
@@ -165,7 +159,7 @@ def winograd_maxpool_relu_backward(first, last, dout, argmax, out, th, tw, dm, d
     and ``arg`` (TW, FN) hold the row's gradients (``dout`` where ``out > 0``, else 0) and
     argmax, zero in the tiles that are not pooled. Each tile's 2x2 gradient dY, zero but
     at the argmax, goes along i into ``s`` (entry (i, b) of every tile of the row in row
-    ``4*b + i``), then along j into dM.
+    i, column b's tiles after column 0's, as in the polyphase layout), then along j into dM.
     """
     n, fn = dout.shape[0], nonnegative(dout.shape[1])
     span = nonnegative(tw * fn)
@@ -174,7 +168,7 @@ def winograd_maxpool_relu_backward(first, last, dout, argmax, out, th, tw, dm, d
         b, ty = split(task, th)
         grad = np.empty((tw, fn), dtype=dout.dtype)
         arg = np.empty((tw, fn), dtype=np.int32)
-        s = np.empty((8, span), dtype=dout.dtype)
+        s = np.empty((4, 2 * span), dtype=dout.dtype)
         maxpool_relu_backward_tile_row(dout, argmax, out, b, ty, tw, grad, arg, s, db_rows, task, dm_rows, task)
 
 
