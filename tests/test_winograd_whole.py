@@ -23,12 +23,14 @@ from .winograd_layer import Layer
 
 EQUAL = np.testing.assert_array_equal
 
+MNIST_CNN = (5, 32, 26, 26, 0, 64)  # mnist_cnn's second convolution: several bands of tile rows
 SHAPES = [  # N, C, H, W, pad, FN
     (1, 1, 4, 4, 0, 1),  # one tile, one pooling window
     (2, 3, 5, 4, 1, 2),  # an odd output height
     (3, 2, 6, 9, 0, 3),  # an odd output width, pad 0
     (9, 16, 8, 8, 1, 5),  # three groups of dU's partial sums, the last short
-    (5, 32, 26, 26, 0, 64),  # mnist_cnn's second convolution
+    (3, 16, 7, 6, 2, 4),  # pad 2: an output larger than the input
+    MNIST_CNN,
     (2, 64, 15, 15, 0, 32),  # partial tiles
 ]
 SHAPE_IDS = ["x".join(map(str, s[:4])) + f"-p{s[4]}-f{s[5]}" for s in SHAPES]
@@ -78,7 +80,7 @@ def test_the_numba_sets_bands_give_the_composition(monkeypatch, band_bytes):
     or the whole image: the same exact values."""
     backend = backend_or_skip("numba")
     monkeypatch.setattr(backend.kernels, "winograd_band_bytes", band_bytes)
-    layer = Layer.seeded(SHAPES[4], np.float32, integers=True)
+    layer = Layer.seeded(MNIST_CNN, np.float32, integers=True)
     got, want = layer.results(backend.kernels), layer.composed()
     for name, value in want.items():
         EQUAL(got[name], value, err_msg=name)
