@@ -55,10 +55,11 @@ class NumpyKernels(GenericKernels):
     # with fewer, each of its 16 GEMMs has little work, and the transforms cost more than
     # the multiplications they save.
     winograd_min_channels = 16
-    # The Winograd passes in blocks of images whose GEMM products take at most 8 MiB: a
+    # The Winograd passes in blocks of images whose GEMM products take at most 2 MiB: a
     # block's transforms and products stay in the caches, and no array is large enough
-    # for the C library to map fresh (page-faulted) memory for it at every step.
-    winograd_block_bytes = 8 * 2**20
+    # for the C library to map fresh (page-faulted) memory for it at every step
+    # (benchmarks/results/numba_notes.md, "Blocks of images").
+    winograd_block_bytes = 2 * 2**20
 
     def prefers_winograd(self, c, fn, fh, fw, stride):
         return fh == 3 and fw == 3 and stride == 1 and c >= self.winograd_min_channels
@@ -153,6 +154,22 @@ class NumpyKernels(GenericKernels):
             dy[:, :oh, :ow] = drows.reshape(n, oh, ow, fn)
         return self._winograd_tile_grads(dy, n, th, tw)
 
+    # -- the ReLU's backward -----------------------------------------------------------
+
+    @staticmethod
+    def _passed(dout, out):
+        """``where(out > 0, dout, 0)`` to the bit, branch-free: dout's bits under a mask of
+        all ones where out > 0 and of zeros elsewhere (+0.0 there, whatever dout holds).
+        ``np.where`` picks each element with a branch, which ReLU's unpredictable masks
+        mispredict half the time: about ten times slower."""
+        bits = np.dtype(f"i{dout.dtype.itemsize}")
+        mask = np.greater(out, 0).astype(bits)
+        np.negative(mask, out=mask)
+        return np.bitwise_and(np.ascontiguousarray(dout).view(bits), mask, out=mask).view(dout.dtype)
+
+    def relu_backward(self, dout, out):
+        return self._passed(dout, out)
+
     # The backward of the bias and ReLU after a Winograd convolution (its forward is the
     # composition, which no whole-array version beat): dout is masked in NCHW and
     # transposed into the tiles' gradients in one copy, with no GEMM rows.
@@ -160,7 +177,7 @@ class NumpyKernels(GenericKernels):
     def winograd_relu_backward(self, dout, out, n, oh, ow):
         th, tw = winograd_tiles(oh, ow)
         fn = dout.shape[1]
-        passed = np.where(out > 0, dout, dout.dtype.type(0))  # (N, FN, OH, OW)
+        passed = self._passed(dout, out)  # (N, FN, OH, OW)
         dy = np.empty((n, 2 * th, 2 * tw, fn), dtype=dout.dtype)
         if (2 * th, 2 * tw) != (oh, ow):  # zeros where the tiles reach past the output
             dy[:, oh:] = 0
