@@ -65,11 +65,17 @@ class NumpyKernels(GenericKernels):
         return fh == 3 and fw == 3 and stride == 1 and c >= self.winograd_min_channels
 
     def im2col(self, x, kh, kw, stride=1, pad=0):
+        # One copy per tap from the padded image laid out channels-last, whose rows then
+        # run along C: a 6-D copy straight from the NCHW windows runs its innermost loop
+        # over KW values only, about three times slower for 3x3 filters.
         n, c, h, w = x.shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
-        win = self._windows(self._pad(x, pad, 0.0), kh, kw, stride, oh, ow)
+        padded = np.zeros((n, h + 2 * pad, w + 2 * pad, c), dtype=x.dtype)
+        padded[:, pad : pad + h, pad : pad + w] = x.transpose(0, 2, 3, 1)
         col = np.empty((n, oh, ow, c, kh, kw), dtype=x.dtype)
-        col[...] = win.transpose(0, 2, 3, 1, 4, 5)
+        for ky in range(kh):
+            for kx in range(kw):
+                col[..., ky, kx] = padded[:, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride]
         return col.reshape(n * oh * ow, c * kh * kw)
 
     def col2im(self, col, x_shape, kh, kw, stride=1, pad=0):
