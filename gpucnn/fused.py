@@ -47,13 +47,18 @@ Array = Any
 class ConvReluMaxPool(Step):
     """Convolution → ReLU → MaxPooling run as one step.
 
-    The ReLU output and the unpooled activation are never stored. Three ways through the
+    The ReLU output and the unpooled activation are never stored. Four ways through the
     kernels:
 
     - from the input (``conv_bias_relu_maxpool`` and its backward
       ``conv_maxpool_relu_backward_params``), when the input needs no gradient (a first
       layer) and the kernel set computes such a convolution directly
       (``prefers_direct_conv``): no column matrix at all;
+    - from the input through Winograd in one operation per pass
+      (``winograd_conv_bias_relu_maxpool`` and ``winograd_conv_maxpool_relu_backward``),
+      when the convolution runs through Winograd, the pooling is 2x2 at stride 2 without
+      pad and the kernel set takes a whole layer (``Convolution.winograd_whole``): the
+      step keeps its input and output only;
     - from a Winograd convolution's products (``Convolution.winograd_forward``,
       ``winograd_bias_relu_maxpool`` and ``winograd_maxpool_relu_backward``), when the
       convolution runs through Winograd and the pooling is 2x2 at stride 2 without pad:
@@ -61,8 +66,9 @@ class ConvReluMaxPool(Step):
     - from the GEMM rows (``Convolution.gemm_rows``: im2col and a GEMM, or Winograd;
       ``bias_relu_maxpool`` and ``maxpool_relu_backward``) otherwise.
 
-    Inference asks for ``conv_bias_relu_maxpool_infer`` (or, on the Winograd path,
-    ``winograd_bias_relu_maxpool_infer``; no argmax is tracked);
+    Inference asks for ``conv_bias_relu_maxpool_infer`` (or, on the Winograd paths,
+    ``winograd_conv_bias_relu_maxpool_infer`` or ``winograd_bias_relu_maxpool_infer``; no
+    argmax is tracked);
     a batch larger than the kernel set's ``inference_block`` runs that many images at a
     time (the CPU sets: so that a column matrix and its GEMM output stay in the caches),
     a set whose ``inference_block`` is None (CUDA) takes the whole batch in one call. The
@@ -247,7 +253,10 @@ class LinearReLU(Step):
 
     A convolution through Winograd makes its output straight from the products
     (``Convolution.winograd_forward`` with ``winograd_bias_relu``, and
-    ``winograd_relu_backward``): no GEMM rows and no layout changes.
+    ``winograd_relu_backward``): no GEMM rows and no layout changes; or, when the kernel
+    set takes a whole layer (``Convolution.winograd_whole``), from the input in one
+    operation per pass (``winograd_conv_bias_relu``, ``winograd_conv_relu_backward``),
+    keeping its input and output only.
 
     A convolution whose input needs no gradient (a first layer) and that the kernel set
     computes directly (``prefers_direct_conv``) runs instead through the direct fused

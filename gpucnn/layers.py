@@ -534,7 +534,7 @@ class Convolution(_GemmLayer):
         """The arrays of a ``winograd_conv_*`` backward: dx (when the input needs a
         gradient), dU's partial sums (one per ``winograd_group`` images) and each row of
         tiles' bias gradient; beside them each thread holds one band's V, dM and dV (at most
-        the kernel set's ``winograd_band_bytes``), not counted."""
+        the kernel set's ``winograd_band_bytes``, or one row of tiles), not counted."""
         c, fn = self.input_shape[0], self.filter_num
         th, _ = winograd_tiles(*self.output_shape[1:])
         groups = -(-batch_size // self.backend.kernels.winograd_group)

@@ -33,8 +33,8 @@ range of tasks (images, rows of images, bands of tiles), without the GIL, that
 :func:`run_tasks` runs from Numba's thread count of Python threads (``NUMBA_NUM_THREADS``
 or :func:`numba.set_num_threads`), one contiguous range each, the caller taking the
 first. This skips Numba's ``parallel=True`` passes, which take seconds to compile each
-kernel, and lets a task call BLAS (``np.dot``, SciPy's BLAS) on its own core, under
-:func:`serial_blas`. The optimizer steps run on one thread, where a parallel launch would
+kernel, and lets a task call BLAS (``np.dot``, SciPy's BLAS) on its own core
+(``run_tasks(..., blas_calls=True)``). The optimizer steps run on one thread, where a parallel launch would
 cost more than the work. Numba's kernels and NumPy's GEMMs never run at the same time
 within a training step: each kernel sits between two GEMMs. What matters is how each
 pool waits when idle, since an idle pool that spins takes cores from the next one (the
@@ -56,8 +56,8 @@ measurements: ``benchmarks/results/numba_notes.md``):
   user is left as it is, and so is BLAS's thread count (``OPENBLAS_NUM_THREADS``,
   threadpoolctl), since the GEMMs need every core more than the kernels do.
 
-Task launches are serialised by a lock (:func:`run_tasks`): :func:`serial_blas` changes
-process-wide thread counts, and the task threads are shared.
+Task launches are serialised by a lock (:func:`run_tasks`): the task threads are shared,
+and a launch whose tasks call BLAS changes process-wide BLAS thread counts while it runs.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ from typing import Any
 import numba
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
 
-__all__ = ["cache_folder", "compiled", "configure", "ijit", "jit", "run_tasks", "serial_blas", "tjit"]
+__all__ = ["cache_folder", "compiled", "configure", "ijit", "jit", "run_tasks", "tjit"]
 
 # Every kernel made by compiled(), so that configure() can attach the cache to each.
 _KERNELS: list[Any] = []
@@ -125,15 +125,17 @@ _task_pool_size = 0
 _task_pool_pid = 0
 
 
-def run_tasks(kernel: Any, tasks: int, *args: Any) -> None:
+def run_tasks(kernel: Any, tasks: int, *args: Any, blas_calls: bool = False) -> None:
     """Run a task kernel (:data:`tjit`) over tasks ``0 .. tasks - 1``, one contiguous range
     per thread, on Numba's thread count, the calling thread taking the first range; one
-    caller at a time. The ranges depend on the thread count only, and
-    a kernel whose tasks write apart gives the same bytes on any number of threads."""
+    caller at a time. The ranges depend on the thread count only, and a kernel whose
+    tasks write apart gives the same bytes on any number of threads. ``blas_calls``: the
+    tasks call BLAS, which then runs on one thread (:func:`_serial_blas`). Returns when
+    every range has ended, raising a task's exception if one raised."""
     global _task_pool, _task_pool_size, _task_pool_pid
     threads = max(1, min(numba.get_num_threads(), tasks))
     bounds = [tasks * i // threads for i in range(threads + 1)]
-    with _LAUNCH:
+    with _LAUNCH, _serial_blas() if blas_calls else contextlib.nullcontext():
         if threads == 1:
             kernel(0, tasks, *args)
             return
@@ -146,8 +148,9 @@ def run_tasks(kernel: Any, tasks: int, *args: Any) -> None:
         try:
             kernel(bounds[0], bounds[1], *args)
         finally:
-            for future in futures:
-                future.result()
+            concurrent.futures.wait(futures)  # no range outlives the call, nor the lock
+        for future in futures:
+            future.result()
 
 
 # threadpoolctl's controllers of the BLAS libraries in the process, found once SciPy's
@@ -156,12 +159,14 @@ _blas_pools: list[Any] | None = None
 
 
 @contextlib.contextmanager
-def serial_blas() -> Iterator[None]:
-    """Every BLAS in the process on one thread for the block: for a task kernel whose
-    tasks call BLAS (``np.dot``, which Numba hands to SciPy's BLAS), each task on its own
-    core. A BLAS on several threads called from several tasks at once would serialise
-    the calls (OpenBLAS locks its threaded GEMMs) or start more threads than cores. The
-    thread counts are put back after the block. Without threadpoolctl nothing is changed.
+def _serial_blas() -> Iterator[None]:
+    """Every BLAS in the process on one thread for the block (:func:`run_tasks` with
+    ``blas_calls``): for a task kernel whose tasks call BLAS (``np.dot``, which Numba hands
+    to SciPy's BLAS), each task on its own core. A BLAS on several threads called from
+    several tasks at once would serialise the calls (OpenBLAS locks its threaded GEMMs) or
+    start more threads than cores. The thread counts are put back after the block; BLAS
+    calls from other Python threads meanwhile run on one thread too. Without threadpoolctl
+    nothing is changed.
     """
     global _blas_pools
     if _blas_pools is None:
@@ -323,10 +328,9 @@ def _let_openblas_workers_sleep() -> None:
     for workers that are gone. So this is done only when the calling thread is the only
     Python thread: it is not inside a GEMM itself (it is here), no other thread exists to
     be inside one, and none can start before the shutdown returns, since only this
-    thread could start it. NumPy's BLAS is called from Python threads: Numba's workers
-    run gpucnn's kernels, which make no BLAS calls, and the task kernels call SciPy's BLAS
-    on one thread (threads that a C library starts on its own are assumed not to call
-    NumPy's BLAS either). With other threads nothing is
+    thread could start it. NumPy's BLAS is called from Python threads: gpucnn's task
+    threads call SciPy's BLAS on one thread only, and not before this has run (threads that
+    a C library starts on its own are assumed not to call NumPy's BLAS either). With other threads nothing is
     done, and the workers keep spinning after each GEMM: the same values, a little slower
     on few cores. Nothing is done either without threadpoolctl (to find the library),
     with another BLAS, or when the user set the variable.

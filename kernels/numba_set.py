@@ -40,7 +40,8 @@ differ from NumPy's reduction order: equal to float rounding.
 The ``winograd_conv_*`` operations equal the composed ``winograd_*`` passes and GEMMs to
 float rounding (their GEMMs run over a band's tiles, in SciPy's BLAS, and dU sums per
 group of images, then the groups in order), and give the same bytes on any number of
-threads; on integer data, where every sum is exact, they equal the composition bit for bit.
+threads (with a BLAS whose one-thread GEMM repeats its bytes, as OpenBLAS's does); on
+integer data, where every sum is exact, they equal the composition bit for bit.
 
 The ``conv_*`` operations compute a stride-1 convolution with at most
 ``direct_conv_max_taps`` taps per output directly (see :mod:`.numba_direct_conv`):
@@ -68,7 +69,7 @@ from . import (
     output_hw,
     winograd_tiles,
 )
-from .numba_runtime import run_tasks, serial_blas
+from .numba_runtime import run_tasks
 from .numpy_set import NumpyKernels
 
 __all__ = ["NumbaKernels"]
@@ -247,7 +248,8 @@ class NumbaKernels(NumpyKernels):
     # image at a time (see :mod:`.numba_winograd_fused`); its GEMMs call SciPy's BLAS
     # from the kernel, so the set offers it when SciPy is installed.
     winograd_whole_layer = _has_scipy()
-    # A band's share of the cache: its tiles' V, M (and dV) take at most this many bytes.
+    # A band's share of the cache: its tiles' V, M (and dV) take at most this many bytes,
+    # or one row of tiles when a row alone takes more.
     winograd_band_bytes = 2**20
     # Images per partial sum of dU in the backward (the groups are then added in order).
     winograd_group = 4
@@ -273,8 +275,7 @@ class NumbaKernels(NumpyKernels):
         out = np.empty(shape, dtype=x.dtype)
         argmax = np.empty(shape if with_argmax else (0, 0, 0, 0), dtype=np.int32)
         kernel, tasks = numba_winograd_fused.winograd_conv_forward, n * -(-th // band)
-        with serial_blas():
-            run_tasks(kernel, tasks, x, u, bias, pad, th, tw, band, pooled, with_argmax, out, argmax)
+        run_tasks(kernel, tasks, x, u, bias, pad, th, tw, band, pooled, with_argmax, out, argmax, blas_calls=True)
         return out, argmax
 
     def _winograd_conv_backward(self, dout, argmax, out, x, w, pad, input_grad):
@@ -282,16 +283,18 @@ class NumbaKernels(NumpyKernels):
         n, c = x.shape[0], x.shape[1]
         fn = w.shape[0]
         pooled = argmax is not None
+        oh, ow = output_hw(x.shape[2], x.shape[3], 3, 3, 1, pad)
+        shape = (n, fn, *output_hw(oh, ow, 2, 2, 2, 0)) if pooled else (n, fn, oh, ow)
         for what, a in (("dout", dout), ("out", out)) + ((("argmax", argmax),) if pooled else ()):
-            _check_shape(what, a, out.shape)
+            _check_shape(what, a, shape)
         groups = -(-n // self.winograd_group)
         du_parts = np.empty((groups, 16, c, fn), dtype=x.dtype)
         db_rows = np.empty((n * th, fn), dtype=x.dtype)  # a row of tiles' sum each, added in order below
         dx = np.empty(x.shape if input_grad else (0, 0, 0, 0), dtype=x.dtype)
-        argmax = _contiguous(argmax) if pooled else np.empty((0, 0, 0, 0), dtype=np.int32)
+        argmax = _contiguous(argmax).astype(np.int32, copy=False) if pooled else np.empty((0, 0, 0, 0), np.int32)
         args = (x, u, _contiguous(dout), argmax, _contiguous(out), pad, th, tw, band, self.winograd_group, pooled)
-        with serial_blas():
-            run_tasks(numba_winograd_fused.winograd_conv_backward, groups, *args, input_grad, du_parts, db_rows, dx)
+        kernel = numba_winograd_fused.winograd_conv_backward
+        run_tasks(kernel, groups, *args, input_grad, du_parts, db_rows, dx, blas_calls=True)
         dw = self.winograd_filter_grad(du_parts.sum(axis=0))
         return (dx if input_grad else None), dw, db_rows.sum(axis=0)
 

@@ -9,8 +9,10 @@ memory and back between the steps. Here one task takes a band of tile rows of an
 through all the steps while its V and M stay in the core's cache: the input transform
 (:func:`.numba_winograd.input_tile_rows`), sixteen small GEMMs (``np.dot``, which Numba
 hands to SciPy's BLAS; the caller runs that BLAS on one thread, see
-:func:`.numba_runtime.serial_blas`), and the output transform with bias, ReLU and
-pooling (:mod:`.numba_winograd_pool`'s row helpers). The backward does the same for dM,
+:func:`.numba_runtime.run_tasks`), and the output transform with bias, ReLU and
+pooling (:mod:`.numba_winograd_pool`'s row helpers). The tasks take views of the shared
+U (``u[e]``), whose reference count all threads touch: 16 or 32 per band, little beside
+the band's work. The backward does the same for dM,
 dV and dx, and makes V again from the input instead of keeping it: a pass over the
 input in cache costs less than writing V and reading it back, and the layer keeps
 nothing but its input.
@@ -19,7 +21,8 @@ Values: the transforms are the composed operations' additions in their order; a 
 over a band's tiles gives what the whole batch's GEMM gives to float rounding (BLAS may
 block a product differently), and dU sums its bands' products: per group of ``group``
 images in order, then the groups in order (the caller), the same bytes on any number of
-threads. Tasks: the forward one per band of an image, the backward one per group of
+threads as long as the BLAS's one-thread GEMM repeats its bytes (OpenBLAS's does; MKL's only
+with ``MKL_CBWR`` set). Tasks: the forward one per band of an image, the backward one per group of
 images (dU's partial sums), an image's bands last to first so that dx's tiles are added
 as :func:`.numba_winograd.input_grad_tile_rows` needs.
 """

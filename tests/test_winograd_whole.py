@@ -74,13 +74,18 @@ def test_without_an_input_gradient_dx_is_none_and_the_rest_is_unchanged(backend)
         EQUAL(value, with_dx[name], err_msg=name)
 
 
-@pytest.mark.parametrize("band_bytes", [1, 2**14, 2**30], ids=["one-tile-row", "a-few", "whole-image"])
-def test_the_numba_sets_bands_give_the_composition(monkeypatch, band_bytes):
-    """One tile row per band (the backward's dx tiles then meet across bands), a few,
-    or the whole image: the same exact values."""
+@pytest.mark.parametrize(
+    ("shape", "band_bytes"),
+    [(MNIST_CNN, 2**14), (MNIST_CNN, 2**30)] + [(shape, 1) for shape in SHAPES],
+    ids=["mnist_cnn-a-few", "mnist_cnn-whole-image"] + [f"{i}-one-tile-row" for i in SHAPE_IDS],
+)
+def test_the_numba_sets_bands_give_the_composition(monkeypatch, shape, band_bytes):
+    """One tile row per band (the backward's dx tiles then meet across bands; on odd
+    sizes, pads and with bands past the pooled rows), a few, or the whole image: the
+    same exact values."""
     backend = backend_or_skip("numba")
     monkeypatch.setattr(backend.kernels, "winograd_band_bytes", band_bytes)
-    layer = Layer.seeded(MNIST_CNN, np.float32, integers=True)
+    layer = Layer.seeded(shape, np.float32, integers=True)
     got, want = layer.results(backend.kernels), layer.composed()
     for name, value in want.items():
         EQUAL(got[name], value, err_msg=name)
@@ -113,3 +118,9 @@ def test_the_numba_set_refuses_arrays_of_another_shape():
     out, argmax = kernels.winograd_conv_bias_relu_maxpool(x, w, b, pad)
     with pytest.raises(ValueError, match=r"dout has shape \(2, 2, 1, 2\), expected \(2, 2, 2, 2\)"):
         kernels.winograd_conv_maxpool_relu_backward(layer.dout_pooled[:, :, :1], argmax, out, x, w, pad)
+    # the forward's arrays with another pad than the backward's: shapes of another output
+    with pytest.raises(ValueError, match=r"dout has shape \(2, 2, 2, 2\), expected \(2, 2, 1, 1\)"):
+        kernels.winograd_conv_maxpool_relu_backward(layer.dout_pooled, argmax, out, x, w, 0)
+    relu = kernels.winograd_conv_bias_relu(x, w, b, pad)
+    with pytest.raises(ValueError, match=r"out has shape \(2, 2, 5, 4\), expected \(2, 1, 5, 4\)"):
+        kernels.winograd_conv_relu_backward(layer.dout[:, :1], relu, x, w[:1], pad)
