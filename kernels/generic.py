@@ -277,10 +277,14 @@ class GenericKernels:
     # A whole Convolution (3x3, stride 1, through Winograd) -> bias -> ReLU (-> 2x2 max
     # pooling at stride 2), and its backward, from the input and the filters.
 
-    def _winograd_products(self, x: Array, w: Array, pad: int) -> tuple[Array, Array, Array]:
-        """(U, V, M = V @ U) of x (N, C, H, W) and w (FN, C, 3, 3)."""
-        u, v = self.winograd_filter(w), self.winograd_input(x, pad)
-        return u, v, self.xp.matmul(v, u)
+    def _winograd_transforms(self, x: Array, w: Array, pad: int) -> tuple[Array, Array]:
+        """(U, V) of x (N, C, H, W) and w (FN, C, 3, 3); their products are V @ U."""
+        return self.winograd_filter(w), self.winograd_input(x, pad)
+
+    def _winograd_products(self, x: Array, w: Array, pad: int) -> Array:
+        """M = V @ U (16, T, FN)."""
+        u, v = self._winograd_transforms(x, w, pad)
+        return self.xp.matmul(v, u)
 
     def _winograd_conv_grads(self, dm: Array, u: Array, v: Array, x: Array, pad: int, input_grad: bool):
         """(dx or None, dW) from the products' gradient dM."""
@@ -293,33 +297,33 @@ class GenericKernels:
     def winograd_conv_bias_relu_maxpool(self, x: Array, w: Array, b: Array, pad: int) -> tuple[Array, Array]:
         """``winograd_bias_relu_maxpool(winograd_input(x, pad) @ winograd_filter(w), b, n,
         oh, ow)``: (out, argmax), both (N, FN, OH//2, OW//2)."""
-        _, _, m = self._winograd_products(x, w, pad)
+        m = self._winograd_products(x, w, pad)
         return self.winograd_bias_relu_maxpool(m, b, *self._winograd_nhw(x, pad))
 
     def winograd_conv_bias_relu_maxpool_infer(self, x: Array, w: Array, b: Array, pad: int) -> Array:
         """:meth:`winograd_conv_bias_relu_maxpool`'s ``out`` alone."""
-        _, _, m = self._winograd_products(x, w, pad)
+        m = self._winograd_products(x, w, pad)
         return self.winograd_bias_relu_maxpool_infer(m, b, *self._winograd_nhw(x, pad))
 
     def winograd_conv_maxpool_relu_backward(
         self, dout: Array, argmax: Array, out: Array, x: Array, w: Array, pad: int, input_grad: bool = True
     ) -> tuple[Array | None, Array, Array]:
         """The adjoint of :meth:`winograd_conv_bias_relu_maxpool`: (dx or None, dW, db)."""
-        u, v, _ = self._winograd_products(x, w, pad)
+        u, v = self._winograd_transforms(x, w, pad)
         dm, db = self.winograd_maxpool_relu_backward(dout, argmax, out, *self._winograd_nhw(x, pad))
         return (*self._winograd_conv_grads(dm, u, v, x, pad, input_grad), db)
 
     def winograd_conv_bias_relu(self, x: Array, w: Array, b: Array, pad: int) -> Array:
         """``winograd_bias_relu(winograd_input(x, pad) @ winograd_filter(w), b, n, oh, ow)``:
         (N, FN, OH, OW)."""
-        _, _, m = self._winograd_products(x, w, pad)
+        m = self._winograd_products(x, w, pad)
         return self.winograd_bias_relu(m, b, *self._winograd_nhw(x, pad))
 
     def winograd_conv_relu_backward(
         self, dout: Array, out: Array, x: Array, w: Array, pad: int, input_grad: bool = True
     ) -> tuple[Array | None, Array, Array]:
         """The adjoint of :meth:`winograd_conv_bias_relu`: (dx or None, dW, db)."""
-        u, v, _ = self._winograd_products(x, w, pad)
+        u, v = self._winograd_transforms(x, w, pad)
         dm, db = self.winograd_relu_backward(dout, out, *self._winograd_nhw(x, pad))
         return (*self._winograd_conv_grads(dm, u, v, x, pad, input_grad), db)
 

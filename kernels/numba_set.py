@@ -254,24 +254,25 @@ class NumbaKernels(NumpyKernels):
     # Images per partial sum of dU in the backward (the groups are then added in order).
     winograd_group = 4
 
-    def _winograd_layer(self, x, w, b, pad):
-        """(x, U, bias, TH, TW, band) of a whole-layer Winograd kernel, the shapes checked."""
+    def _winograd_layer(self, x, w, b, pad, pooled):
+        """(x, U, bias, TH, TW, band, the output's shape) of a whole-layer Winograd kernel,
+        the shapes of w and b checked."""
         n, c, h, wd = x.shape
         fn = w.shape[0]
         _check_shape("w", w, (fn, c, 3, 3))
         if b is not None:
             _check_shape("b", b, (fn,))
             b = _contiguous(b).astype(x.dtype, copy=False)
-        th, tw = winograd_tiles(*output_hw(h, wd, 3, 3, 1, pad))
+        oh, ow = output_hw(h, wd, 3, 3, 1, pad)
+        th, tw = winograd_tiles(oh, ow)
         per_row = 16 * tw * (2 * c + fn) * x.dtype.itemsize
         band = max(1, min(th, self.winograd_band_bytes // per_row))
-        return _contiguous(x), self.winograd_filter(w.astype(x.dtype, copy=False)), b, th, tw, band
+        shape = (n, fn, *output_hw(oh, ow, 2, 2, 2, 0)) if pooled else (n, fn, oh, ow)
+        return _contiguous(x), self.winograd_filter(w.astype(x.dtype, copy=False)), b, th, tw, band, shape
 
     def _winograd_conv_forward(self, x, w, b, pad, pooled, with_argmax):
-        x, u, bias, th, tw, band = self._winograd_layer(x, w, b, pad)
-        n, fn = x.shape[0], w.shape[0]
-        oh, ow = output_hw(x.shape[2], x.shape[3], 3, 3, 1, pad)
-        shape = (n, fn, *output_hw(oh, ow, 2, 2, 2, 0)) if pooled else (n, fn, oh, ow)
+        x, u, bias, th, tw, band, shape = self._winograd_layer(x, w, b, pad, pooled)
+        n = x.shape[0]
         out = np.empty(shape, dtype=x.dtype)
         argmax = np.empty(shape if with_argmax else (0, 0, 0, 0), dtype=np.int32)
         kernel, tasks = numba_winograd_fused.winograd_conv_forward, n * -(-th // band)
@@ -279,12 +280,10 @@ class NumbaKernels(NumpyKernels):
         return out, argmax
 
     def _winograd_conv_backward(self, dout, argmax, out, x, w, pad, input_grad):
-        x, u, _, th, tw, band = self._winograd_layer(x, w, None, pad)
+        pooled = argmax is not None
+        x, u, _, th, tw, band, shape = self._winograd_layer(x, w, None, pad, pooled)
         n, c = x.shape[0], x.shape[1]
         fn = w.shape[0]
-        pooled = argmax is not None
-        oh, ow = output_hw(x.shape[2], x.shape[3], 3, 3, 1, pad)
-        shape = (n, fn, *output_hw(oh, ow, 2, 2, 2, 0)) if pooled else (n, fn, oh, ow)
         for what, a in (("dout", dout), ("out", out)) + ((("argmax", argmax),) if pooled else ()):
             _check_shape(what, a, shape)
         groups = -(-n // self.winograd_group)

@@ -73,3 +73,18 @@ def numpy_kernels():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def results_on_threads(counts, compute) -> list:
+    """``compute()`` with Numba on each thread count of ``counts`` in turn (at most
+    ``NUMBA_NUM_THREADS``), its results in that order; the thread count is put back after."""
+    numba = pytest.importorskip("numba", reason="the numba kernel set needs Numba")
+    threads = numba.get_num_threads()
+    results = []
+    try:
+        for count in counts:
+            numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+            results.append(compute())
+    finally:
+        numba.set_num_threads(threads)
+    return results

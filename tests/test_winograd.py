@@ -21,7 +21,7 @@ from gpucnn.kernels.numpy_set import NumpyKernels
 
 from . import winograd_reference as ref
 from .bounds import assert_close_to_sum, pool_windows, sum_rtol
-from .conftest import STRICT, backend_or_skip
+from .conftest import STRICT, backend_or_skip, results_on_threads
 
 NP = NumpyKernels()
 EQUAL = np.testing.assert_array_equal
@@ -217,17 +217,11 @@ def test_the_numba_set_gives_the_same_bytes_on_one_thread_and_on_all():
     numba = pytest.importorskip("numba", reason="the numba kernel set needs Numba")
     kernels = backend_or_skip("numba").kernels
     problem = Problem(SHAPES[6], np.float32)
-    results = {}
-    threads = numba.get_num_threads()
-    try:
-        for count in sorted({1, threads}):
-            numba.set_num_threads(count)
-            results[count] = {
-                op: getattr(kernels, op)(*args).tobytes() for op, (args, _) in problem.operations().items()
-            }
-    finally:
-        numba.set_num_threads(threads)
-    assert results[1] == results[threads]
+    one, all_ = results_on_threads(
+        [1, numba.get_num_threads()],
+        lambda: {op: getattr(kernels, op)(*args).tobytes() for op, (args, _) in problem.operations().items()},
+    )
+    assert one == all_
 
 
 def test_the_numba_set_refuses_arrays_of_another_shape():
@@ -407,15 +401,11 @@ def test_the_numba_set_pools_the_same_bytes_on_one_thread_and_on_all():
     numba = pytest.importorskip("numba", reason="the numba kernel set needs Numba")
     kernels = backend_or_skip("numba").kernels
     operations = pooled_operations(PoolProblem(POOL_SHAPES[5], np.float32))
-    results = {}
-    threads = numba.get_num_threads()
-    try:
-        for count in sorted({1, threads}):
-            numba.set_num_threads(count)
-            results[count] = {op: as_bytes(getattr(kernels, op)(*args)) for op, args in operations.items()}
-    finally:
-        numba.set_num_threads(threads)
-    assert results[1] == results[threads]
+    one, all_ = results_on_threads(
+        [1, numba.get_num_threads()],
+        lambda: {op: as_bytes(getattr(kernels, op)(*args)) for op, args in operations.items()},
+    )
+    assert one == all_
 
 
 def test_the_numba_set_refuses_pooling_arrays_of_another_shape():
@@ -598,15 +588,11 @@ def test_the_numba_set_gives_the_biased_relus_bytes_on_one_thread_and_on_all():
     numba = pytest.importorskip("numba", reason="the numba kernel set needs Numba")
     kernels = backend_or_skip("numba").kernels
     operations = relu_operations(ReluProblem((16, 15, 15, 64), np.float32))
-    results = {}
-    threads = numba.get_num_threads()
-    try:
-        for count in sorted({1, 2, threads}):
-            numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
-            results[count] = {op: as_bytes(getattr(kernels, op)(*args)) for op, args in operations.items()}
-    finally:
-        numba.set_num_threads(threads)
-    assert all(result == results[1] for result in results.values())
+    results = results_on_threads(
+        [1, 2, numba.get_num_threads()],
+        lambda: {op: as_bytes(getattr(kernels, op)(*args)) for op, args in operations.items()},
+    )
+    assert all(result == results[0] for result in results)
 
 
 def test_the_numba_set_refuses_biased_relu_arrays_of_another_shape():

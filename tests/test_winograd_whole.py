@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from .bounds import sum_rtol
-from .conftest import STRICT, backend_or_skip
+from .conftest import STRICT, backend_or_skip, results_on_threads
 from .winograd_layer import Layer
 
 EQUAL = np.testing.assert_array_equal
@@ -96,13 +96,9 @@ def test_the_numba_set_gives_the_same_bytes_twice_and_on_one_thread_and_on_all()
     kernels = backend_or_skip("numba").kernels
     layer = Layer.seeded(SHAPES[3], np.float32, integers=False)
     threads = numba.get_num_threads()
-    runs = []
-    try:
-        for count in (threads, threads, 1):
-            numba.set_num_threads(count)
-            runs.append({name: a.tobytes() for name, a in layer.results(kernels).items()})
-    finally:
-        numba.set_num_threads(threads)
+    runs = results_on_threads(
+        [threads, threads, 1], lambda: {name: a.tobytes() for name, a in layer.results(kernels).items()}
+    )
     assert runs[0] == runs[1] == runs[2]
 
 
