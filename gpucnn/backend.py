@@ -69,6 +69,7 @@ class Backend:
     _synchronize: Callable[[], None] = field(default=None, repr=False)
     _memory_info: Callable[[], dict] = field(default=None, repr=False)
     random: Callable[[int | None], Any] = field(default=None, repr=False)
+    _compile_ahead: Callable[[Callable[[], Any]], contextlib.AbstractContextManager] = field(default=None, repr=False)
 
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         """``a`` (NumPy array, array of this backend or Python data) as an array of this backend."""
@@ -89,6 +90,16 @@ class Backend:
         """Wait until queued device work is finished (a no-op on CPU backends)."""
         if self._synchronize is not None:
             self._synchronize()
+
+    def compile_ahead(self, step: Callable[[], Any]) -> contextlib.AbstractContextManager:
+        """The context of the first run of ``step`` (a training step) on this backend. A
+        backend that compiles its kernels on first use (``numba``) has a second process
+        compile them meanwhile, from the last kernel the step calls back, and hands them
+        over through its kernel cache; the step computes what it computes alone. Other
+        backends do nothing."""
+        if self._compile_ahead is None:
+            return contextlib.nullcontext()
+        return self._compile_ahead(step)
 
     def memory_info(self) -> dict:
         """Bytes in use by this backend's allocator, as a dict (``used``, plus what the device tells)."""
@@ -283,6 +294,7 @@ def _numba_backend() -> Backend:
         array_type=np.ndarray,
         _memory_info=_host_memory_info,
         random=_numpy_random,
+        _compile_ahead=numba_runtime.compile_ahead,
     )
 
 

@@ -18,6 +18,7 @@ take inputs that have been through it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -219,6 +220,7 @@ class Sequential:
         self._plan: list[Step] | None = None
         self._head: AffineSoftmaxLoss | None = None  # planned with _plan
         self._head_ran = False  # whether the last forward pass ended in _head (train_step's)
+        self._stepped_on: Backend | None = None  # where the last training computation ran
         self._seed_layers(seed)
         if input_shape is not None:
             self.build(input_shape)
@@ -555,9 +557,23 @@ class Sequential:
         x, t = self._input(x), self.as_target(t)
         _require_samples(x)
         self._ensure_built(x)
-        self._loss_array(x, t, train=True)
-        self.backward()
-        return self.grads
+
+        def step() -> dict[str, Array]:
+            self._loss_array(x, t, train=True)
+            self.backward()
+            return self.grads
+
+        return self._first_steps_compiled_ahead(step)
+
+    def _first_steps_compiled_ahead(self, step: Callable[[], Any]) -> Any:
+        """``step()``, a training computation. The first on a backend compiles the
+        backend's kernels (numba), shared with a second process that walks the same step
+        (``Backend.compile_ahead``)."""
+        if self._stepped_on is self.backend:
+            return step()
+        self._stepped_on = self.backend
+        with self.backend.compile_ahead(step):
+            return step()
 
     def accuracy(self, x: Any, t: Any, batch_size: int = 100) -> float:
         """Fraction of correct predictions, computed ``batch_size`` samples at a time (a
@@ -588,6 +604,13 @@ class Sequential:
         """
         if self.optimizer is None:
             raise ValueError("train_step needs an optimizer: set model.optimizer, or pass one to fit or train_on_batch")
+        if on_gradient is None:  # a hook may talk to other processes: not walked twice
+            return self._first_steps_compiled_ahead(functools.partial(self._train_step, x, t, check_labels, None))
+        return self._train_step(x, t, check_labels, on_gradient)
+
+    def _train_step(
+        self, x: Array, t: Array, check_labels: bool, on_gradient: GradientHook | None
+    ) -> tuple[Array, Array]:
         head = self.loss_head
         if head is None:
             loss, correct = self.loss_layer.forward_counting(self.forward(x, True), t, check_labels=check_labels)

@@ -26,6 +26,27 @@ only the file that defines the kernel: Numba copies a helper's machine code into
 kernel that calls it, so a change to the pooling's window geometry must recompile the
 direct convolution that uses it, which Numba's own stamp (one file) would not notice.
 
+Compiling ahead
+---------------
+A cold first training step compiles each kernel it calls when it first calls it, one
+after another: Numba compiles one function at a time in a process. :func:`compile_ahead`
+(``Backend.compile_ahead``, which ``Sequential.train_step`` uses for a model's first step
+on the backend) shares that work with a second process. Forked as the step starts, it
+walks the step once with every kernel replaced by a recorder that runs nothing (what
+the step computes from the unwritten outputs is thrown away with the process), then
+compiles the kernels it recorded from the last to the first, into the cache, while the
+first process runs the step from its first kernel. A lock file per kernel and signature,
+in a folder the two share for the step, keeps each compilation to one process: a process
+that needs a kernel the other is compiling waits for it, then loads it from the cache;
+and a kernel's cache index is written under a lock of its own (:func:`_locked`). The
+values are those of the step run alone: the second process hands over nothing but cache
+entries, and stops after the kernel it is compiling once the step has ended.
+
+It is done with the cache, fork() and at least two usable cores, outside MPI jobs
+(forking an MPI process is unsafe on some networks), and unless ``GPUCNN_COMPILE_AHEAD=0``;
+elsewhere the step compiles alone, as before. The measurements:
+``benchmarks/results/numba_notes.md``.
+
 Threads
 -------
 Kernels over whole activations are task kernels (:data:`tjit`): a compiled loop over a
@@ -65,20 +86,33 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import os
+import select
+import shutil
+import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numba
+import numpy as np
+from numba.core import event, sigutils
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
+from numba.core.compiler_lock import global_compiler_lock
 
-__all__ = ["cache_folder", "compiled", "configure", "ijit", "jit", "run_tasks", "tjit"]
+try:
+    import fcntl
+except ImportError:  # Windows: no compiling ahead (see Compiling ahead above)
+    fcntl = None
+
+__all__ = ["cache_folder", "compile_ahead", "compiled", "configure", "ijit", "jit", "run_tasks", "tjit"]
 
 # Every kernel made by compiled(), so that configure() can attach the cache to each.
 _KERNELS: list[Any] = []
@@ -133,7 +167,7 @@ def run_tasks(kernel: Any, tasks: int, *args: Any, blas_calls: bool = False) -> 
     tasks call BLAS, which then runs on one thread (:func:`_serial_blas`). Returns when
     every range has ended, raising a task's exception if one raised."""
     global _task_pool, _task_pool_size, _task_pool_pid
-    threads = max(1, min(numba.get_num_threads(), tasks))
+    threads = 1 if _recording else max(1, min(numba.get_num_threads(), tasks))
     bounds = [tasks * i // threads for i in range(threads + 1)]
     with _LAUNCH, _serial_blas() if blas_calls else contextlib.nullcontext():
         if threads == 1:
@@ -284,17 +318,54 @@ class _KernelCache(FunctionCache):
     _impl_class = _KernelCacheImpl
 
     def load_overload(self, sig: Any, target_context: Any) -> Any:
+        # Numba calls this before it compiles a signature, and save_overload after: while a
+        # second process compiles ahead (see Compiling ahead below), the kernel is claimed
+        # here, or awaited if the other process has it, and let go once saved.
+        key = _claim_compilation(self._py_func, sig) if _ahead is not None else None
         try:
-            return super().load_overload(sig, target_context)
+            cres = super().load_overload(sig, target_context)
         except OSError as exc:
             warnings.warn(f"gpucnn cannot read its Numba cache ({exc})", RuntimeWarning, stacklevel=2)
-            return None
+            cres = None
+        if cres is not None and key is not None:
+            _release_compilation(key)
+        return cres
+
+    def has_entry(self, sig: Any, target_context: Any) -> bool:
+        """Whether the cache holds the kernel for this signature (its index names it)."""
+        try:
+            return self._index_key(sig, target_context.codegen()) in self._cache_file._load_index()
+        except Exception:  # an unreadable index: as if empty, as Numba's own load treats it
+            return False
 
     def save_overload(self, sig: Any, data: Any) -> None:
         try:
-            super().save_overload(sig, data)
+            self._impl.locator.ensure_cache_path()  # the folder of the lock file
+            with _locked(self._cache_file._index_path + ".lock"):
+                super().save_overload(sig, data)
         except OSError as exc:
             warnings.warn(f"gpucnn cannot write its Numba cache ({exc})", RuntimeWarning, stacklevel=2)
+        finally:
+            if _ahead is not None:
+                _release_compilation(_compilation_key(self._py_func, sig))
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """Hold the lock file ``path`` for the block, against other processes: Numba adds a
+    signature to a kernel's index by reading the index, then writing it whole with a new
+    data file's name, and two processes doing so at once (two compiling ahead, or
+    several that share the folder) could lose an entry or give two the same file.
+    Without fcntl (Windows), no lock."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @functools.cache
@@ -304,6 +375,253 @@ def _kernel_sources_digest() -> str:
     for path in sorted(Path(__file__).parent.glob("numba_*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+# -- compiling ahead ------------------------------------------------------------------
+
+# Seconds a process waits for the other to finish compiling a kernel before it compiles
+# the kernel itself: far above any one kernel's compilation, so reached only by a process
+# that hangs.
+_AWAIT_SECONDS = 120.0
+
+
+@dataclasses.dataclass
+class _Ahead:
+    """A compilation shared with a second process (:func:`compile_ahead`): the folder of
+    its lock files, and the lock files this process holds, by key."""
+
+    folder: str
+    held: dict[str, int]
+
+
+# The compile-ahead this process takes part in; guarded by Numba's compiler lock.
+_ahead: _Ahead | None = None
+# Set in the second process while it walks the step: run_tasks then runs one range.
+_recording = False
+# Second processes not yet waited for.
+_children: list[int] = []
+
+
+@contextlib.contextmanager
+def compile_ahead(step: Callable[[], Any]) -> Iterator[None]:
+    """Share the compilation of ``step``'s kernels with a second process while the block
+    runs ``step`` (see Compiling ahead above). Does nothing where it cannot be done."""
+    global _ahead
+    started = _start_second_process(step) if _can_compile_ahead() else None
+    if started is None:
+        yield
+        return
+    folder, stop = started
+    with global_compiler_lock:
+        _ahead = _Ahead(folder, {})
+    try:
+        yield
+    finally:
+        with global_compiler_lock:
+            for fd in _ahead.held.values():
+                os.close(fd)  # closing a lock file lets it go
+            _ahead = None
+        os.close(stop)  # the second process stops after the kernel it is compiling
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_second_process(step: Callable[[], Any]) -> tuple[str, int] | None:
+    """Fork the second process of :func:`compile_ahead`: (the folder of the lock files,
+    the pipe whose closing stops it), or None where it cannot start (another thread is
+    busy, no temporary folder, no memory for a fork)."""
+    _collect_children()
+    try:
+        folder = tempfile.mkdtemp(prefix="gpucnn-compile-")
+    except OSError:
+        return None
+    pid = stop_read = stop_write = None
+    try:
+        stop_read, stop_write = os.pipe()
+        # No other thread is inside Numba's compiler or a task launch while the process
+        # forks, so that the second process finds neither lock held, and any other thread
+        # is one that cannot be inside BLAS either (Python 3.12 warns of any fork with threads).
+        with global_compiler_lock, _LAUNCH, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if _only_quiet_threads():
+                pid = os.fork()
+    except OSError:
+        pass
+    if pid == 0:
+        os.close(stop_write)
+        _second_process(step, folder, stop_read)
+    for fd in (stop_read, stop_write) if pid is None else (stop_read,):
+        if fd is not None:
+            os.close(fd)
+    if pid is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    _children.append(pid)
+    return folder, stop_write
+
+
+def _can_compile_ahead() -> bool:
+    """Whether :func:`compile_ahead` shares the work: with the kernel cache (the second
+    process hands kernels over through it), fork(), two usable cores, outside an MPI job
+    (forking an MPI process is unsafe on some networks) and unless ``GPUCNN_COMPILE_AHEAD=0``."""
+    return (
+        _ahead is None
+        and _cache_folder is not None
+        and fcntl is not None
+        and hasattr(os, "fork")
+        and len(os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)) >= 2
+        and "mpi4py.MPI" not in sys.modules
+        and os.environ.get("GPUCNN_COMPILE_AHEAD", "1") != "0"
+    )
+
+
+def _only_quiet_threads() -> bool:
+    """Whether every Python thread but this one is known to stay out of BLAS and of the
+    locks the second process takes while the process forks: gpucnn's task threads (idle
+    while the launch lock is held) and tqdm's monitor (asleep between its looks at the
+    progress bars). A fork while another thread is in OpenBLAS can hang in OpenBLAS's own
+    fork handler; with any other thread there is no second process."""
+    this = threading.current_thread()
+    return all(
+        thread is this or thread.name.startswith("gpucnn-task") or type(thread).__name__ == "TMonitor"
+        for thread in threading.enumerate()
+    )
+
+
+def _second_process(step: Callable[[], Any], folder: str, stop: int) -> NoReturn:
+    """The second process of :func:`compile_ahead`: walks ``step`` to learn its kernels
+    and their argument types, then compiles them last to first into the cache, each one
+    that neither the cache nor the first process has, until ``stop`` is closed. Ends the
+    process; writes nothing but cache entries (its output goes to /dev/null)."""
+    global _ahead
+    try:
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        _ahead = _Ahead(folder, {})
+        for kernel, args in reversed(_record(step)):
+            if select.select([stop], [], [], 0)[0]:  # the step has ended, or the first process
+                break
+            sig = tuple(kernel.typeof_pyval(a) for a in args)
+            if sig in kernel.overloads or kernel._cache.has_entry(sig, kernel.targetctx):
+                continue
+            key = _claim_compilation(kernel.py_func, sig, wait=False)
+            if key is None:  # the first process is compiling it
+                continue
+            try:
+                kernel._compile_for_args(*args)  # compiles and saves; runs nothing
+            except Exception:  # the first process meets the same error when it compiles
+                pass
+            finally:
+                _release_compilation(key)
+    finally:
+        os._exit(0)
+
+
+def _record(step: Callable[[], Any]) -> list[tuple[Any, tuple]]:
+    """Run ``step`` with every kernel replaced by a recorder: (kernel, arguments) of each
+    first call with new argument types, in call order. The kernels run nothing, so their
+    outputs hold whatever the allocator gave; the step runs on to its end or to an error
+    that garbage causes, and what it computes is thrown away with the process."""
+    global _recording
+    calls: list[tuple[Any, tuple]] = []
+    seen: set[tuple[int, tuple]] = set()
+
+    def recorder(kernel: Any) -> Callable[..., None]:
+        def record(*args: Any) -> None:
+            sig = tuple(kernel.typeof_pyval(a) for a in args)
+            if (id(kernel), sig) not in seen:
+                seen.add((id(kernel), sig))
+                calls.append((kernel, args))
+
+        return record
+
+    replaced = []
+    for kernel in _KERNELS:
+        module, name = sys.modules[kernel.py_func.__module__], kernel.py_func.__name__
+        if getattr(module, name, None) is kernel:
+            setattr(module, name, recorder(kernel))
+            replaced.append((module, name, kernel))
+    _recording = True
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            step()
+        except Exception:  # garbage values broke the walk: compile what it reached
+            pass
+        finally:
+            _recording = False
+            for module, name, kernel in replaced:  # Numba compiles a kernel's calls from its globals
+                setattr(module, name, kernel)
+    return calls
+
+
+def _compilation_key(py_func: Callable, sig: Any) -> str:
+    """The name of a kernel's lock file for one signature: the same in both processes."""
+    args, _ = sigutils.normalize_signature(sig)
+    code = py_func.__code__
+    text = f"{py_func.__module__}.{py_func.__qualname__}:{code.co_firstlineno}:{tuple(args)}"
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+class _FailedCompilations(event.Listener):
+    """Lets go of the lock file of a compilation that raised, which no save follows: Numba
+    tries a call's literal argument types first and may fail on them before it succeeds
+    with the plain ones."""
+
+    def on_start(self, ev: event.Event) -> None:
+        pass
+
+    def on_end(self, ev: event.Event) -> None:
+        # The exception the event carries (Numba's Event.is_failed answers the opposite).
+        if _ahead is not None and ev._exc_details is not None:
+            _release_compilation(_compilation_key(ev.data["dispatcher"].py_func, ev.data["args"]))
+
+
+event.register("numba:compile", _FailedCompilations())
+
+
+def _claim_compilation(py_func: Callable, sig: Any, wait: bool = True) -> str | None:
+    """Take the lock file of a kernel's signature (already held: nothing to do); with
+    ``wait``, first wait while the other process holds it. Returns its key, or None if
+    it was not taken (held by the other process, or no lock file could be made: then the
+    kernel is compiled here without one). Called with Numba's compiler lock held."""
+    key = _compilation_key(py_func, sig)
+    if key in _ahead.held:
+        return key
+    try:
+        fd = os.open(os.path.join(_ahead.folder, key), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
+    deadline = time.monotonic() + _AWAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait and time.monotonic() < deadline:
+                time.sleep(0.005)
+                continue
+            os.close(fd)
+            return None
+        _ahead.held[key] = fd
+        return key
+
+
+def _release_compilation(key: str) -> None:
+    """Let go of a lock file this process holds (none: nothing to do)."""
+    fd = _ahead.held.pop(key, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _collect_children() -> None:
+    """Collect the second processes that have ended (no zombies are left behind)."""
+    for pid in list(_children):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _children.remove(pid)
 
 
 # -- threads --------------------------------------------------------------------------

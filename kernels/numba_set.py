@@ -135,8 +135,9 @@ class NumbaKernels(NumpyKernels):
     # -- Winograd F(2x2, 3x3) ------------------------------------------------------
 
     # ``prefers_winograd`` (the NumPy set's rule) with this set's own threshold: Winograd
-    # for a 3x3 convolution at stride 1 with at least this many input channels.
-    winograd_min_channels = 16
+    # for a 3x3 convolution at stride 1 with at least this many input channels; with the
+    # whole-layer kernels (winograd_whole_layer below), for every one (see prefers_direct_conv).
+    winograd_min_channels = 1 if _has_scipy() else 16
     # Parallel tasks winograd_input aims at: an image's tile rows are split into bands
     # when the batch alone gives fewer tasks (each band lays out two image rows more
     # than it transforms).
@@ -370,6 +371,11 @@ class NumbaKernels(NumpyKernels):
     direct_conv_max_taps = 32
 
     def prefers_direct_conv(self, c, fh, fw, stride):
+        # A 3x3 convolution takes the whole-layer Winograd kernels, which a network's other
+        # 3x3 layers compile anyway, rather than the direct ones: fewer kernels to compile
+        # in a cold first step, for about the same speed (benchmarks/results/numba_notes.md).
+        if self.winograd_whole_layer and self.prefers_winograd(c, 1, fh, fw, stride):
+            return False
         return stride == 1 and c * fh * fw <= self.direct_conv_max_taps
 
     def _conv_pool(self, x, w, b, pad, kh, kw, pool_stride, pool_pad, with_argmax):

@@ -50,10 +50,10 @@ def test_bias_relu_and_its_backward_give_numpys_bits_through_the_loops_and_below
     assert NB.relu_backward(dout, want).tobytes() == NP.relu_backward(dout, want).tobytes()
 
 
-@pytest.mark.parametrize("stride, filter_size, channels", [(2, 3, 1), (1, 3, 4)])
+@pytest.mark.parametrize("stride, filter_size, channels", [(2, 3, 1), (1, 5, 2)])
 def test_convolutions_the_numba_set_does_not_compute_directly_take_the_gemm(stride, filter_size, channels):
-    """A stride above 1 or more taps than ``direct_conv_max_taps``: im2col and the GEMM,
-    the NumPy set's computation, bit for bit."""
+    """A stride above 1, or more taps than ``direct_conv_max_taps`` in a filter other than
+    3x3 (which takes Winograd): im2col and the GEMM, the NumPy set's computation, bit for bit."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, channels, 9, 8))
     w, b = rng.standard_normal((5, channels, filter_size, filter_size)), rng.standard_normal(5)
@@ -303,3 +303,74 @@ def test_a_forked_child_runs_task_kernels_on_threads_of_its_own():
         child, got = pool.apply_async(_im2col_in_this_process, (x,)).get(timeout=120)
     assert child != os.getpid()
     np.testing.assert_array_equal(got, expected)
+
+
+# -- compiling ahead (numba_runtime.compile_ahead), each in a fresh process with a cold cache --
+
+# One first training step of a small network on the numba backend, a fresh process and an
+# empty cache: "alone" (no second process), "ahead" (the model's own first step, shared
+# with the second process as the two go) or "second" (the second process alone: the step
+# runs once it has ended). Prints the step's kernel compilations in this process, its
+# loss and a digest of the weights after the update.
+_FIRST_STEP = """
+import hashlib, json, os, sys
+import numpy as np
+from numba.core import event
+import gpucnn
+from gpucnn.kernels import numba_runtime
+from gpucnn.layers import Affine, Convolution, Flatten, MaxPooling, ReLU, SoftmaxWithLoss
+
+mode = sys.argv[1]
+with gpucnn.use_backend("numba"):
+    layers = [Convolution(3, 5), ReLU(), MaxPooling(2), Flatten(), Affine(6), ReLU(), Affine(3)]
+    model = gpucnn.Sequential(layers, SoftmaxWithLoss(), input_shape=(2, 10, 10), seed=0)
+    model.optimizer = gpucnn.optimizers.Adam(0.01)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 10, 10)).astype(np.float32)
+    t = rng.integers(0, 3, 5)
+    with event.install_recorder("numba:compile") as compiled:
+        if mode == "second":
+            with model.backend.compile_ahead(lambda: model.train_step(x, t)):
+                second = numba_runtime._children[-1]
+                os.waitpid(second, 0)
+                loss, _ = model.train_step(x, t)
+        else:
+            loss, _ = model.train_step(x, t)
+weights = hashlib.sha256(b"".join(np.ascontiguousarray(p).tobytes() for p in model.params.values())).hexdigest()
+print(json.dumps({"compiled": sum(e.is_start for _, e in compiled.buffer), "loss": float(loss), "weights": weights}))
+"""
+
+
+def _first_step(mode: str, cache: Path) -> dict:
+    return _run(_FIRST_STEP, mode, env={"NUMBA_CACHE_DIR": str(cache), "GPUCNN_COMPILE_AHEAD": None})
+
+
+def _compiles_ahead() -> bool:
+    from gpucnn.kernels import numba_runtime
+
+    return hasattr(os, "fork") and len(os.sched_getaffinity(0)) >= 2 and numba_runtime._cache_folder is not None
+
+
+@pytest.mark.skipif(not _compiles_ahead(), reason="compiling ahead needs fork(), two cores and the kernel cache")
+def test_the_second_process_compiles_the_steps_kernels_into_the_cache_and_changes_no_value(tmp_path):
+    """A second process left to itself compiles every kernel of the step (the step then
+    compiles none: it loads them) and the step's values are those of a step run alone,
+    to the bit."""
+    alone = _first_step("alone", tmp_path / "alone")
+    second = _first_step("second", tmp_path / "second")
+    assert alone["compiled"] > 0
+    assert second["compiled"] == 0
+    assert (second["loss"], second["weights"]) == (alone["loss"], alone["weights"])
+
+
+@pytest.mark.skipif(not _compiles_ahead(), reason="compiling ahead needs fork(), two cores and the kernel cache")
+def test_a_first_step_shared_with_the_second_process_leaves_a_whole_cache_and_the_same_values(tmp_path):
+    """The model's own first step, shared as the two processes go: whoever compiles what,
+    the values are those of a step run alone, and the cache then holds every kernel (each
+    index kept every entry: a later process compiles nothing)."""
+    alone = _first_step("alone", tmp_path / "alone")
+    shared = _first_step("ahead", tmp_path / "shared")
+    later = _first_step("alone", tmp_path / "shared")
+    assert (shared["loss"], shared["weights"]) == (alone["loss"], alone["weights"])
+    assert later["compiled"] == 0
+    assert (later["loss"], later["weights"]) == (alone["loss"], alone["weights"])

@@ -30,10 +30,11 @@ LARGE_GEMMS = {"batch": 64, "hidden": 4096}
 
 def small_cnn(batch: int = 8, hidden: int = 16):
     """A small CNN on the current backend, and a batch for it: ``(net, x, t)``. Its
-    convolution has more taps (C*KH*KW = 36) than the numba set computes directly, so
-    that it takes the parallel im2col and pooling kernels."""
+    convolution has more taps (C*KH*KW = 100) than the numba set computes directly, and
+    5x5 filters, which Winograd does not take, so that it takes the parallel im2col and
+    pooling kernels."""
     layers = [
-        Convolution(4, 3, pad=1),
+        Convolution(4, 5, pad=2),
         ReLU(),
         MaxPooling(2),
         Affine(hidden),
