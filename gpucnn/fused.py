@@ -264,6 +264,10 @@ class LinearReLU(Step):
     (``conv_bias_relu_maxpool`` and ``conv_maxpool_relu_backward_params``): no column
     matrix, no GEMM rows, no layout changes. Its values equal the GEMM path's to float
     rounding, as that operation says.
+
+    Inference of any other convolution asks for ``conv_bias_relu_maxpool_infer`` with the
+    identity pooling too, as :class:`ConvReluMaxPool`'s inference does: one operation that
+    keeps nothing, in whatever layout and blocks of images the kernel set chooses.
     """
 
     size = 2
@@ -313,6 +317,11 @@ class LinearReLU(Step):
             if train:
                 self._out, self._winograd_x = out, x
             return out
+        if not train and type(linear) is Convolution:  # nothing to keep: one operation, as the direct way's
+            super().clear_cache()
+            linear.check_input(x)
+            args = (x, linear.W, linear.b, linear.stride, linear.pad, *IDENTITY_POOL)
+            return kernels.conv_bias_relu_maxpool_infer(*args)
         if type(linear) is Convolution and linear.winograd():
             super().clear_cache()
             _, oh, ow = linear.output_nhw(x.shape)

@@ -15,7 +15,9 @@ OH, OW   output height and width
 stride   step between two windows, the same along both axes
 pad      zero rows/columns added on every side (pooling: see below)
 
-All image tensors are NCHW and C-contiguous or strided views of such arrays.
+All image tensors are NCHW: C-contiguous arrays or strided views, such as the NCHW view of a
+channels-last array that the NumPy set's inference operations (``*_infer``) answer. A set
+that needs contiguous inputs copies them.
 
 Output size
 -----------

@@ -4,7 +4,8 @@
 windows out as columns. Pooling never builds a full column matrix: it reduces over
 the KH*KW strided tap views, which is a handful of whole-array operations. Python
 loops run over window taps only, never over pixels. Layouts: see
-:mod:`gpucnn.kernels`.
+:mod:`gpucnn.kernels`; the inference operations (``*_infer``) answer NCHW views of
+channels-last arrays, the layout the next convolution reads.
 """
 
 from __future__ import annotations
@@ -22,6 +23,36 @@ def _rows_of_b(v0, v1, v2, v3):
     yield v1 - v2 + v3
     yield v1 + v2 - v0
     yield -v3
+
+
+def _rows_of_g(v0, v1, v2, out):
+    """The rows of G v into out (4, ...): v0, (v0 + v1 + v2) * 0.5, (v0 - v1 + v2) * 0.5, v2."""
+    np.copyto(out[0], v0)
+    np.add(v0, v1, out=out[1])
+    np.add(out[1], v2, out=out[1])
+    np.multiply(out[1], 0.5, out=out[1])
+    np.subtract(v0, v1, out=out[2])
+    np.add(out[2], v2, out=out[2])
+    np.multiply(out[2], 0.5, out=out[2])
+    np.copyto(out[3], v2)
+
+
+# The rows of B^T d in Winograd F(2x2, 3x3)'s input transform, each an operation on two of
+# d's four rows: d0 - d2, d1 + d2, d2 - d1, d1 - d3.
+_ROWS_OF_BT = ((np.subtract, 0, 2), (np.add, 1, 2), (np.subtract, 2, 1), (np.subtract, 1, 3))
+
+
+# (KH, KW, stride, pad) of a 1x1 max pooling at stride 1: the identity, with which a fused
+# step computes a convolution -> ReLU through the convolution -> ReLU -> pooling operations.
+_IDENTITY_POOL = (1, 1, 1, 0)
+
+
+def _phase_span(offset: int, size: int, count: int) -> tuple[int, int, int]:
+    """Cells ``s`` in [0, count) that read source index ``2*s + offset`` of an axis of
+    ``size``: (first, end) of those inside it, and the source index of the first."""
+    first = min(count, max(0, (1 - offset) // 2))
+    end = max(first, min(count, (size - 1 - offset) // 2 + 1))
+    return first, end, 2 * first + offset
 
 
 class NumpyKernels(GenericKernels):
@@ -90,23 +121,59 @@ class NumpyKernels(GenericKernels):
 
     # -- Winograd F(2x2, 3x3) ------------------------------------------------------
     # The generic set's additions in its order, on channels-last arrays: each addition is
-    # one ufunc over all tiles at once, along a contiguous innermost axis (C or FN), its
-    # result written straight into its place in V, the output or dM where it can be.
+    # one ufunc over all tiles at once, along a contiguous innermost axis (C or FN). A ufunc
+    # over every other pixel of an image (runs of only C or FN values between strides) copies
+    # its operands through a buffer first; so the input transform reads a copy of the input
+    # laid out in phases, and the output transform adds over each of a tile's four pixels
+    # apart before one copy interleaves them.
+
+    def _winograd_phases(self, x, pad, th, tw):
+        """x (N, C, H, W) → its padded pixels channels-last in phases, (2, 4, N, TH + 1, TW, C):
+        ``[r, k, n, s, t]`` is padded pixel (2*s + r, 2*t + k) of image n, so that row i and
+        column j of every tile, ``[i % 2, j, :, i // 2 : i // 2 + TH]``, is a whole block of
+        (TH, TW, C) values per image."""
+        n, c, h, w = x.shape
+        pixels = x.transpose(0, 2, 3, 1)  # (N, H, W, C)
+        if not pixels.flags.c_contiguous:  # one transposing copy, then the phases copy runs of C values
+            pixels = np.ascontiguousarray(pixels)
+        rows = [_phase_span(r - pad, h, th + 1) for r in range(2)]
+        cols = [_phase_span(k - pad, w, tw) for k in range(4)]
+        inside = all(s0 == 0 and s1 == th + 1 for s0, s1, _ in rows) and all(t0 == 0 and t1 == tw for t0, t1, _ in cols)
+        phases = (np.empty if inside else np.zeros)((2, 4, n, th + 1, tw, c), dtype=x.dtype)
+        for r, (s0, s1, y0) in enumerate(rows):
+            for k, (t0, t1, x0) in enumerate(cols):
+                if s1 > s0 and t1 > t0:
+                    taken = pixels[:, y0 : y0 + 2 * (s1 - s0) - 1 : 2, x0 : x0 + 2 * (t1 - t0) - 1 : 2]
+                    phases[r, k, :, s0:s1, t0:t1] = taken
+        return phases
+
+    def winograd_filter(self, w):
+        # The generic set's additions in its order (G along ky, then along kx), each over
+        # every filter and channel at once.
+        fn, c = w.shape[0], w.shape[1]
+        taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # (3 ky, 3 kx, C, FN)
+        g_ky = np.empty((4, 3, c, fn), dtype=w.dtype)
+        _rows_of_g(taps[0], taps[1], taps[2], g_ky)
+        u = np.empty((4, 4, c, fn), dtype=w.dtype)
+        for i in range(4):
+            _rows_of_g(g_ky[i, 0], g_ky[i, 1], g_ky[i, 2], u[i])
+        return u.reshape(16, c, fn)
 
     def winograd_input(self, x, pad):
         n, c, h, w = x.shape
         th, tw = winograd_tiles(*output_hw(h, w, 3, 3, 1, pad))
-        padded = np.zeros((n, 2 * th + 2, 2 * tw + 2, c), dtype=x.dtype)
-        padded[:, pad : pad + h, pad : pad + w] = x.transpose(0, 2, 3, 1)
-        d = [padded[:, i : i + 2 * th : 2] for i in range(4)]  # rows 2*ty + i: (N, TH, 2*TW + 2, C)
-        bt_d = [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]  # B^T d along i, every column
+        phases = self._winograd_phases(x, pad, th, tw)
+
+        def tile_rows(i, j):  # row i, column j of every tile: (N, TH, TW, C)
+            return phases[i % 2, j, :, i // 2 : i // 2 + th]
+
+        bt_d = np.empty((4, n, th, tw, c), dtype=x.dtype)  # one row of B^T d, at the four columns j
         v = np.empty((16, n, th, tw, c), dtype=x.dtype)
-        for i in range(4):
-            e = [bt_d[i][:, :, j : j + 2 * tw : 2] for j in range(4)]  # columns 2*tx + j
-            np.subtract(e[0], e[2], out=v[4 * i])
-            np.add(e[1], e[2], out=v[4 * i + 1])
-            np.subtract(e[2], e[1], out=v[4 * i + 2])
-            np.subtract(e[1], e[3], out=v[4 * i + 3])
+        for i, (along_i, a, b) in enumerate(_ROWS_OF_BT):
+            for j in range(4):
+                along_i(tile_rows(a, j), tile_rows(b, j), out=bt_d[j])
+            for j, (along_j, a, b) in enumerate(_ROWS_OF_BT):  # (B^T d) B along j
+                along_j(bt_d[a], bt_d[b], out=v[4 * i + j])
         return v.reshape(16, n * th * tw, c)
 
     def winograd_input_grad(self, dv, x_shape, pad):
@@ -135,18 +202,38 @@ class NumpyKernels(GenericKernels):
             np.negative(c1, out=dm[4 * i + 3])
         return dm.reshape(16, n * th * tw, fn)
 
-    def winograd_output(self, m, n, oh, ow):
-        th, tw = winograd_tiles(oh, ow)
+    @staticmethod
+    def _winograd_pixels(m, n, th, tw, bias=None):
+        """M (16, N*TH*TW, FN) → ``A^T M A`` of each tile, (2, 2, N, TH, TW, FN): ``[a, b]`` is
+        pixel (2*ty + a, 2*tx + b) of every tile; through ``maximum(. + bias, 0)`` when a bias
+        (FN,) is given. The additions run over contiguous arrays; one copy then interleaves
+        the four pixels (an addition into every other pixel would run over FN values at a time)."""
         fn = m.shape[2]
         m = m.reshape(16, n, th, tw, fn)
-        y = np.empty((n, 2 * th, 2 * tw, fn), dtype=m.dtype)
         m0, m1, m2, m3 = m[0:4], m[4:8], m[8:12], m[12:16]
+        pixels = np.empty((2, 2, n, th, tw, fn), dtype=m.dtype)
         for a, at_m in enumerate((m0 + m1 + m2, m1 - m2 - m3)):  # A^T M along i: (4 j, N, TH, TW, FN)
-            even, odd = y[:, a::2, 0::2], y[:, a::2, 1::2]  # pixels (2*ty + a, 2*tx + b)
+            even, odd = pixels[a]
             np.add(at_m[0], at_m[1], out=even)
             np.add(even, at_m[2], out=even)
             np.subtract(at_m[1], at_m[2], out=odd)
             np.subtract(odd, at_m[3], out=odd)
+        if bias is not None:
+            np.add(pixels, bias, out=pixels)
+            np.maximum(pixels, 0, out=pixels)
+        return pixels
+
+    @staticmethod
+    def _channels_last(pixels, out):
+        """The tiles' pixels (2, 2, N, TH, TW, FN) into ``out`` (N, 2*TH, 2*TW, FN)."""
+        _, _, n, th, tw, fn = pixels.shape
+        out.reshape(n, th, 2, tw, 2, fn)[...] = pixels.transpose(2, 3, 0, 4, 1, 5)
+        return out
+
+    def winograd_output(self, m, n, oh, ow):
+        th, tw = winograd_tiles(oh, ow)
+        fn = m.shape[2]
+        y = self._channels_last(self._winograd_pixels(m, n, th, tw), np.empty((n, 2 * th, 2 * tw, fn), dtype=m.dtype))
         if (2 * th, 2 * tw) != (oh, ow):
             y = np.ascontiguousarray(y[:, :oh, :ow])
         return y.reshape(n * oh * ow, fn)
@@ -159,6 +246,18 @@ class NumpyKernels(GenericKernels):
             dy = np.zeros((n, 2 * th, 2 * tw, fn), dtype=drows.dtype)
             dy[:, :oh, :ow] = drows.reshape(n, oh, ow, fn)
         return self._winograd_tile_grads(dy, n, th, tw)
+
+    def winograd_bias_relu(self, m, b, n, oh, ow):
+        # The bias and ReLU over the tiles' pixels, which one copy then lays out in NCHW:
+        # no GEMM rows are made.
+        th, tw = winograd_tiles(oh, ow)
+        pixels = self._winograd_pixels(m, n, th, tw, b)
+        out = np.empty((n, m.shape[2], oh, ow), dtype=m.dtype)
+        for py in range(2):
+            for px in range(2):  # pixels (2*ty + py, 2*tx + px) inside the output
+                rows, cols = (oh - py + 1) // 2, (ow - px + 1) // 2
+                out[:, :, py::2, px::2] = pixels[py, px, :, :rows, :cols].transpose(0, 3, 1, 2)
+        return out
 
     # -- the ReLU's backward -----------------------------------------------------------
 
@@ -223,12 +322,26 @@ class NumpyKernels(GenericKernels):
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2)), np.ascontiguousarray(argmax.transpose(0, 3, 1, 2))
 
     def winograd_bias_relu_maxpool_infer(self, m, b, n, oh, ow):
-        taps = self._winograd_pooled_taps(m, b, n, oh, ow)
-        out = taps[0]
-        for k in range(1, 4):
-            np.maximum(out, taps[k], out=out)
+        # The maximum of the four taps, then the bias (for a finite bias, max(t + b) is
+        # max(t) + b to the bit: see the inference operations below): one pass instead of four.
+        th, tw = winograd_tiles(oh, ow)
+        ph, pw = output_hw(oh, ow, 2, 2, 2, 0)
+        m = m.reshape(16, n, th, tw, m.shape[2])[:, :, :ph, :pw]
+        m0, m1, m2, m3 = m[0:4], m[4:8], m[8:12], m[12:16]
+        out = np.empty(m.shape[1:], dtype=m.dtype)  # (N, PH, PW, FN): the running maximum
+        tap = np.empty_like(out)
+        for a, at_m in enumerate((m0 + m1 + m2, m1 - m2 - m3)):  # A^T M along i, as _winograd_pooled_taps
+            even = out if a == 0 else tap  # tap 2*a, then tap 2*a + 1
+            np.add(at_m[0], at_m[1], out=even)
+            np.add(even, at_m[2], out=even)
+            if a:
+                np.maximum(out, tap, out=out)
+            np.subtract(at_m[1], at_m[2], out=tap)
+            np.subtract(tap, at_m[3], out=tap)
+            np.maximum(out, tap, out=out)
+        np.add(out, b, out=out)
         np.maximum(out, 0, out=out)
-        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        return out.transpose(0, 3, 1, 2)  # nothing is kept: channels-last under the NCHW view
 
     def winograd_maxpool_relu_backward(self, dout, argmax, out, n, oh, ow):
         th, tw = winograd_tiles(oh, ow)
@@ -331,15 +444,91 @@ class NumpyKernels(GenericKernels):
         np.maximum(out, 0, out=out)
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2)), np.ascontiguousarray(argmax.transpose(0, 3, 1, 2))
 
+    # Inference keeps nothing for a backward: the *_infer operations answer the NCHW view of
+    # a channels-last array, which the next convolution reads as it is (no transposing copy
+    # on either side), and pool before they add the bias (float addition is monotonic: for a
+    # finite bias, max(t + b) is max(t) + b to the bit), which then takes one pass over the
+    # pooled output instead of one over the convolution's.
+
+    def _maxpool_bias_relu_infer(self, y, b, kh, kw, stride, pad):
+        """``maximum(maxpool(y) + b, 0)`` of channels-last y (N, OH, OW, FN): (N, FN, PH, PW),
+        a view of a channels-last array."""
+        if (kh, kw, stride, pad) == _IDENTITY_POOL:
+            out = y + b
+        else:
+            n, oh, ow, fn = y.shape
+            ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
+            if pad:
+                y = np.pad(y, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-np.inf)
+            out = np.array(y[(slice(None), *self._tap_slices(0, kw, stride, ph, pw))], order="C")
+            for k in range(1, kh * kw):
+                np.maximum(out, y[(slice(None), *self._tap_slices(k, kw, stride, ph, pw))], out=out)
+            np.add(out, b, out=out)
+        np.maximum(out, 0, out=out)
+        return out.transpose(0, 3, 1, 2)
+
     def bias_relu_maxpool_infer(self, rows, b, n, oh, ow, kh, kw, stride, pad=0):
         check_pool_pad(kh, kw, pad)
-        ph, pw = output_hw(oh, ow, kh, kw, stride, pad)
-        y = self._nhwc(rows + b, n, oh, ow, pad)
-        out = np.array(y[(slice(None), *self._tap_slices(0, kw, stride, ph, pw))], order="C")
-        for k in range(1, kh * kw):
-            np.maximum(out, y[(slice(None), *self._tap_slices(k, kw, stride, ph, pw))], out=out)
-        np.maximum(out, 0, out=out)
-        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        return self._maxpool_bias_relu_infer(rows.reshape(n, oh, ow, rows.shape[1]), b, kh, kw, stride, pad)
+
+    # The most bytes of one block's column matrix and GEMM rows in an inference through
+    # im2col without pooling (a convolution -> ReLU): the block's bias and ReLU then run
+    # over rows still in the caches.
+    infer_block_bytes = 2**20
+
+    def conv_bias_relu_maxpool_infer(self, x, w, b, stride, pad, kh, kw, pool_stride, pool_pad=0):
+        # Through Winograd where the set prefers it (as _conv_rows) and through im2col without
+        # pooling, in blocks of images whose outputs go straight into one channels-last array.
+        fn, c, fh, fw = w.shape
+        pool = (kh, kw, pool_stride, pool_pad)
+        if self.prefers_winograd(c, fn, fh, fw, stride):
+            return self._winograd_infer(x, w, b, pad, pool)
+        if pool == _IDENTITY_POOL:
+            return self._im2col_relu_infer(x, w, b, stride, pad)
+        return super().conv_bias_relu_maxpool_infer(x, w, b, stride, pad, *pool)
+
+    def _im2col_relu_infer(self, x, w, b, stride, pad):
+        """``maximum(conv(x, w) + b, 0)`` through im2col, (N, FN, OH, OW), in blocks of
+        ``infer_block_bytes``."""
+        n = x.shape[0]
+        fn, c, fh, fw = w.shape
+        oh, ow = output_hw(x.shape[2], x.shape[3], fh, fw, stride, pad)
+        w_t = w.reshape(fn, c * fh * fw).T
+        out = np.empty((n, oh, ow, fn), dtype=x.dtype)
+        block = max(1, min(n, self.infer_block_bytes // (oh * ow * (c * fh * fw + fn) * out.itemsize)))
+        for i in range(0, n, block):
+            rows = out[i : i + block].reshape(-1, fn)
+            np.matmul(self.im2col(x[i : i + block, ...], fh, fw, stride, pad), w_t, out=rows)
+            np.add(rows, b, out=rows)
+            np.maximum(rows, 0, out=rows)
+        return out.transpose(0, 3, 1, 2)
+
+    def _winograd_infer(self, x, w, b, pad, pool):
+        """:meth:`conv_bias_relu_maxpool_infer` through Winograd, in blocks of images as a
+        layer's winograd_forward takes them."""
+        kh, kw, _, pool_pad = pool
+        check_pool_pad(kh, kw, pool_pad)
+        n, fn = x.shape[0], w.shape[0]
+        oh, ow = output_hw(x.shape[2], x.shape[3], 3, 3, 1, pad)
+        th, tw = winograd_tiles(oh, ow)
+        u = self.winograd_filter(w)
+        y = np.empty((n, 2 * th, 2 * tw, fn), dtype=x.dtype)  # a last row or column past OH x OW at most
+        block = self._winograd_block_images(n, th * tw * fn * y.itemsize)
+        identity = pool == _IDENTITY_POOL  # then the bias and ReLU block by block
+        for i in range(0, n, block):
+            j = min(i + block, n)
+            m = np.matmul(self.winograd_input(x[i:j, ...], pad), u)
+            self._channels_last(self._winograd_pixels(m, j - i, th, tw, b if identity else None), y[i:j])
+        if identity:
+            return y[:, :oh, :ow].transpose(0, 3, 1, 2)
+        return self._maxpool_bias_relu_infer(y[:, :oh, :ow], b, *pool)
+
+    def _winograd_block_images(self, n: int, tile_bytes: int) -> int:
+        """Images per block of the Winograd passes for N images of ``tile_bytes`` = TH*TW*FN*itemsize:
+        as many as keep a block's products (16, T, FN) within ``winograd_block_bytes``."""
+        if self.winograd_block_bytes is None:
+            return n
+        return max(1, min(n, self.winograd_block_bytes // (16 * tile_bytes)))
 
     def maxpool_relu_backward(self, dout, argmax, out, n, oh, ow, kh, kw, stride, pad=0):
         fn, ph, pw = dout.shape[1], dout.shape[2], dout.shape[3]
