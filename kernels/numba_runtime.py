@@ -92,6 +92,7 @@ import hashlib
 import os
 import select
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -167,7 +168,10 @@ def run_tasks(kernel: Any, tasks: int, *args: Any, blas_calls: bool = False) -> 
     tasks call BLAS, which then runs on one thread (:func:`_serial_blas`). Returns when
     every range has ended, raising a task's exception if one raised."""
     global _task_pool, _task_pool_size, _task_pool_pid
-    threads = 1 if _recording else max(1, min(numba.get_num_threads(), tasks))
+    if _recording:  # a recorder in the kernel's place (see Compiling ahead above)
+        kernel(0, tasks, *args)
+        return
+    threads = max(1, min(numba.get_num_threads(), tasks))
     bounds = [tasks * i // threads for i in range(threads + 1)]
     with _LAUNCH, _serial_blas() if blas_calls else contextlib.nullcontext():
         if threads == 1:
@@ -388,18 +392,18 @@ _AWAIT_SECONDS = 120.0
 @dataclasses.dataclass
 class _Ahead:
     """A compilation shared with a second process (:func:`compile_ahead`): the folder of
-    its lock files, and the lock files this process holds, by key."""
+    its lock files, the lock files this process holds, by key, and the second process's
+    id (in the first process)."""
 
     folder: str
     held: dict[str, int]
+    second: int = 0
 
 
 # The compile-ahead this process takes part in; guarded by Numba's compiler lock.
 _ahead: _Ahead | None = None
-# Set in the second process while it walks the step: run_tasks then runs one range.
+# Set in the second process while it walks the step: run_tasks then calls the recorder once.
 _recording = False
-# Second processes not yet waited for.
-_children: list[int] = []
 
 
 @contextlib.contextmanager
@@ -411,9 +415,9 @@ def compile_ahead(step: Callable[[], Any]) -> Iterator[None]:
     if started is None:
         yield
         return
-    folder, stop = started
+    folder, stop, second = started
     with global_compiler_lock:
-        _ahead = _Ahead(folder, {})
+        _ahead = _Ahead(folder, {}, second)
     try:
         yield
     finally:
@@ -422,14 +426,14 @@ def compile_ahead(step: Callable[[], Any]) -> Iterator[None]:
                 os.close(fd)  # closing a lock file lets it go
             _ahead = None
         os.close(stop)  # the second process stops after the kernel it is compiling
+        _wait_for(second)
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _start_second_process(step: Callable[[], Any]) -> tuple[str, int] | None:
+def _start_second_process(step: Callable[[], Any]) -> tuple[str, int, int] | None:
     """Fork the second process of :func:`compile_ahead`: (the folder of the lock files,
-    the pipe whose closing stops it), or None where it cannot start (another thread is
-    busy, no temporary folder, no memory for a fork)."""
-    _collect_children()
+    the pipe whose closing stops it, its process id), or None where it cannot start
+    (another thread is busy, no temporary folder, no memory for a fork)."""
     try:
         folder = tempfile.mkdtemp(prefix="gpucnn-compile-")
     except OSError:
@@ -455,8 +459,7 @@ def _start_second_process(step: Callable[[], Any]) -> tuple[str, int] | None:
     if pid is None:
         shutil.rmtree(folder, ignore_errors=True)
         return None
-    _children.append(pid)
-    return folder, stop_write
+    return folder, stop_write, pid
 
 
 def _can_compile_ahead() -> bool:
@@ -613,15 +616,19 @@ def _release_compilation(key: str) -> None:
         os.close(fd)
 
 
-def _collect_children() -> None:
-    """Collect the second processes that have ended (no zombies are left behind)."""
-    for pid in list(_children):
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = pid
-        if done:
-            _children.remove(pid)
+def _wait_for(second: int) -> None:
+    """Wait until the second process has ended, once told to stop: it ends within the
+    kernel it is compiling (usually it has already), and its time then counts as the
+    process's own (``RUSAGE_CHILDREN``) rather than another's. One that hangs is killed
+    after ``_AWAIT_SECONDS``."""
+    deadline = time.monotonic() + _AWAIT_SECONDS
+    with contextlib.suppress(ChildProcessError):  # already waited for
+        while not os.waitpid(second, os.WNOHANG)[0]:
+            if time.monotonic() >= deadline:
+                os.kill(second, signal.SIGKILL)
+                os.waitpid(second, 0)
+                return
+            time.sleep(0.005)
 
 
 # -- threads --------------------------------------------------------------------------

@@ -331,8 +331,7 @@ with gpucnn.use_backend("numba"):
     with event.install_recorder("numba:compile") as compiled:
         if mode == "second":
             with model.backend.compile_ahead(lambda: model.train_step(x, t)):
-                second = numba_runtime._children[-1]
-                os.waitpid(second, 0)
+                os.waitpid(numba_runtime._ahead.second, 0)
                 loss, _ = model.train_step(x, t)
         else:
             loss, _ = model.train_step(x, t)
