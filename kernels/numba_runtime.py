@@ -30,21 +30,24 @@ Compiling ahead
 ---------------
 A cold first training step compiles each kernel it calls when it first calls it, one
 after another: Numba compiles one function at a time in a process. :func:`compile_ahead`
-(``Backend.compile_ahead``, which ``Sequential.train_step`` uses for a model's first step
-on the backend) shares that work with a second process. Forked as the step starts, it
-walks the step once with every kernel replaced by a recorder that runs nothing (what
-the step computes from the unwritten outputs is thrown away with the process), then
-compiles the kernels it recorded from the last to the first, into the cache, while the
-first process runs the step from its first kernel. A lock file per kernel and signature,
-in a folder the two share for the step, keeps each compilation to one process: a process
-that needs a kernel the other is compiling waits for it, then loads it from the cache;
-and a kernel's cache index is written under a lock of its own (:func:`_locked`). The
-values are those of the step run alone: the second process hands over nothing but cache
-entries, and stops after the kernel it is compiling once the step has ended.
+(``Backend.compile_ahead``, which ``Sequential.train_step`` and ``gradient`` use for a
+model's first training computation on the backend) shares that work with a second
+process. Forked as the step starts, it walks the step once with every kernel replaced by
+a recorder that runs nothing (what the step computes from the unwritten outputs is thrown
+away with the process), then compiles the kernels it recorded from the last to the first,
+into the cache, while the first process runs the step from its first kernel. A lock file
+per kernel and signature, in a folder the two share for the step, keeps each compilation
+to one process: a process that needs a kernel the other is compiling waits for it, then
+loads it from the cache; and a kernel's cache index is written under a lock of its own
+(:func:`_locked`). The values are those of the step run alone: the second process hands
+over nothing but cache entries. When the step ends, every kernel it called is compiled,
+and the first process ends the second (:func:`_end`).
 
-It is done with the cache, fork() and at least two usable cores, outside MPI jobs
-(forking an MPI process is unsafe on some networks), and unless ``GPUCNN_COMPILE_AHEAD=0``;
-elsewhere the step compiles alone, as before. The measurements:
+It is done on Linux with the cache and at least two usable cores, when no other thread
+could be inside BLAS or the compiler as the process forks, outside MPI jobs (forking an MPI
+process is unsafe on some networks), and unless ``GPUCNN_COMPILE_AHEAD=0``; elsewhere the
+step compiles alone, as before. The second process takes the first place for the
+out-of-memory killer, and resets the user's signal handlers. The measurements:
 ``benchmarks/results/numba_notes.md``.
 
 Threads
@@ -90,7 +93,6 @@ import dataclasses
 import functools
 import hashlib
 import os
-import select
 import shutil
 import signal
 import sys
@@ -104,7 +106,7 @@ from typing import Any, NoReturn
 
 import numba
 import numpy as np
-from numba.core import event, sigutils
+from numba.core import entrypoints, event, sigutils
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
 from numba.core.compiler_lock import global_compiler_lock
 
@@ -331,6 +333,10 @@ class _KernelCache(FunctionCache):
         except OSError as exc:
             warnings.warn(f"gpucnn cannot read its Numba cache ({exc})", RuntimeWarning, stacklevel=2)
             cres = None
+        except BaseException:  # no compilation follows to let the lock file go
+            if key is not None:
+                _release_compilation(key)
+            raise
         if cres is not None and key is not None:
             _release_compilation(key)
         return cres
@@ -366,7 +372,8 @@ def _locked(path: str) -> Iterator[None]:
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # a file system without flock: write as Numba does alone
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
@@ -411,78 +418,89 @@ def compile_ahead(step: Callable[[], Any]) -> Iterator[None]:
     """Share the compilation of ``step``'s kernels with a second process while the block
     runs ``step`` (see Compiling ahead above). Does nothing where it cannot be done."""
     global _ahead
-    started = _start_second_process(step) if _can_compile_ahead() else None
-    if started is None:
+    if not (_can_compile_ahead() and _only_quiet_threads()):
         yield
         return
-    folder, stop, second = started
-    with global_compiler_lock:
-        _ahead = _Ahead(folder, {}, second)
-    try:
-        yield
-    finally:
-        with global_compiler_lock:
-            for fd in _ahead.held.values():
-                os.close(fd)  # closing a lock file lets it go
-            _ahead = None
-        os.close(stop)  # the second process stops after the kernel it is compiling
-        _wait_for(second)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _start_second_process(step: Callable[[], Any]) -> tuple[str, int, int] | None:
-    """Fork the second process of :func:`compile_ahead`: (the folder of the lock files,
-    the pipe whose closing stops it, its process id), or None where it cannot start
-    (another thread is busy, no temporary folder, no memory for a fork)."""
     try:
         folder = tempfile.mkdtemp(prefix="gpucnn-compile-")
     except OSError:
-        return None
-    pid = stop_read = stop_write = None
+        yield
+        return
+    second = stop = None
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # no KeyboardInterrupt in between
+    try:
+        second, stop = _fork_second_process(step, folder)
+        if second is not None:
+            with global_compiler_lock:
+                _ahead = _Ahead(folder, {}, second)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        try:
+            if second is not None:
+                with global_compiler_lock:
+                    for key in list(_ahead.held):
+                        _release_compilation(key)
+                    _ahead = None
+                os.close(stop)
+                _end(second)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _fork_second_process(step: Callable[[], Any], folder: str) -> tuple[int | None, int | None]:
+    """Fork the second process of :func:`compile_ahead`: (its process id, the pipe whose
+    closing stops it), or (None, None) where it cannot start (another thread became busy,
+    no memory for a fork). Called with SIGINT blocked."""
     try:
         stop_read, stop_write = os.pipe()
-        # No other thread is inside Numba's compiler or a task launch while the process
-        # forks, so that the second process finds neither lock held, and any other thread
-        # is one that cannot be inside BLAS either (Python 3.12 warns of any fork with threads).
-        with global_compiler_lock, _LAUNCH, warnings.catch_warnings():
+    except OSError:
+        return None, None
+    pid = None
+    try:
+        # No other thread is inside a task launch or Numba's compiler while the process
+        # forks (the two locks, in run_tasks's order), so that the second process finds
+        # neither held, and any other thread is one that cannot be inside BLAS either
+        # (Python 3.12 warns of any fork with threads).
+        with _LAUNCH, global_compiler_lock, warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             if _only_quiet_threads():
                 pid = os.fork()
+                if pid == 0:
+                    os.close(stop_write)
+                    _second_process(step, folder, stop_read)  # does not return
     except OSError:
         pass
-    if pid == 0:
-        os.close(stop_write)
-        _second_process(step, folder, stop_read)
-    for fd in (stop_read, stop_write) if pid is None else (stop_read,):
-        if fd is not None:
-            os.close(fd)
+    os.close(stop_read)
     if pid is None:
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
-    return folder, stop_write, pid
+        os.close(stop_write)
+        return None, None
+    return pid, stop_write
 
 
 def _can_compile_ahead() -> bool:
-    """Whether :func:`compile_ahead` shares the work: with the kernel cache (the second
-    process hands kernels over through it), fork(), two usable cores, outside an MPI job
-    (forking an MPI process is unsafe on some networks) and unless ``GPUCNN_COMPILE_AHEAD=0``."""
+    """Whether :func:`compile_ahead` may share the work: on Linux (a fork without exec is
+    unsafe on macOS, and Windows has none), with the kernel cache (the second process hands
+    kernels over through it), two usable cores, outside an MPI job (forking an MPI process
+    is unsafe on some networks) and unless ``GPUCNN_COMPILE_AHEAD=0``."""
     return (
         _ahead is None
-        and _cache_folder is not None
+        and sys.platform.startswith("linux")
         and fcntl is not None
-        and hasattr(os, "fork")
-        and len(os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)) >= 2
+        and _cache_folder is not None
+        and len(os.sched_getaffinity(0)) >= 2
         and "mpi4py.MPI" not in sys.modules
         and os.environ.get("GPUCNN_COMPILE_AHEAD", "1") != "0"
     )
 
 
 def _only_quiet_threads() -> bool:
-    """Whether every Python thread but this one is known to stay out of BLAS and of the
-    locks the second process takes while the process forks: gpucnn's task threads (idle
-    while the launch lock is held) and tqdm's monitor (asleep between its looks at the
-    progress bars). A fork while another thread is in OpenBLAS can hang in OpenBLAS's own
-    fork handler; with any other thread there is no second process."""
+    """Whether every Python thread but this one is known to stay out of BLAS, Numba's
+    compiler and the locks the second process takes while the process forks: gpucnn's task
+    threads (idle while the launch lock is held) and tqdm's monitor (asleep between its
+    looks at the progress bars). A fork while another thread is in OpenBLAS can hang in
+    OpenBLAS's own fork handler; with any other thread there is no second process."""
     this = threading.current_thread()
     return all(
         thread is this or thread.name.startswith("gpucnn-task") or type(thread).__name__ == "TMonitor"
@@ -494,24 +512,34 @@ def _second_process(step: Callable[[], Any], folder: str, stop: int) -> NoReturn
     """The second process of :func:`compile_ahead`: walks ``step`` to learn its kernels
     and their argument types, then compiles them last to first into the cache, each one
     that neither the cache nor the first process has, until ``stop`` is closed. Ends the
-    process; writes nothing but cache entries (its output goes to /dev/null)."""
+    process; writes nothing but cache entries (its output goes to /dev/null), and the
+    user's signal handlers do not run in it (a Ctrl-C ends it)."""
     global _ahead
     try:
+        for number in signal.valid_signals():
+            if callable(signal.getsignal(number)):
+                signal.signal(number, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by compile_ahead
         quiet = os.open(os.devnull, os.O_WRONLY)
         os.dup2(quiet, 1)
         os.dup2(quiet, 2)
+        warnings.simplefilter("ignore")
+        with contextlib.suppress(OSError):  # the first to go if memory runs out
+            Path("/proc/self/oom_score_adj").write_text("1000")
+        os.set_blocking(stop, False)
         _ahead = _Ahead(folder, {})
-        for kernel, args in reversed(_record(step)):
-            if select.select([stop], [], [], 0)[0]:  # the step has ended, or the first process
+        calls = _record(step)
+        entrypoints.init_all()  # what Numba does before a compilation from a call
+        for kernel, sig in reversed(calls):
+            if _stopped(stop):
                 break
-            sig = tuple(kernel.typeof_pyval(a) for a in args)
             if sig in kernel.overloads or kernel._cache.has_entry(sig, kernel.targetctx):
                 continue
             key = _claim_compilation(kernel.py_func, sig, wait=False)
             if key is None:  # the first process is compiling it
                 continue
             try:
-                kernel._compile_for_args(*args)  # compiles and saves; runs nothing
+                kernel.compile(sig)  # compiles and saves; runs nothing
             except Exception:  # the first process meets the same error when it compiles
                 pass
             finally:
@@ -520,33 +548,51 @@ def _second_process(step: Callable[[], Any], folder: str, stop: int) -> NoReturn
         os._exit(0)
 
 
+def _stopped(stop: int) -> bool:
+    """Whether the first process has closed ``stop`` (ended its step, or died)."""
+    try:
+        return os.read(stop, 1) == b""
+    except BlockingIOError:
+        return False
+
+
+def _end(second: int) -> None:
+    """End the second process once the step has ended, and wait for it: every kernel the
+    step called is compiled by then, so what it is still doing (a walk the step did not
+    wait for, a kernel the step never called) is of no use. Killed at once, it may leave a
+    temporary file of a cache entry it was writing, never a half-written entry (Numba writes
+    each through a temporary file and a rename); its CPU time counts as the process's own
+    (``RUSAGE_CHILDREN``)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(second, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(second, 0)
+
+
 def _record(step: Callable[[], Any]) -> list[tuple[Any, tuple]]:
-    """Run ``step`` with every kernel replaced by a recorder: (kernel, arguments) of each
-    first call with new argument types, in call order. The kernels run nothing, so their
+    """Run ``step`` with every kernel replaced by a recorder: (kernel, argument types) of
+    each first call with new types, in call order. The kernels run nothing, so their
     outputs hold whatever the allocator gave; the step runs on to its end or to an error
     that garbage causes, and what it computes is thrown away with the process."""
     global _recording
     calls: list[tuple[Any, tuple]] = []
-    seen: set[tuple[int, tuple]] = set()
 
     def recorder(kernel: Any) -> Callable[..., None]:
         def record(*args: Any) -> None:
             sig = tuple(kernel.typeof_pyval(a) for a in args)
-            if (id(kernel), sig) not in seen:
-                seen.add((id(kernel), sig))
-                calls.append((kernel, args))
+            if (kernel, sig) not in calls:
+                calls.append((kernel, sig))
 
         return record
 
     replaced = []
     for kernel in _KERNELS:
-        module, name = sys.modules[kernel.py_func.__module__], kernel.py_func.__name__
+        module, name = sys.modules.get(kernel.py_func.__module__), kernel.py_func.__name__
         if getattr(module, name, None) is kernel:
             setattr(module, name, recorder(kernel))
             replaced.append((module, name, kernel))
     _recording = True
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with np.errstate(all="ignore"):
         try:
             step()
         except Exception:  # garbage values broke the walk: compile what it reached
@@ -576,7 +622,7 @@ class _FailedCompilations(event.Listener):
 
     def on_end(self, ev: event.Event) -> None:
         # The exception the event carries (Numba's Event.is_failed answers the opposite).
-        if _ahead is not None and ev._exc_details is not None:
+        if _ahead is not None and getattr(ev, "_exc_details", None) is not None:
             _release_compilation(_compilation_key(ev.data["dispatcher"].py_func, ev.data["args"]))
 
 
@@ -596,39 +642,31 @@ def _claim_compilation(py_func: Callable, sig: Any, wait: bool = True) -> str | 
     except OSError:
         return None
     deadline = time.monotonic() + _AWAIT_SECONDS
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if wait and time.monotonic() < deadline:
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait or time.monotonic() >= deadline:
+                    raise
                 time.sleep(0.005)
-                continue
-            os.close(fd)
+    except BaseException as exc:  # held elsewhere, no flock on this file system, or interrupted
+        os.close(fd)
+        if isinstance(exc, OSError):
             return None
-        _ahead.held[key] = fd
-        return key
+        raise
+    _ahead.held[key] = fd
+    return key
 
 
 def _release_compilation(key: str) -> None:
     """Let go of a lock file this process holds (none: nothing to do)."""
     fd = _ahead.held.pop(key, None)
     if fd is not None:
+        with contextlib.suppress(OSError):  # unlocked before closed: a fork may hold a copy
+            fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-def _wait_for(second: int) -> None:
-    """Wait until the second process has ended, once told to stop: it ends within the
-    kernel it is compiling (usually it has already), and its time then counts as the
-    process's own (``RUSAGE_CHILDREN``) rather than another's. One that hangs is killed
-    after ``_AWAIT_SECONDS``."""
-    deadline = time.monotonic() + _AWAIT_SECONDS
-    with contextlib.suppress(ChildProcessError):  # already waited for
-        while not os.waitpid(second, os.WNOHANG)[0]:
-            if time.monotonic() >= deadline:
-                os.kill(second, signal.SIGKILL)
-                os.waitpid(second, 0)
-                return
-            time.sleep(0.005)
 
 
 # -- threads --------------------------------------------------------------------------
