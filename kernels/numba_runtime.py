@@ -80,6 +80,10 @@ measurements: ``benchmarks/results/numba_notes.md``):
   user is left as it is, and so is BLAS's thread count (``OPENBLAS_NUM_THREADS``,
   threadpoolctl), since the GEMMs need every core more than the kernels do.
 
+Handing a range to another Python thread costs a wake-up and the GIL (tens of
+microseconds on a small VM), so a launch over less than :data:`parallel_min_bytes` of
+arrays runs on the calling thread: the same bytes, as its tasks write apart.
+
 Task launches are serialised by a lock (:func:`run_tasks`): the task threads are shared,
 and a launch whose tasks call BLAS changes process-wide BLAS thread counts while it runs.
 """
@@ -155,6 +159,10 @@ tjit = compiled(fastmath=False, nogil=True)
 
 # One run_tasks at a time (see Threads above).
 _LAUNCH = threading.Lock()
+# A launch whose array arguments take fewer bytes than this runs on the calling thread:
+# waking another thread for its range costs more than that thread would save (see Threads
+# above). 0 sends every launch of more than one task to the threads.
+parallel_min_bytes = 2**20
 # run_tasks's threads besides the caller's, how many there are, and the process that
 # started them (a forked child has none of its parent's threads and starts its own).
 _task_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -164,9 +172,10 @@ _task_pool_pid = 0
 
 def run_tasks(kernel: Any, tasks: int, *args: Any, blas_calls: bool = False) -> None:
     """Run a task kernel (:data:`tjit`) over tasks ``0 .. tasks - 1``, one contiguous range
-    per thread, on Numba's thread count, the calling thread taking the first range; one
-    caller at a time. The ranges depend on the thread count only, and a kernel whose
-    tasks write apart gives the same bytes on any number of threads. ``blas_calls``: the
+    per thread, on Numba's thread count (on the calling thread alone when the array
+    arguments take fewer than :data:`parallel_min_bytes`), the calling thread taking the
+    first range; one caller at a time. The ranges depend on the thread count only, and a
+    kernel whose tasks write apart gives the same bytes on any number of threads. ``blas_calls``: the
     tasks call BLAS, which then runs on one thread (:func:`_serial_blas`). Returns when
     every range has ended, raising a task's exception if one raised."""
     global _task_pool, _task_pool_size, _task_pool_pid
@@ -174,6 +183,8 @@ def run_tasks(kernel: Any, tasks: int, *args: Any, blas_calls: bool = False) -> 
         kernel(0, tasks, *args)
         return
     threads = max(1, min(numba.get_num_threads(), tasks))
+    if threads > 1 and sum(a.nbytes for a in args if isinstance(a, np.ndarray)) < parallel_min_bytes:
+        threads = 1
     bounds = [tasks * i // threads for i in range(threads + 1)]
     with _LAUNCH, _serial_blas() if blas_calls else contextlib.nullcontext():
         if threads == 1:

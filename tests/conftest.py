@@ -77,14 +77,19 @@ def rng() -> np.random.Generator:
 
 def results_on_threads(counts, compute) -> list:
     """``compute()`` with Numba on each thread count of ``counts`` in turn (at most
-    ``NUMBA_NUM_THREADS``), its results in that order; the thread count is put back after."""
+    ``NUMBA_NUM_THREADS``), small launches included (``parallel_min_bytes`` 0), its results
+    in that order; the thread count and the threshold are put back after."""
     numba = pytest.importorskip("numba", reason="the numba kernel set needs Numba")
-    threads = numba.get_num_threads()
+    from gpucnn.kernels import numba_runtime
+
+    threads, min_bytes = numba.get_num_threads(), numba_runtime.parallel_min_bytes
     results = []
     try:
+        numba_runtime.parallel_min_bytes = 0
         for count in counts:
             numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
             results.append(compute())
     finally:
         numba.set_num_threads(threads)
+        numba_runtime.parallel_min_bytes = min_bytes
     return results

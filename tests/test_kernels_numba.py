@@ -70,14 +70,43 @@ def test_convolutions_the_numba_set_does_not_compute_directly_take_the_gemm(stri
         EQUAL(got, want)
 
 
-def test_parallel_kernels_can_be_called_from_several_threads():
+def test_parallel_kernels_can_be_called_from_several_threads(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
+
+    from gpucnn.kernels import numba_runtime
+
+    monkeypatch.setattr(numba_runtime, "parallel_min_bytes", 0)  # every launch on the task threads
 
     x = np.random.default_rng(3).standard_normal((4, 3, 16, 16)).astype(np.float32)
     want = NP.im2col(x, 3, 3, 1, 1)
     with ThreadPoolExecutor(4) as pool:
         for col in pool.map(lambda _: NB.im2col(x, 3, 3, 1, 1), range(16)):
             EQUAL(col, want)
+
+
+# A fresh process's first task launches: bias_relu over 4096 x 16 values (its loops, not the
+# NumPy pass below elementwise_min_elements; 512 KiB in and out), then over more than
+# parallel_min_bytes; whether the task threads exist after each.
+_SMALL_THEN_LARGE_LAUNCH = """
+import json
+import numba
+import numpy as np
+import gpucnn
+from gpucnn.kernels import numba_runtime
+kernels = gpucnn.get_backend("numba").kernels
+pools = []
+for rows in (4096, 2 * numba_runtime.parallel_min_bytes // 64):
+    kernels.bias_relu(np.ones((rows, 16), dtype=np.float32), np.zeros(16, dtype=np.float32))
+    pools.append(numba_runtime._task_pool is not None)
+print(json.dumps({"pools": pools, "threads": numba.get_num_threads()}))
+"""
+
+
+def test_a_launch_over_few_bytes_runs_on_the_calling_thread_alone():
+    run = _run(_SMALL_THEN_LARGE_LAUNCH, env={"NUMBA_NUM_THREADS": "2"})
+    if run["threads"] < 2:
+        pytest.skip("one Numba thread: every launch runs on the calling thread")
+    assert run["pools"] == [False, True]
 
 
 # -- process settings (numba_runtime), each in a fresh process ----------------------------
@@ -288,12 +317,16 @@ def _im2col_in_this_process(x):
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # the fork is the point
-def test_a_forked_child_runs_task_kernels_on_threads_of_its_own():
+def test_a_forked_child_runs_task_kernels_on_threads_of_its_own(monkeypatch):
     """The task threads do not survive a fork: a child that the parent forked after using
     them starts its own instead of queueing work for threads that do not exist there."""
     import multiprocessing
 
     import numba
+
+    from gpucnn.kernels import numba_runtime
+
+    monkeypatch.setattr(numba_runtime, "parallel_min_bytes", 0)  # the small launch on the task threads
 
     if numba.get_num_threads() < 2:
         pytest.skip("one Numba thread: task kernels run on the calling thread alone")
