@@ -26,6 +26,7 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+from .kernels import IDENTITY_POOL
 from .layers import (
     ARGMAX_BYTES,
     Affine,
@@ -242,11 +243,6 @@ class ConvReluMaxPool(Step):
         )
 
 
-# A max pooling over 1x1 windows at stride 1 (KH, KW, stride, pad): the identity, so that the
-# fused convolution → ReLU → pooling operations compute a convolution → ReLU.
-IDENTITY_POOL = (1, 1, 1, 0)
-
-
 class LinearReLU(Step):
     """Affine → ReLU or Convolution → ReLU run as one step: the bias and the ReLU in one
     pass over the GEMM output (the kernel operation ``bias_relu``).
@@ -301,7 +297,11 @@ class LinearReLU(Step):
     def forward(self, x, train=True):
         linear = self.linear
         kernels = linear.backend.kernels
-        if self._direct():
+        direct = self._direct()
+        conv = type(linear) is Convolution
+        if direct or (conv and not train and not linear.winograd_whole()):
+            # the direct way, or any inference that is not the whole-layer Winograd one:
+            # one operation that keeps nothing
             super().clear_cache()
             linear.check_input(x)
             args = (x, linear.W, linear.b, linear.stride, linear.pad, *IDENTITY_POOL)
@@ -310,18 +310,13 @@ class LinearReLU(Step):
             self._x = x
             self._out, self._argmax = kernels.conv_bias_relu_maxpool(*args)
             return self._out
-        if type(linear) is Convolution and linear.winograd_whole():
+        if conv and linear.winograd_whole():
             super().clear_cache()
             linear.check_input(x)
             out = kernels.winograd_conv_bias_relu(x, linear.W, linear.b, linear.pad)
             if train:
                 self._out, self._winograd_x = out, x
             return out
-        if not train and type(linear) is Convolution:  # nothing to keep: one operation, as the direct way's
-            super().clear_cache()
-            linear.check_input(x)
-            args = (x, linear.W, linear.b, linear.stride, linear.pad, *IDENTITY_POOL)
-            return kernels.conv_bias_relu_maxpool_infer(*args)
         if type(linear) is Convolution and linear.winograd():
             super().clear_cache()
             _, oh, ow = linear.output_nhw(x.shape)

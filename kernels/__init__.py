@@ -226,6 +226,7 @@ from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "KERNEL_OPERATIONS",
+    "IDENTITY_POOL",
     "KernelSet",
     "conv_output_size",
     "check_pool_pad",
@@ -522,6 +523,11 @@ def output_hw(h: int, w: int, kh: int, kw: int, stride: int = 1, pad: int = 0) -
 def winograd_tiles(oh: int, ow: int) -> tuple[int, int]:
     """(TH, TW): the 2x2 output tiles of Winograd F(2x2, 3x3) that cover an OH x OW output."""
     return (oh + 1) // 2, (ow + 1) // 2
+
+
+# A max pooling over 1x1 windows at stride 1 (KH, KW, stride, pad): the identity, so that the
+# fused convolution -> ReLU -> pooling operations compute a convolution -> ReLU.
+IDENTITY_POOL = (1, 1, 1, 0)
 
 
 def check_pool_pad(kh: int, kw: int, pad: int) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import check_pool_pad, output_hw, winograd_tiles
+from . import IDENTITY_POOL, check_pool_pad, output_hw, winograd_tiles
 from .generic import GenericKernels
 
 
@@ -40,11 +40,6 @@ def _rows_of_g(v0, v1, v2, out):
 # The rows of B^T d in Winograd F(2x2, 3x3)'s input transform, each an operation on two of
 # d's four rows: d0 - d2, d1 + d2, d2 - d1, d1 - d3.
 _ROWS_OF_BT = ((np.subtract, 0, 2), (np.add, 1, 2), (np.subtract, 2, 1), (np.subtract, 1, 3))
-
-
-# (KH, KW, stride, pad) of a 1x1 max pooling at stride 1: the identity, with which a fused
-# step computes a convolution -> ReLU through the convolution -> ReLU -> pooling operations.
-_IDENTITY_POOL = (1, 1, 1, 0)
 
 
 def _phase_span(offset: int, size: int, count: int) -> tuple[int, int, int]:
@@ -453,7 +448,7 @@ class NumpyKernels(GenericKernels):
     def _maxpool_bias_relu_infer(self, y, b, kh, kw, stride, pad):
         """``maximum(maxpool(y) + b, 0)`` of channels-last y (N, OH, OW, FN): (N, FN, PH, PW),
         a view of a channels-last array."""
-        if (kh, kw, stride, pad) == _IDENTITY_POOL:
+        if (kh, kw, stride, pad) == IDENTITY_POOL:
             out = y + b
         else:
             n, oh, ow, fn = y.shape
@@ -483,7 +478,7 @@ class NumpyKernels(GenericKernels):
         pool = (kh, kw, pool_stride, pool_pad)
         if self.prefers_winograd(c, fn, fh, fw, stride):
             return self._winograd_infer(x, w, b, pad, pool)
-        if pool == _IDENTITY_POOL:
+        if pool == IDENTITY_POOL:
             return self._im2col_relu_infer(x, w, b, stride, pad)
         return super().conv_bias_relu_maxpool_infer(x, w, b, stride, pad, *pool)
 
@@ -514,7 +509,7 @@ class NumpyKernels(GenericKernels):
         u = self.winograd_filter(w)
         y = np.empty((n, 2 * th, 2 * tw, fn), dtype=x.dtype)  # a last row or column past OH x OW at most
         block = self._winograd_block_images(n, th * tw * fn * y.itemsize)
-        identity = pool == _IDENTITY_POOL  # then the bias and ReLU block by block
+        identity = pool == IDENTITY_POOL  # then the bias and ReLU block by block
         for i in range(0, n, block):
             j = min(i + block, n)
             m = np.matmul(self.winograd_input(x[i:j, ...], pad), u)
