@@ -658,7 +658,6 @@ class Convolution(_GemmLayer):
     def backward_rows(self, drows):
         xp, kernels = self.xp, self.backend.kernels
         fn, c, fh, fw = self.W.shape
-        w2 = xp.reshape(self.W, (fn, c * fh * fw))
         self.grads["b"] = kernels.bias_grad(drows)
         if self._v is not None:
             n, oh, ow = self._rows_shape
@@ -666,20 +665,20 @@ class Convolution(_GemmLayer):
                 lambda i, j: kernels.winograd_output_grad(drows[i * oh * ow : j * oh * ow, :], j - i, oh, ow)
             )
         if self._x is None:  # the whole batch's columns
-            self.grads["W"] = xp.reshape(xp.matrix_transpose(drows) @ self._col, (fn, c, fh, fw))
+            self.grads["W"] = xp.reshape(kernels.weight_grad(drows, self._col), (fn, c, fh, fw))
             if not self.needs_input_grad:
                 return None
-            return kernels.col2im(drows @ w2, self._x_shape, fh, fw, self.stride, self.pad)
+            return kernels.conv_input_grad(drows, self.W, self._x_shape, self.stride, self.pad)
         n, _, h, w = self._x_shape
         dx = xp.empty(self._x_shape, dtype=drows.dtype) if self.needs_input_grad else None
         dw = None
         for i, j, r0, r1 in self._blocks(n, self.block_images(n, xp.finfo(drows.dtype).bits // 8)):
             block_rows = drows[r0:r1, :]
             col = kernels.im2col(self._x[i:j, ...], fh, fw, self.stride, self.pad)
-            part = xp.matrix_transpose(block_rows) @ col
+            part = kernels.weight_grad(block_rows, col)
             dw = part if dw is None else dw + part
             if dx is not None:
-                dx[i:j, ...] = kernels.col2im(block_rows @ w2, (j - i, c, h, w), fh, fw, self.stride, self.pad)
+                dx[i:j, ...] = kernels.conv_input_grad(block_rows, self.W, (j - i, c, h, w), self.stride, self.pad)
         self.grads["W"] = xp.reshape(dw, (fn, c, fh, fw))
         return dx
 

@@ -33,10 +33,16 @@ The interface
     holds the window whose top-left corner is input pixel
     ``(oh*stride - pad, ow*stride - pad)``; column ``(c*KH + ky)*KW + kx`` holds
     ``x[n, c, oh*stride - pad + ky, ow*stride - pad + kx]``, zero outside the image.
-    Equivalently: the (N, OH, OW, C, KH, KW) array, C-order, reshaped to 2-D.
+    Equivalently: the (N, OH, OW, C, KH, KW) array, C-order, reshaped to 2-D. Those are
+    its values; its memory order is the set's (the NumPy set returns a transposed view).
 ``col2im(col, x_shape, kh, kw, stride, pad) -> dx``
     The adjoint of ``im2col``: every column entry is added to the pixel it was read
     from; entries that fall in the padding are dropped. ``dx`` has ``x_shape``.
+``conv_input_grad(drows, w, x_shape, stride, pad) -> dx``
+    The input gradient of a convolution through im2col and a GEMM: ``col2im(drows @ W2,
+    x_shape, FH, FW, stride, pad)`` of its rows' gradient (N*OH*OW, FN) and its weights w
+    (FN, C, FH, FW), ``W2`` their (FN, C*FH*FW) matrix; a set may lay the product out as
+    its own ``col2im`` reads it best.
 ``maxpool_forward(x, kh, kw, stride, pad) -> (out, argmax)``
     ``out`` (N, C, OH, OW) is the window maximum; ``argmax`` (same shape, int32) is the
     window-local index ``ky*KW + kx`` of the first maximum in row-major order. Pad cells
@@ -184,6 +190,9 @@ output; ``T = N*TH*TW`` tiles in (n, ty, tx) order; index ``4*i + j`` is entry (
     to each score inside the kernel, ``db`` column sums in row order in the second pass).
 ``bias_grad(drows) -> db``
     The gradient of a bias added to every row: the column sums of (M, F) → (F,).
+``weight_grad(drows, col) -> dw``
+    The gradient of a GEMM's weights, ``drows^T @ col``: the rows' gradient (M, FN) and
+    the column matrix (M, K) that ``im2col`` made → (FN, K), C-order.
 ``rows_to_nchw(y, n, oh, ow) -> out``  and  ``nchw_to_rows(dout) -> rows``
     The layout changes between a GEMM's (N*OH*OW, FN) rows and NCHW.
 ``sgd_update``, ``momentum_update``, ``adagrad_update``, ``rmsprop_update``,
@@ -432,6 +441,14 @@ class KernelSet(Protocol):
 
     def bias_grad(self, drows: Array) -> Array:
         """Column sums: drows (M, F) → (F,)."""
+
+    def conv_input_grad(
+        self, drows: Array, w: Array, x_shape: tuple[int, int, int, int], stride: int, pad: int
+    ) -> Array:
+        """``col2im(drows @ reshape(w, (FN, C*FH*FW)), x_shape, FH, FW, stride, pad)``."""
+
+    def weight_grad(self, drows: Array, col: Array) -> Array:
+        """``drows^T @ col``: drows (M, FN) and a column matrix (M, K) → (FN, K), C-order."""
 
     def rows_to_nchw(self, y: Array, n: int, oh: int, ow: int) -> Array:
         """GEMM rows (N*OH*OW, FN) → (N, FN, OH, OW)."""

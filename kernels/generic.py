@@ -118,6 +118,12 @@ class GenericKernels:
         parts = [col6[ky, kx, ...] for ky in range(kh) for kx in range(kw)]
         return self._scatter_taps(parts, x_shape, kh, kw, stride, pad, col.dtype, _device(col))
 
+    def conv_input_grad(self, drows: Array, w: Array, x_shape, stride: int, pad: int) -> Array:
+        """The input gradient of an im2col convolution: col2im of ``drows @ W2``, W2 = w as
+        an (FN, C*FH*FW) matrix."""
+        fn, c, fh, fw = w.shape
+        return self.col2im(drows @ self.xp.reshape(w, (fn, c * fh * fw)), x_shape, fh, fw, stride, pad)
+
     # -- Winograd F(2x2, 3x3) ---------------------------------------------------
     # A 3x3, stride-1 convolution as 16 GEMMs over 4x4 input tiles (Lavin and Gray, 2016):
     # out = A^T [(G w G^T) * (B^T d B)] A per 2x2 output tile. The transforms below are
@@ -440,7 +446,7 @@ class GenericKernels:
         fn, c, fh, fw = w_shape
         oh, ow = output_hw(x.shape[2], x.shape[3], fh, fw, stride, pad)
         drows = self.maxpool_relu_backward(dout, argmax, out, x.shape[0], oh, ow, kh, kw, pool_stride, pool_pad)
-        dw = xp.matrix_transpose(drows) @ self.im2col(x, fh, fw, stride, pad)
+        dw = self.weight_grad(drows, self.im2col(x, fh, fw, stride, pad))
         return xp.reshape(dw, w_shape), self.bias_grad(drows)
 
     def maxpool_relu_backward(
@@ -530,6 +536,11 @@ class GenericKernels:
         """
         xp = self.xp
         return xp.ones((drows.shape[0],), dtype=drows.dtype, device=_device(drows)) @ drows
+
+    def weight_grad(self, drows: Array, col: Array) -> Array:
+        """``drows^T @ col``: the gradient (FN, K) of a GEMM's weights from its rows'
+        gradient (M, FN) and its column matrix (M, K)."""
+        return self.xp.matrix_transpose(drows) @ col
 
     def rows_to_nchw(self, y: Array, n: int, oh: int, ow: int) -> Array:
         """(N*OH*OW, FN) GEMM rows → (N, FN, OH, OW)."""

@@ -69,6 +69,7 @@ from . import (
     output_hw,
     winograd_tiles,
 )
+from .generic import GenericKernels
 from .numba_runtime import run_tasks
 from .numpy_set import NumpyKernels
 
@@ -131,6 +132,9 @@ class NumbaKernels(NumpyKernels):
         dx = np.empty((n, c, h, w), dtype=col.dtype)
         run_tasks(numba_conv.col2im, n * c, _contiguous(col), kh, kw, stride, pad, oh, ow, dx)
         return dx
+
+    # col2im of the product in the interface's C-order layout, as this set's col2im reads it
+    conv_input_grad = GenericKernels.conv_input_grad
 
     # -- Winograd F(2x2, 3x3) ------------------------------------------------------
 

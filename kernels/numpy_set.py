@@ -91,28 +91,55 @@ class NumpyKernels(GenericKernels):
         return fh == 3 and fw == 3 and stride == 1 and c >= self.winograd_min_channels
 
     def im2col(self, x, kh, kw, stride=1, pad=0):
-        # One copy per tap from the padded image laid out channels-last, whose rows then
-        # run along C: a 6-D copy straight from the NCHW windows runs its innermost loop
-        # over KW values only, about three times slower for 3x3 filters.
+        # Tap-major: the (C, KH, KW, N, OH, OW) array, one copy per tap whose innermost
+        # runs are rows of OW pixels, returned as a transposed view (Fortran order, the
+        # values of the interface's C-order matrix). A copy into the C-order layout runs its
+        # innermost loop over C or KW values only, two to three times slower; the GEMMs
+        # take either layout.
         n, c, h, w = x.shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
-        padded = np.zeros((n, h + 2 * pad, w + 2 * pad, c), dtype=x.dtype)
-        padded[:, pad : pad + h, pad : pad + w] = x.transpose(0, 2, 3, 1)
-        col = np.empty((n, oh, ow, c, kh, kw), dtype=x.dtype)
+        padded = self._pad(x, pad, 0).transpose(1, 0, 2, 3)  # (C, N, H + 2*pad, W + 2*pad)
+        col = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
         for ky in range(kh):
             for kx in range(kw):
-                col[..., ky, kx] = padded[:, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride]
-        return col.reshape(n * oh * ow, c * kh * kw)
+                col[:, ky, kx] = padded[:, :, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride]
+        return col.reshape(c * kh * kw, n * oh * ow).T
 
     def col2im(self, col, x_shape, kh, kw, stride=1, pad=0):
         n, c, h, w = x_shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
-        col6 = col.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)  # (N, C, KH, KW, OH, OW)
-        dxp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=col.dtype)
-        for ky in range(kh):
-            for kx in range(kw):
-                dxp[:, :, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride] += col6[:, :, ky, kx]
-        return np.ascontiguousarray(dxp[:, :, pad : pad + h, pad : pad + w]) if pad else dxp
+        if col.flags.f_contiguous and not col.flags.c_contiguous:  # tap-major, as im2col makes it
+            taps = col.T.reshape(c, kh, kw, n, oh, ow)
+        else:
+            taps = col.reshape(n, oh, ow, c, kh, kw).transpose(3, 4, 5, 0, 1, 2)
+        return self._add_taps(taps, x_shape, stride, pad)
+
+    # The most bytes of the padded input gradient that col2im adds all taps into at once: a
+    # block of channels stays in the core's cache while the taps stream past it once.
+    col2im_block_bytes = 2**18
+
+    def _add_taps(self, taps, x_shape, stride, pad):
+        """col2im of its taps (C, KH, KW, N, OH, OW), any strides: each tap added to the
+        pixels it was read from, taps in (ky, kx) order, a block of channels at a time."""
+        n, c, h, w = x_shape
+        kh, kw, oh, ow = taps.shape[1], taps.shape[2], taps.shape[4], taps.shape[5]
+        dxp = np.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=taps.dtype)
+        block = max(1, self.col2im_block_bytes // (dxp[0].size * dxp.itemsize))
+        for c0 in range(0, c, block):
+            part, share = dxp[c0 : c0 + block], taps[c0 : c0 + block]
+            for ky in range(kh):
+                for kx in range(kw):
+                    part[:, :, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride] += share[:, ky, kx]
+        return np.ascontiguousarray(dxp[:, :, pad : pad + h, pad : pad + w].transpose(1, 0, 2, 3))
+
+    def conv_input_grad(self, drows, w, x_shape, stride, pad):
+        # The product tap-major, (C*FH*FW, N*OH*OW) = W2^T drows^T: each tap's values in one
+        # contiguous row for col2im's additions.
+        fn, c, fh, fw = w.shape
+        n, _, h, wd = x_shape
+        oh, ow = output_hw(h, wd, fh, fw, stride, pad)
+        taps = (w.reshape(fn, c * fh * fw).T @ drows.T).reshape(c, fh, fw, n, oh, ow)
+        return self._add_taps(taps, x_shape, stride, pad)
 
     # -- Winograd F(2x2, 3x3) ------------------------------------------------------
     # The generic set's additions in its order, on channels-last arrays: each addition is
@@ -565,6 +592,13 @@ class NumpyKernels(GenericKernels):
         # A matrix-vector product through BLAS, which splits the long axis too: faster than
         # sum(axis=0) down a tall, narrow array such as a convolution's (N*OH*OW, FN) gradient.
         return np.ones(drows.shape[0], dtype=drows.dtype) @ drows
+
+    def weight_grad(self, drows, col):
+        if col.flags.f_contiguous and not col.flags.c_contiguous:  # this set's im2col: tap-major
+            # (col^T drows)^T: BLAS then reads both operands in their own order, faster than
+            # drows^T col with two transposed operands.
+            return np.ascontiguousarray((col.T @ drows).T)
+        return drows.T @ col
 
     def rows_to_nchw(self, y, n, oh, ow):
         return np.ascontiguousarray(y.reshape(n, oh, ow, y.shape[1]).transpose(0, 3, 1, 2))

@@ -193,11 +193,11 @@ def abs64(a: np.ndarray) -> np.ndarray:
     return np.abs(a).astype(np.float64)
 
 
-def assert_c_contiguous(a: Any) -> None:
-    """C-contiguous, where the array has a memory layout (NumPy, CuPy; the array API has
-    none): a GEMM then reads the columns as they are."""
+def assert_blas_ready(a: Any) -> None:
+    """C- or Fortran-contiguous, where the array has a memory layout (NumPy, CuPy; the array
+    API has none): a GEMM then reads the columns as they are, with no copy."""
     flags = getattr(a, "flags", None)
-    assert flags is None or flags.c_contiguous
+    assert flags is None or flags.c_contiguous or flags.f_contiguous
 
 
 # -- the interface --------------------------------------------------------------------------
@@ -229,11 +229,33 @@ def test_every_operation_is_documented():
 def test_im2col_and_its_adjoint_col2im(subject, case):
     x, dcol, geometry = case.x, case.dy, case.geometry
     kh, kw = case.kh, case.kw
-    col = subject.kernels.im2col(subject.put(x), *geometry)
-    assert_c_contiguous(col)
-    col = subject.get(col)
+    col_on_backend = subject.kernels.im2col(subject.put(x), *geometry)
+    assert_blas_ready(col_on_backend)
+    col = subject.get(col_on_backend)
     assert col.dtype == x.dtype
     EQUAL(col, ref.im2col_loops(x, *geometry) if subject.is_oracle else NP.im2col(x, *geometry))
+
+    # The weight gradient of a GEMM on these columns, from the set's own column matrix
+    # (its memory order): drows^T col, each entry a sum over the M rows.
+    drows = np.ascontiguousarray(dcol[:, : min(3, dcol.shape[1])])
+    dw_on_backend = subject.kernels.weight_grad(subject.put(drows), col_on_backend)
+    assert_blas_ready(dw_on_backend)
+    flags = getattr(dw_on_backend, "flags", None)
+    assert flags is None or flags.c_contiguous
+    dw = subject.get(dw_on_backend)
+    assert dw.shape == (drows.shape[1], col.shape[1]) and dw.dtype == x.dtype
+    want = drows.T.astype(np.float64) @ col.astype(np.float64)
+    assert_close_to_sum(dw, want, abs64(drows).T @ abs64(col), sum_rtol(x.dtype, col.shape[0]), "weight_grad")
+
+    # The input gradient of the GEMM: col2im of drows @ W2, each pixel a sum over the FN
+    # products of at most KH*KW taps.
+    w = np.resize(dcol, (drows.shape[1], x.shape[1], kh, kw))  # dcol's values, repeated as needed
+    dx = subject.run("conv_input_grad", drows, w, x.shape, *geometry[2:])
+    assert dx.shape == x.shape and dx.dtype == x.dtype
+    w2 = w.reshape(w.shape[0], -1).astype(np.float64)
+    want = ref.col2im_loops(drows.astype(np.float64) @ w2, x.shape, *geometry)
+    abs_terms = ref.col2im_loops(abs64(drows) @ np.abs(w2), x.shape, *geometry)
+    assert_close_to_sum(dx, want, abs_terms, sum_rtol(x.dtype, drows.shape[1] * kh * kw), "conv_input_grad")
 
     dx = subject.run("col2im", dcol, x.shape, *geometry)
     assert dx.shape == x.shape and dx.dtype == x.dtype
