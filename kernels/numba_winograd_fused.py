@@ -15,7 +15,11 @@ U (``u[e]``), whose reference count all threads touch: 16 or 32 per band, little
 the band's work. The backward does the same for dM,
 dV and dx, and makes V again from the input instead of keeping it: a pass over the
 input in cache costs less than writing V and reading it back, and the layer keeps
-nothing but its input.
+nothing but its input. It calls the input transform last in a band, after the helpers
+only it calls: Numba compiles a kernel's helpers in the order it meets their calls, and
+while a second process compiles the backward ahead of a first step (see
+:mod:`.numba_runtime`, "Compiling ahead"), the first one compiles that transform for the
+forward.
 
 Values: the transforms are the composed operations' additions in their order; a GEMM
 over a band's tiles gives what the whole batch's GEMM gives to float rounding (BLAS may
@@ -116,9 +120,7 @@ def winograd_conv_backward(
                 ty0 = k * band
                 ty1 = min(ty0 + band, th)
                 rows = ty1 - ty0
-                v = np.empty((16, rows * tw, c), dtype=x.dtype)
                 dm = np.empty((16, rows * tw, fn), dtype=x.dtype)
-                input_tile_rows(x, b, ty0, ty1, pad, tw, strip, s, line, v.reshape(16, rows, tw * c), -ty0)
                 dm_rows = dm.reshape(16, rows, tw * fn)
                 for ty in range(ty0, ty1):
                     if pooled:
@@ -127,14 +129,16 @@ def winograd_conv_backward(
                         )
                     else:
                         relu_backward_tile_row(dout, out, b, ty, tw, grad, sg, db_rows, b * th + ty, dm_rows, ty - ty0)
-                for e in range(16):
-                    np.dot(v[e].T, dm[e], part)
-                    for i in range(c):
-                        for f in range(fn):
-                            du_parts[g, e, i, f] += part[i, f]
                 if with_dx:
                     dv = np.empty((16, rows * tw, c), dtype=x.dtype)
                     for e in range(16):
                         np.dot(dm[e], u[e].T, dv[e])
                     dv_rows = dv.reshape(16, rows, tw * c)
                     input_grad_tile_rows(dv_rows, -ty0, pad, ty0, ty1, th, tw, acc, s16, line, dx, b)
+                v = np.empty((16, rows * tw, c), dtype=x.dtype)
+                input_tile_rows(x, b, ty0, ty1, pad, tw, strip, s, line, v.reshape(16, rows, tw * c), -ty0)
+                for e in range(16):
+                    np.dot(v[e].T, dm[e], part)
+                    for i in range(c):
+                        for f in range(fn):
+                            du_parts[g, e, i, f] += part[i, f]
