@@ -240,6 +240,7 @@ class ConvReluMaxPool(Step):
             backward=gemm.rows + gemm.block_columns + gemm.products + gemm.input_grad,
             output_in_cache=True,
             keeps_input=gemm.keeps_input,
+            dropped=gemm.dropped_columns,
         )
 
 
@@ -407,6 +408,7 @@ class LinearReLU(Step):
             backward=2 * gemm.rows + gemm.block_columns + gemm.products + gemm.input_grad,
             output_in_cache=gemm.output_is_rows,
             keeps_input=gemm.keeps_input,
+            dropped=gemm.dropped_columns,
         )
 
 

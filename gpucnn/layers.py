@@ -115,6 +115,8 @@ class MemoryTerms:
         output_in_cache: whether ``kept`` includes the output array itself.
         keeps_input: whether the cache holds the input array (or a view of it).
         view: whether the output is a view of the input (whoever keeps the output keeps the input).
+        dropped: the part of ``kept`` that backward drops before it ends, so that the next
+            step's forward does not find it beside its new cache.
     """
 
     output: int
@@ -125,6 +127,7 @@ class MemoryTerms:
     output_in_cache: bool = False
     keeps_input: bool = False
     view: bool = False
+    dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class GemmMemory:
         products: a Winograd convolution's 16 GEMM products (forward) or their gradient
             (backward), (16, T, FN); then ``columns`` is the transformed input kept and
             ``input_grad`` holds its gradient (16, T, C) and dx.
+        dropped_columns: the columns that backward drops before the input gradient, whose
+            dcol then takes their memory (``input_grad`` counts dx only).
     """
 
     columns: int
@@ -152,6 +157,7 @@ class GemmMemory:
     output_is_rows: bool
     block_columns: int = 0
     products: int = 0
+    dropped_columns: int = 0
 
 
 class Step:
@@ -668,6 +674,9 @@ class Convolution(_GemmLayer):
             self.grads["W"] = xp.reshape(kernels.weight_grad(drows, self._col), (fn, c, fh, fw))
             if not self.needs_input_grad:
                 return None
+            # Their last use: dropped before the input gradient, whose column gradient, the
+            # same size, then takes their memory (no fresh pages to fault in at every step).
+            self._col = None
             return kernels.conv_input_grad(drows, self.W, self._x_shape, self.stride, self.pad)
         n, _, h, w = self._x_shape
         dx = xp.empty(self._x_shape, dtype=drows.dtype) if self.needs_input_grad else None
@@ -705,8 +714,10 @@ class Convolution(_GemmLayer):
         blocked = block is not None
         columns = (block if blocked else batch_size) * per_image
         x_bytes = self._bytes_in(batch_size, itemsize)
-        # whole batch: dcol and dx; blocks: one block's dcol (its columns are counted apart) and dx
-        input_grad = columns + x_bytes if self.needs_input_grad else 0
+        # whole batch: dx, dcol in the place of the columns, which backward_rows drops first;
+        # blocks: one block's dcol (its columns are counted apart) and dx
+        dropped = columns if self.needs_input_grad and not blocked else 0
+        input_grad = x_bytes + (columns if blocked else 0) if self.needs_input_grad else 0
         return GemmMemory(
             columns=0 if blocked else columns,
             rows=self._bytes_out(batch_size, itemsize),
@@ -714,6 +725,7 @@ class Convolution(_GemmLayer):
             keeps_input=blocked,
             output_is_rows=False,
             block_columns=columns if blocked else 0,
+            dropped_columns=dropped,
         )
 
     def memory(self, batch_size, itemsize, training):
@@ -728,6 +740,7 @@ class Convolution(_GemmLayer):
             # the rows' gradient, then a block's columns, dcol and dx (or dM, dV and dx)
             backward=gemm.rows + gemm.block_columns + gemm.products + gemm.input_grad,
             keeps_input=gemm.keeps_input,
+            dropped=gemm.dropped_columns,
         )
 
     def config(self):

@@ -33,7 +33,9 @@ input, its output or its im2col columns, whichever is largest per sample) bounds
 (:func:`kernel_batch_limit`). The NumPy and Numba sets index with 64-bit integers and set
 no such cap. The layers keep their caches after a step and
 replace them one layer at a time in the next, so in a loop of steps the running layer's
-old cache is alive beside its new one: the model counts it in that layer's workspace.
+old cache is alive beside its new one: the model counts it in that layer's workspace
+(but for the im2col columns of a convolution whose input needs a gradient: its backward
+drops them before making ``dcol``, which takes their place).
 Inference (``predict``, ``evaluate``) holds the same caches (layers cache in either
 mode) but no gradients and no backward workspace.
 
@@ -179,8 +181,9 @@ def _step_memory(step: Step, n: int, itemsize: int, keeps_output: bool, training
     name = "+".join(str(layer.name) for layer in step.layers)
     kept, keeps_input = terms.kept, terms.keeps_input
     # A layer replaces its caches only after computing new ones, so in a loop of steps the
-    # previous step's cache of the running step is alive during its forward.
-    work_forward = terms.forward + kept
+    # previous step's cache of the running step is alive during its forward, but for what
+    # its backward dropped.
+    work_forward = terms.forward + kept - terms.dropped
     if terms.view:  # the output is the input: whoever keeps the one keeps the other
         keeps_input, keeps_output = keeps_output, False
     if keeps_output and not terms.output_in_cache:  # a later step holds the output: count it as kept
