@@ -593,12 +593,27 @@ class NumpyKernels(GenericKernels):
         # sum(axis=0) down a tall, narrow array such as a convolution's (N*OH*OW, FN) gradient.
         return np.ones(drows.shape[0], dtype=drows.dtype) @ drows
 
+    # weight_grad of a column matrix of at most this many columns (a first layer's few taps)
+    # in slices of rows of about weight_grad_slice_bytes, their products added in order:
+    # BLAS multiplies such a long, thin pair at about half the speed of cached slices
+    # (benchmarks/results/numpy_notes.md).
+    weight_grad_slice_columns = 32
+    weight_grad_slice_bytes = 2**18
+
     def weight_grad(self, drows, col):
-        if col.flags.f_contiguous and not col.flags.c_contiguous:  # this set's im2col: tap-major
-            # (col^T drows)^T: BLAS then reads both operands in their own order, faster than
-            # drows^T col with two transposed operands.
-            return np.ascontiguousarray((col.T @ drows).T)
-        return drows.T @ col
+        if not (col.flags.f_contiguous and not col.flags.c_contiguous):
+            return drows.T @ col
+        # This set's im2col: tap-major. (col^T drows)^T: BLAS then reads both operands in
+        # their own order, faster than drows^T col with two transposed operands.
+        col_t = col.T  # (K, M)
+        k, m = col_t.shape
+        rows = max(1, self.weight_grad_slice_bytes // ((k + drows.shape[1]) * col.itemsize))
+        if k > self.weight_grad_slice_columns or m <= rows:
+            return np.ascontiguousarray((col_t @ drows).T)
+        dw_t = col_t[:, :rows] @ drows[:rows]
+        for r0 in range(rows, m, rows):
+            dw_t += col_t[:, r0 : r0 + rows] @ drows[r0 : r0 + rows]
+        return np.ascontiguousarray(dw_t.T)
 
     def rows_to_nchw(self, y, n, oh, ow):
         return np.ascontiguousarray(y.reshape(n, oh, ow, y.shape[1]).transpose(0, 3, 1, 2))

@@ -23,6 +23,8 @@ from gpucnn.kernels.numpy_set import NumpyKernels
 from gpucnn.layers import Affine, Convolution, Flatten, MaxPooling, ReLU, SoftmaxWithLoss
 from gpucnn.model import Sequential
 
+from .bounds import assert_close_to_sum, sum_rtol
+
 NP = NumpyKernels()
 GENERIC = GenericKernels(xp_numpy)
 EQUAL = np.testing.assert_array_equal
@@ -133,3 +135,28 @@ def test_a_networks_inference_scores_are_its_training_forwards(monkeypatch):
     assert [layer.winograd() for layer in net.layers[0:6:2]] == [False, True, True]
     x = np.random.default_rng(6).standard_normal((4, 3, 9, 10)).astype(np.float32)
     EQUAL(net.predict(x), net.forward(x, train=True))
+
+
+@pytest.mark.parametrize("taps, slice_bytes", [((1, 5, 5), 2**10), ((3, 3, 3), 2**11), ((8, 3, 3), 2**10)])
+def test_the_weight_gradient_of_few_columns_is_summed_over_slices_of_rows(taps, slice_bytes):
+    """A column matrix of at most ``weight_grad_slice_columns`` columns goes through the GEMM
+    in slices of rows, their products added in order: drows^T col to float rounding, the
+    same bytes from run to run; a wider one in one product."""
+    rng = np.random.default_rng(7)
+    c, kh, kw = taps
+    x = rng.standard_normal((3, c, 9, 8)).astype(np.float32)
+    sliced = NumpyKernels()
+    sliced.weight_grad_slice_bytes = slice_bytes
+    col = sliced.im2col(x, kh, kw, 1, 1)
+    drows = rng.standard_normal((col.shape[0], 4)).astype(np.float32)
+    rows_per_slice = slice_bytes // ((col.shape[1] + 4) * 4)
+    assert col.shape[0] > rows_per_slice  # more than one slice
+    dw = sliced.weight_grad(drows, col)
+    assert dw.shape == (4, col.shape[1]) and dw.dtype == np.float32 and dw.flags.c_contiguous
+    want = drows.T.astype(np.float64) @ col.astype(np.float64)
+    assert_close_to_sum(dw, want, np.abs(drows.T).astype(np.float64) @ np.abs(col), sum_rtol(np.float32, col.shape[0]))
+    EQUAL(sliced.weight_grad(drows, col), dw)
+    if col.shape[1] > sliced.weight_grad_slice_columns:  # one product, as with slicing turned off
+        whole = NumpyKernels()
+        whole.weight_grad_slice_columns = 0
+        EQUAL(dw, whole.weight_grad(drows, col))
