@@ -231,6 +231,8 @@ class ConvReluMaxPool(Step):
                 forward=gemm.products + 2 * pooled,
                 backward=gemm.products + gemm.input_grad,
                 output_in_cache=True,
+                dropped=gemm.dropped_columns,
+                released=gemm.released_columns,
             )
         return MemoryTerms(
             output=out_size * itemsize,
@@ -241,6 +243,7 @@ class ConvReluMaxPool(Step):
             output_in_cache=True,
             keeps_input=gemm.keeps_input,
             dropped=gemm.dropped_columns,
+            released=gemm.released_columns,
         )
 
 
@@ -398,6 +401,8 @@ class LinearReLU(Step):
                 forward=gemm.products + 2 * out,  # a block's products, the blocks' outputs and their concatenation
                 backward=gemm.products + gemm.input_grad,
                 output_in_cache=True,
+                dropped=gemm.dropped_columns,
+                released=gemm.released_columns,
             )
         return MemoryTerms(
             output=out,
@@ -409,6 +414,7 @@ class LinearReLU(Step):
             output_in_cache=gemm.output_is_rows,
             keeps_input=gemm.keeps_input,
             dropped=gemm.dropped_columns,
+            released=gemm.released_columns,
         )
 
 

@@ -115,8 +115,10 @@ class MemoryTerms:
         output_in_cache: whether ``kept`` includes the output array itself.
         keeps_input: whether the cache holds the input array (or a view of it).
         view: whether the output is a view of the input (whoever keeps the output keeps the input).
-        dropped: the part of ``kept`` that backward drops before it ends, so that the next
-            step's forward does not find it beside its new cache.
+        dropped: the part of ``kept`` that the step's forward lets go before it makes it
+            again: a loop's next forward does not hold the two at once.
+        released: the part of ``kept`` that the step's backward lets go (in training): not
+            alive while the steps before it run, in backward or in the next forward.
     """
 
     output: int
@@ -128,6 +130,7 @@ class MemoryTerms:
     keeps_input: bool = False
     view: bool = False
     dropped: int = 0
+    released: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,8 +149,10 @@ class GemmMemory:
         products: a Winograd convolution's 16 GEMM products (forward) or their gradient
             (backward), (16, T, FN); then ``columns`` is the transformed input kept and
             ``input_grad`` holds its gradient (16, T, C) and dx.
-        dropped_columns: the columns that backward drops before the input gradient, whose
-            dcol then takes their memory (``input_grad`` counts dx only).
+        dropped_columns: the part of ``columns`` that a forward lets go before it makes
+            its own (see ``MemoryTerms.dropped``).
+        released_columns: the part of ``columns`` that backward lets go before it makes
+            dcol, which then takes their memory (``input_grad`` counts the rest).
     """
 
     columns: int
@@ -158,6 +163,7 @@ class GemmMemory:
     block_columns: int = 0
     products: int = 0
     dropped_columns: int = 0
+    released_columns: int = 0
 
 
 class Step:
@@ -574,11 +580,16 @@ class Convolution(_GemmLayer):
         n = x.shape[0]
         if self.winograd():
             return self._winograd_rows(x)
+        self._v = self._u = None  # the caches of the other ways, which backward would take
         block = self.block_images(n, xp.finfo(x.dtype).bits // 8)
         if block is None:
+            self._x = None
+            # The last columns go once the new ones are made: freed first, they would leave the
+            # top of the C heap free, which the allocator hands back to the system at a step's
+            # end, to be faulted in again (benchmarks/results/numpy_notes.md).
             self._col = kernels.im2col(x, fh, fw, self.stride, self.pad)
             return self._col @ w_t
-        self._x = x
+        self._col, self._x = None, x
         rows = xp.empty((n * self._rows_shape[1] * self._rows_shape[2], fn), dtype=x.dtype)
         for i, j, r0, r1 in self._blocks(n, block):
             rows[r0:r1, :] = kernels.im2col(x[i:j, ...], fh, fw, self.stride, self.pad) @ w_t
@@ -594,6 +605,7 @@ class Convolution(_GemmLayer):
         xp, kernels = self.xp, self.backend.kernels
         self._x_shape, self._rows_shape = tuple(x.shape), self.output_nhw(x.shape)
         n = x.shape[0]
+        self._col = self._x = None  # the caches of the other ways, which backward would take
         block = self.winograd_block_images(n, xp.finfo(x.dtype).bits // 8)
         self._u = kernels.winograd_filter(self.W)
         self._v = [] if keep else None
@@ -671,6 +683,11 @@ class Convolution(_GemmLayer):
                 lambda i, j: kernels.winograd_output_grad(drows[i * oh * ow : j * oh * ow, :], j - i, oh, ow)
             )
         if self._x is None:  # the whole batch's columns
+            if self._col is None:
+                raise RuntimeError(
+                    f"{self.name or type(self).__name__}: backward needs a forward first (a backward that made "
+                    "the input gradient has used the im2col columns of the last forward)"
+                )
             self.grads["W"] = xp.reshape(kernels.weight_grad(drows, self._col), (fn, c, fh, fw))
             if not self.needs_input_grad:
                 return None
@@ -708,16 +725,25 @@ class Convolution(_GemmLayer):
                 keeps_input=False,
                 output_is_rows=False,
                 products=16 * block * tiles * fn * itemsize,  # a block's M, or dM and dU
+                dropped_columns=16 * batch_size * tiles * c * itemsize,  # winograd_forward lets V go first
             )
         per_image = math.prod(self.output_shape[1:]) * c * fh * fw * itemsize
         block = self.block_images(batch_size, itemsize)
         blocked = block is not None
         columns = (block if blocked else batch_size) * per_image
         x_bytes = self._bytes_in(batch_size, itemsize)
-        # whole batch: dx, dcol in the place of the columns, which backward_rows drops first;
-        # blocks: one block's dcol (its columns are counted apart) and dx
-        dropped = columns if self.needs_input_grad and not blocked else 0
-        input_grad = x_bytes + (columns if blocked else 0) if self.needs_input_grad else 0
+        # col2im's padded sum beside dx (the NumPy set's), per image
+        c, h, w = self.input_shape
+        per_image_dx = (c * (h + 2 * self.pad) * (w + 2 * self.pad) * itemsize) + x_bytes // batch_size
+        # whole batch: dcol in the place of the columns, which backward_rows drops first, and
+        # the padded sum and dx; blocks: one block's dcol (its columns are counted apart),
+        # padded sum and dx, beside the whole dx
+        if not self.needs_input_grad:
+            input_grad = 0
+        elif blocked:
+            input_grad = columns + block * per_image_dx + x_bytes
+        else:
+            input_grad = batch_size * per_image_dx
         return GemmMemory(
             columns=0 if blocked else columns,
             rows=self._bytes_out(batch_size, itemsize),
@@ -725,7 +751,7 @@ class Convolution(_GemmLayer):
             keeps_input=blocked,
             output_is_rows=False,
             block_columns=columns if blocked else 0,
-            dropped_columns=dropped,
+            released_columns=columns if self.needs_input_grad and not blocked else 0,
         )
 
     def memory(self, batch_size, itemsize, training):
@@ -741,6 +767,7 @@ class Convolution(_GemmLayer):
             backward=gemm.rows + gemm.block_columns + gemm.products + gemm.input_grad,
             keeps_input=gemm.keeps_input,
             dropped=gemm.dropped_columns,
+            released=gemm.released_columns,
         )
 
     def config(self):

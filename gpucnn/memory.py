@@ -33,9 +33,10 @@ input, its output or its im2col columns, whichever is largest per sample) bounds
 (:func:`kernel_batch_limit`). The NumPy and Numba sets index with 64-bit integers and set
 no such cap. The layers keep their caches after a step and
 replace them one layer at a time in the next, so in a loop of steps the running layer's
-old cache is alive beside its new one: the model counts it in that layer's workspace
-(but for the im2col columns of a convolution whose input needs a gradient: its backward
-drops them before making ``dcol``, which takes their place).
+old cache is alive beside its new one: the model counts it in that layer's workspace;
+but a Winograd convolution lets its transformed input go before its forward makes the new
+one, and in training a convolution whose input needs a gradient lets its im2col columns go
+before its backward makes ``dcol``, which then takes their place.
 Inference (``predict``, ``evaluate``) holds the same caches (layers cache in either
 mode) but no gradients and no backward workspace.
 
@@ -104,12 +105,15 @@ class LayerMemory:
         activations: bytes kept from forward to backward (im2col columns included).
         im2col: the part of ``activations`` that is im2col's columns.
         workspace: bytes alive only while this step runs (peak of its forward or backward).
+        released: the part of ``activations`` that the step's backward lets go (in
+            training): not alive while the steps before it run.
     """
 
     name: str
     activations: int
     im2col: int
     workspace: int
+    released: int = 0
 
 
 @dataclass
@@ -117,7 +121,8 @@ class MemoryEstimate:
     """The memory model's answer for one model, batch size and mode (bytes).
 
     ``total`` is the peak of one step: every fixed term, the inputs, every layer's
-    activations and the largest single workspace.
+    activations and the largest single workspace, less the activations that the steps after
+    that one have let go by then (``LayerMemory.released``).
     """
 
     batch_size: int
@@ -138,7 +143,12 @@ class MemoryEstimate:
 
     @property
     def workspace(self) -> int:
-        return max((layer.workspace for layer in self.layers), default=0)
+        """The largest workspace, less what the steps after its own have released."""
+        largest, released_after = 0, 0
+        for layer in reversed(self.layers):
+            largest = max(largest, layer.workspace - released_after)
+            released_after += layer.released
+        return largest
 
     @property
     def fixed(self) -> int:
@@ -182,8 +192,8 @@ def _step_memory(step: Step, n: int, itemsize: int, keeps_output: bool, training
     kept, keeps_input = terms.kept, terms.keeps_input
     # A layer replaces its caches only after computing new ones, so in a loop of steps the
     # previous step's cache of the running step is alive during its forward, but for what
-    # its backward dropped.
-    work_forward = terms.forward + kept - terms.dropped
+    # it lets go first.
+    work_forward = terms.forward + kept - terms.dropped - (terms.released if training else 0)
     if terms.view:  # the output is the input: whoever keeps the one keeps the other
         keeps_input, keeps_output = keeps_output, False
     if keeps_output and not terms.output_in_cache:  # a later step holds the output: count it as kept
@@ -191,7 +201,7 @@ def _step_memory(step: Step, n: int, itemsize: int, keeps_output: bool, training
         work_forward = max(work_forward - terms.output, 0)
     # Backward holds the incoming gradient (output-sized) while it builds its own arrays.
     workspace = max(work_forward, terms.output + terms.backward) if training else work_forward
-    return LayerMemory(name, kept, terms.columns, workspace), keeps_input
+    return LayerMemory(name, kept, terms.columns, workspace, terms.released if training else 0), keeps_input
 
 
 def estimate_memory(

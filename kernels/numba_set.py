@@ -47,7 +47,9 @@ The ``conv_*`` operations compute a stride-1 convolution with at most
 ``direct_conv_max_taps`` taps per output directly (see :mod:`.numba_direct_conv`):
 equal to the composed operations to float rounding, since each output sums its taps in
 (c, ky, kx) order where BLAS uses its own, and the weight and bias gradients' sums are
-vectorized. Other convolutions take im2col and the GEMM, bit for bit the NumPy set's.
+vectorized. Other convolutions take im2col and the GEMM: the NumPy set's values, but for
+the weight gradient's sums, which BLAS takes in the order of each set's column matrix (this
+set's is C-order, the NumPy set's tap-major) and so equal to float rounding.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class NumpyKernels(GenericKernels):
         n, c, h, w = x_shape
         kh, kw, oh, ow = taps.shape[1], taps.shape[2], taps.shape[4], taps.shape[5]
         dxp = np.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=taps.dtype)
-        block = max(1, self.col2im_block_bytes // (dxp[0].size * dxp.itemsize))
+        block = max(1, self.col2im_block_bytes // max(1, dxp[0].nbytes))
         for c0 in range(0, c, block):
             part, share = dxp[c0 : c0 + block], taps[c0 : c0 + block]
             for ky in range(kh):

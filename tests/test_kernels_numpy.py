@@ -156,7 +156,11 @@ def test_the_weight_gradient_of_few_columns_is_summed_over_slices_of_rows(taps, 
     want = drows.T.astype(np.float64) @ col.astype(np.float64)
     assert_close_to_sum(dw, want, np.abs(drows.T).astype(np.float64) @ np.abs(col), sum_rtol(np.float32, col.shape[0]))
     EQUAL(sliced.weight_grad(drows, col), dw)
-    if col.shape[1] > sliced.weight_grad_slice_columns:  # one product, as with slicing turned off
-        whole = NumpyKernels()
-        whole.weight_grad_slice_columns = 0
-        EQUAL(dw, whole.weight_grad(drows, col))
+    col_t = col.T  # the tap-major array, (K, M)
+    if col.shape[1] <= sliced.weight_grad_slice_columns:  # the slices' products, added in order
+        want_t = col_t[:, :rows_per_slice] @ drows[:rows_per_slice]
+        for r0 in range(rows_per_slice, col.shape[0], rows_per_slice):
+            want_t += col_t[:, r0 : r0 + rows_per_slice] @ drows[r0 : r0 + rows_per_slice]
+    else:  # one product
+        want_t = col_t @ drows
+    EQUAL(dw, want_t.T)

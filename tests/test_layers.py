@@ -126,6 +126,40 @@ def test_convolution_through_winograd_agrees_with_im2col(backend, monkeypatch, s
     assert max(errors.values()) < TOL, errors
 
 
+def test_a_forward_lets_the_caches_of_another_way_go(backend, monkeypatch):
+    """A convolution switched between its ways from one step to the next (Winograd, blocks of
+    images, the whole batch's columns) trains each step as a fresh layer does: no cache of
+    the last way is read. Its backward after the whole batch's columns, when it made the
+    input gradient, has used them: a second backward asks for a forward."""
+    rng = np.random.default_rng(6)
+    layer = Convolution(3, 3, 1, 1, dtype="float64")
+    layer.build((2, 5, 6), rng)
+    x, other_x = (as64(backend, rng.standard_normal((4, 2, 5, 6))) for _ in range(2))
+    dout = as64(backend, rng.standard_normal((4, *layer.output_shape)))
+    ways = {  # (prefers_winograd, conv_block_bytes)
+        "winograd": (True, None),
+        "blocks": (False, 2 * 5 * 6 * 2 * 9 * 8),
+        "whole": (False, None),
+    }
+
+    def step(way, x=x):
+        winograd, block_bytes = ways[way]
+        monkeypatch.setattr(backend.kernels, "prefers_winograd", lambda *args: winograd)
+        monkeypatch.setattr(backend.kernels, "conv_block_bytes", block_bytes)
+        layer.forward(x)
+        dx = layer.backward(dout)
+        return [host(backend, a) for a in (dx, layer.dW, layer.db)]
+
+    fresh = {way: step(way) for way in ways}
+    for last, way in (("winograd", "blocks"), ("winograd", "whole"), ("blocks", "whole"), ("whole", "winograd")):
+        step(last, other_x)  # its caches, if read, would give other gradients
+        for got, want in zip(step(way), fresh[way]):
+            np.testing.assert_array_equal(got, want, err_msg=f"{last} then {way}")
+    step("whole")
+    with pytest.raises(RuntimeError, match="backward needs a forward first"):
+        layer.backward(dout)
+
+
 @pytest.mark.parametrize("images_per_block", [1, 2, 4])
 def test_convolution_through_winograd_in_blocks_agrees_with_the_whole_batch(backend, monkeypatch, images_per_block):
     """The Winograd passes over blocks of images (``winograd_block_bytes``) compute the
