@@ -23,7 +23,7 @@ from gpucnn.kernels import output_hw  # noqa: E402
 from gpucnn.kernels.numba_set import NumbaKernels  # noqa: E402
 from gpucnn.kernels.numpy_set import NumpyKernels  # noqa: E402
 
-from .bounds import assert_close_to_sum, sum_rtol  # noqa: E402
+from .bounds import assert_argmax_up_to_rounding, assert_close_to_sum, pool_windows, sum_rtol  # noqa: E402
 
 NP = NumpyKernels()
 NB = gpucnn.get_backend("numba").kernels  # built as users get it: the process configured first
@@ -56,22 +56,29 @@ def test_bias_relu_and_its_backward_give_numpys_bits_through_the_loops_and_below
 @pytest.mark.parametrize("stride, filter_size, channels", [(2, 3, 1), (1, 5, 2)])
 def test_convolutions_the_numba_set_does_not_compute_directly_take_the_gemm(stride, filter_size, channels):
     """A stride above 1, or more taps than ``direct_conv_max_taps`` in a filter other than
-    3x3 (which takes Winograd): im2col and the GEMM, the NumPy set's computation, bit for bit
-    but for the weight gradient's sums, which BLAS takes in the order of each set's layout of
-    the column matrix."""
+    3x3 (which takes Winograd): im2col and the GEMM, the NumPy set's computation, to the
+    rounding of the GEMMs' sums, which BLAS takes in the order of each set's layout of the
+    column matrix (the Numba set's C order, the NumPy set's tap-major)."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, channels, 9, 8))
     w, b = rng.standard_normal((5, channels, filter_size, filter_size)), rng.standard_normal(5)
     assert not NB.prefers_direct_conv(channels, filter_size, filter_size, stride)
     out, argmax = NB.conv_bias_relu_maxpool(x, w, b, stride, 1, 2, 2, 2, 0)
-    for got, want in zip((out, argmax), NP.conv_bias_relu_maxpool(x, w, b, stride, 1, 2, 2, 2, 0)):
-        EQUAL(got, want)
+    want_out, want_argmax = NP.conv_bias_relu_maxpool(x, w, b, stride, 1, 2, 2, 2, 0)
+    # Each output sums C*KH*KW products and the bias; ReLU and the maximum keep the bound,
+    # the largest of the window's sums of absolute terms.
+    taps = channels * filter_size**2
+    abs_out = NP.conv_bias_relu_maxpool(np.abs(x), np.abs(w), np.abs(b), stride, 1, 2, 2, 2, 0)[0]
+    assert_close_to_sum(out, want_out, abs_out, sum_rtol(out.dtype, taps + 1), "out")
+    oh, ow = output_hw(9, 8, filter_size, filter_size, stride, 1)
+    rows = NP.im2col(x, filter_size, filter_size, stride, 1) @ w.reshape(5, -1).T + b
+    windows = pool_windows(NP.rows_to_nchw(np.maximum(rows, 0), 2, oh, ow), 2, 2, 2, 0)
+    assert_argmax_up_to_rounding(argmax, want_argmax, windows, 2 * sum_rtol(out.dtype, taps + 1) * abs_out)
     EQUAL(NB.conv_bias_relu_maxpool_infer(x, w, b, stride, 1, 2, 2, 2, 0), out)
     dout = rng.standard_normal(out.shape)
     dw, db = NB.conv_maxpool_relu_backward_params(dout, argmax, out, x, w.shape, stride, 1, 2, 2, 2, 0)
     want_dw, want_db = NP.conv_maxpool_relu_backward_params(dout, argmax, out, x, w.shape, stride, 1, 2, 2, 2, 0)
     EQUAL(db, want_db)
-    oh, ow = output_hw(9, 8, filter_size, filter_size, stride, 1)
     drows = NP.maxpool_relu_backward(dout, argmax, out, 2, oh, ow, 2, 2, 2, 0)
     col = NP.im2col(x, filter_size, filter_size, stride, 1)
     abs_terms = (np.abs(drows).T @ np.abs(col)).reshape(w.shape)
