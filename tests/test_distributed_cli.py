@@ -55,7 +55,10 @@ def gpucnn_on_ranks(*commands: tuple[int, list[str]]) -> subprocess.CompletedPro
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("gpucnn: error:")]
+    # Open MPI's output forwarding at times puts a NUL byte before the line of a rank that
+    # then aborts (seen with Open MPI 5 from PyPI): a terminal shows nothing of it.
+    lines = (line.lstrip("\x00") for line in stderr.splitlines())
+    return [line for line in lines if line.startswith("gpucnn: error:")]
 
 
 # -- under mpiexec -----------------------------------------------------------------------
