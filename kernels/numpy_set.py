@@ -42,6 +42,12 @@ def _rows_of_g(v0, v1, v2, out):
 _ROWS_OF_BT = ((np.subtract, 0, 2), (np.add, 1, 2), (np.subtract, 2, 1), (np.subtract, 1, 3))
 
 
+def _tap_major(col: np.ndarray) -> bool:
+    """Whether a column matrix (M, K) is the transposed view of a tap-major (K, M) array, as
+    this set's im2col makes it (one that is both C- and Fortran-contiguous reads alike)."""
+    return col.flags.f_contiguous and not col.flags.c_contiguous
+
+
 def _phase_span(offset: int, size: int, count: int) -> tuple[int, int, int]:
     """Cells ``s`` in [0, count) that read source index ``2*s + offset`` of an axis of
     ``size``: (first, end) of those inside it, and the source index of the first."""
@@ -108,7 +114,7 @@ class NumpyKernels(GenericKernels):
     def col2im(self, col, x_shape, kh, kw, stride=1, pad=0):
         n, c, h, w = x_shape
         oh, ow = output_hw(h, w, kh, kw, stride, pad)
-        if col.flags.f_contiguous and not col.flags.c_contiguous:  # tap-major, as im2col makes it
+        if _tap_major(col):
             taps = col.T.reshape(c, kh, kw, n, oh, ow)
         else:
             taps = col.reshape(n, oh, ow, c, kh, kw).transpose(3, 4, 5, 0, 1, 2)
@@ -601,10 +607,10 @@ class NumpyKernels(GenericKernels):
     weight_grad_slice_bytes = 2**18
 
     def weight_grad(self, drows, col):
-        if not (col.flags.f_contiguous and not col.flags.c_contiguous):
+        if not _tap_major(col):
             return drows.T @ col
-        # This set's im2col: tap-major. (col^T drows)^T: BLAS then reads both operands in
-        # their own order, faster than drows^T col with two transposed operands.
+        # (col^T drows)^T: BLAS then reads both operands in their own order, faster than
+        # drows^T col with two transposed operands.
         col_t = col.T  # (K, M)
         k, m = col_t.shape
         rows = max(1, self.weight_grad_slice_bytes // ((k + drows.shape[1]) * col.itemsize))
